@@ -1,0 +1,79 @@
+"""``python -m avatar_core <command> ...``: the HeadSplat command line.
+
+Each command lives in its own module exposing ``add_arguments(parser)`` and ``run(args) -> int``;
+modules are imported only when their command runs, so ``--help`` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+# (command words) -> (module, one-line help)
+COMMANDS = {
+    ("head", "info"): ("avatar_core.head.cli_info", "print a head model's sizes per LOD, expressions and joints"),
+    ("head", "preview"): ("avatar_core.head.cli_preview", "render a picture of the head at each LOD and a few expressions"),
+    ("reconstruct",): ("avatar_core.recon.cli", "photo -> avatar file (+ preview sheet)"),
+    ("track",): ("avatar_core.motion.cli_track", "video -> motion file (per-frame expression and pose)"),
+    ("animate",): ("avatar_core.motion.cli_animate", "render an avatar driven by a motion to a video or frames"),
+    ("export-ply",): ("avatar_core.io.cli_ply", "write an avatar as a 3DGS PLY at a LOD and pose"),
+    ("bench", "render"): ("avatar_core.eval.bench_render", "time the per-frame render path (FPS per LOD)"),
+    ("eval", "selfreenact"): ("avatar_core.eval.selfreenact", "self-reenactment report on video clips"),
+    ("eval", "novelview"): ("avatar_core.eval.novelview", "novel-view report on the head scan"),
+    ("train",): ("avatar_core.train.cli", "train the feed-forward reconstructor (torchrun for DDP)"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m avatar_core", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    groups = {}
+    for words, (module, help_text) in COMMANDS.items():
+        if len(words) == 1:
+            p = sub.add_parser(words[0], help=help_text)
+        else:
+            if words[0] not in groups:
+                g = sub.add_parser(words[0], help=f"{words[0]} commands")
+                groups[words[0]] = g.add_subparsers(dest="subcommand", metavar="SUBCOMMAND")
+            p = groups[words[0]].add_parser(words[1], help=help_text)
+        p.set_defaults(_module=module, _words=words)
+    return parser
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    # parse the command words first, then let the command's module add its own options
+    known, _ = parser.parse_known_args(argv)
+    module_name = getattr(known, "_module", None)
+    if module_name is None:
+        parser.print_help()
+        return 2
+    module = importlib.import_module(module_name)
+    words = known._words
+    cmd_parser = argparse.ArgumentParser(prog="python -m avatar_core " + " ".join(words),
+                                         description=COMMANDS[words][1])
+    cmd_parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    module.add_arguments(cmd_parser)
+    rest = [a for a in argv]
+    for w in words:  # drop the command words themselves
+        rest.remove(w)
+    args = cmd_parser.parse_args(rest)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    from avatar_core.errors import AvatarError
+    try:
+        return int(module.run(args) or 0)
+    except AvatarError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("error: interrupted; no output was written.", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
