@@ -1,0 +1,288 @@
+"""The Gaussian head avatar and ``animate``.
+
+An ``Avatar`` holds two things:
+
+* the **rig**: the head model at LOD 0 with the person's identity baked into the template
+  (template, expression/identity bases, pose correctives, skin weights, joint regressor,
+  faces). It is small (a FLAME-sized head is a few MB) and makes the file self-contained.
+* the **Gaussians**, N of them, each bound to the rig's LOD-0 surface: three LOD-0 vertex
+  ids with barycentric weights (a vertex of LOD k sits on an LOD-0 face, see
+  ``head.lod.lod_binding``; a vertex binding is weights (1, 0, 0)), an offset and a
+  rotation in the local frame of its LOD-0 face, scale, opacity and C feature channels
+  (the first three are RGB); plus per-Gaussian ``lod`` (0..2, -1 = every LOD),
+  ``split_layer`` (-1 = not an expression split Gaussian, 0..L), ``parent`` (-1 none),
+  ``soft_mask`` logit and ``region`` (0 head, 1 split, 2 shoulder).
+
+``animate`` deforms the LOD-0 mesh with blend shapes and linear blend skinning and then
+places each Gaussian on the deformed surface (deform-then-interpolate), so every LOD
+deforms exactly like the subdivided mesh and rotations follow the surface's local frames.
+Gaussians with no face (shoulders, ``frame_face == -1``) follow the root joint rigidly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Dict, List, Optional, Sequence
+
+import torch
+
+from avatar_core.errors import ParameterError
+from avatar_core.gaussians.frame import GaussianFrame
+from avatar_core.head import lbs
+from avatar_core.head.model import JOINT_NAMES, check_param
+
+REGION_HEAD, REGION_SPLIT, REGION_SHOULDER = 0, 1, 2
+REGION_NAMES = ("head", "split", "shoulder")
+ALL_LODS = -1
+
+
+def face_frames(vertices: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
+    """Orthonormal frame of each triangle: vertices [B, V, 3], faces [F, 3] -> [B, F, 3, 3].
+
+    Columns are (tangent along edge 0->1, bitangent, normal); right-handed.
+    """
+    a = vertices[:, faces[:, 0]]
+    b = vertices[:, faces[:, 1]]
+    c = vertices[:, faces[:, 2]]
+    t = b - a
+    n = torch.cross(t, c - a, dim=-1)
+    t = t / t.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    n = n / n.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    bt = torch.cross(n, t, dim=-1)
+    return torch.stack([t, bt, n], -1)
+
+
+@dataclasses.dataclass
+class Avatar:
+    """A multi-LOD Gaussian head avatar. Shapes: V0 rig vertices, F0 rig faces, N Gaussians."""
+
+    # rig (LOD 0, identity baked)
+    rig_template: torch.Tensor        # [V0, 3]
+    rig_faces: torch.Tensor           # [F0, 3] int64
+    rig_exprdirs: torch.Tensor        # [V0, 3, E]
+    rig_shapedirs: torch.Tensor       # [V0, 3, S'] identity basis kept for tweaks
+    rig_posedirs: torch.Tensor        # [V0, 3, P]
+    rig_weights: torch.Tensor         # [V0, J]
+    rig_j_regressor: torch.Tensor     # [J, V0]
+    rig_parents: torch.Tensor         # [J] int64
+    # Gaussians
+    bind_ids: torch.Tensor            # [N, 3] int64 LOD-0 vertex ids (ignored where frame_face < 0)
+    bind_bary: torch.Tensor           # [N, 3]
+    frame_face: torch.Tensor          # [N] int64 LOD-0 face giving the local frame, -1 = root joint
+    offset: torch.Tensor              # [N, 3] local frame (root-joint frame where frame_face < 0)
+    rotation: torch.Tensor            # [N, 4] local quaternion (w, x, y, z)
+    log_scale: torch.Tensor           # [N, 3]
+    opacity_logit: torch.Tensor       # [N]
+    features: torch.Tensor            # [N, C]
+    lod: torch.Tensor                 # [N] int8: 0..2, -1 = all LODs
+    split_layer: torch.Tensor         # [N] int8: -1 none, 0..L
+    parent: torch.Tensor              # [N] int64, -1 none; parents precede children
+    soft_mask: torch.Tensor           # [N] logit of the soft mask
+    region: torch.Tensor              # [N] int8
+    # metadata
+    expr_names: List[str] = dataclasses.field(default_factory=list)
+    joint_names: List[str] = dataclasses.field(default_factory=lambda: list(JOINT_NAMES))
+    head_name: str = ""
+    head_identity: str = ""
+    split_k: int = 2
+    split_levels: int = 0
+    # optional extras
+    source: Dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)   # fitted source camera/params
+    refiner_state: Optional[Dict[str, torch.Tensor]] = None
+    refiner_config: Dict = dataclasses.field(default_factory=dict)
+    info: Dict = dataclasses.field(default_factory=dict)                        # free-form (metrics, quality)
+
+    GAUSSIAN_FIELDS = ("bind_ids", "bind_bary", "frame_face", "offset", "rotation", "log_scale",
+                       "opacity_logit", "features", "lod", "split_layer", "parent", "soft_mask", "region")
+    RIG_FIELDS = ("rig_template", "rig_faces", "rig_exprdirs", "rig_shapedirs", "rig_posedirs",
+                  "rig_weights", "rig_j_regressor", "rig_parents")
+
+    @classmethod
+    def synthetic(cls, head, channels: int = 32, lods=(0, 1, 2), split_levels: int = 2,
+                  shoulders: bool = True, seed: int = 0) -> "Avatar":
+        """A plausible avatar from a head model alone (tests, benchmarks, the pre-photo demo)."""
+        from avatar_core.gaussians.build import synthetic_avatar
+        return synthetic_avatar(head, channels=channels, lods=lods, split_levels=split_levels,
+                                shoulders=shoulders, seed=seed)
+
+    # ------------------------------------------------------------------ basics
+    @property
+    def num_gaussians(self) -> int:
+        return int(self.offset.shape[0])
+
+    @property
+    def num_expr(self) -> int:
+        return int(self.rig_exprdirs.shape[-1])
+
+    @property
+    def channels(self) -> int:
+        return int(self.features.shape[-1])
+
+    @property
+    def device(self) -> torch.device:
+        return self.offset.device
+
+    def lod_counts(self) -> Dict[int, int]:
+        """Number of Gaussians rendered at each LOD (head of that LOD + shared ones)."""
+        return {k: int(((self.lod == k) | (self.lod == ALL_LODS)).sum()) for k in self.available_lods()}
+
+    def available_lods(self) -> List[int]:
+        levels = sorted(set(int(x) for x in self.lod.unique().tolist()) - {ALL_LODS})
+        return levels or [0]
+
+    def tensors(self) -> Dict[str, torch.Tensor]:
+        return {n: getattr(self, n) for n in self.RIG_FIELDS + self.GAUSSIAN_FIELDS}
+
+    def to(self, device=None, dtype=None) -> "Avatar":
+        def mv(t):
+            if t.is_floating_point():
+                return t.to(device=device, dtype=dtype or t.dtype)
+            return t.to(device=device)
+        fields = {n: mv(t) for n, t in self.tensors().items()}
+        src = {k: mv(v) for k, v in self.source.items()}
+        return dataclasses.replace(self, **fields, source=src)
+
+    def parameters_dict(self) -> Dict[str, torch.Tensor]:
+        """The optimisable float tensors of the Gaussians."""
+        return {n: getattr(self, n) for n in ("offset", "rotation", "log_scale", "opacity_logit",
+                                              "features", "soft_mask")}
+
+    def subset(self, index: torch.Tensor) -> "Avatar":
+        """A new avatar with only the Gaussians at ``index`` (parents remapped, -1 if dropped)."""
+        index = index.to(self.device)
+        remap = torch.full((self.num_gaussians,), -1, dtype=torch.long, device=self.device)
+        remap[index] = torch.arange(index.numel(), device=self.device)
+        fields = {n: getattr(self, n)[index] for n in self.GAUSSIAN_FIELDS}
+        par = fields["parent"]
+        fields["parent"] = torch.where(par >= 0, remap[par.clamp_min(0)], par)
+        return dataclasses.replace(self, **fields)
+
+    # ------------------------------------------------------------------ selection
+    def select(self, lod: int = 2, layers: Optional[Sequence[int]] = None,
+               mask_threshold: float = 0.5, regions: Optional[Sequence[int]] = None) -> torch.Tensor:
+        """Indices of the Gaussians rendered at ``lod`` with split ``layers`` (None = all) whose
+        soft mask (ANDed with every ancestor's, delayed filtering) passes ``mask_threshold``."""
+        keep = self.effective_mask(hard=True, threshold=mask_threshold) > 0.5
+        lods = self.available_lods()
+        if lod not in lods:
+            raise ParameterError(f"lod {lod} is not in this avatar; it has LODs {lods}.")
+        keep &= (self.lod == lod) | (self.lod == ALL_LODS)
+        if layers is not None:
+            allowed = torch.tensor(sorted(set(int(x) for x in layers)), device=self.device, dtype=self.split_layer.dtype)
+            keep &= (self.split_layer < 0) | torch.isin(self.split_layer, allowed)
+        if regions is not None:
+            allowed = torch.tensor(list(regions), device=self.device, dtype=self.region.dtype)
+            keep &= torch.isin(self.region, allowed)
+        return torch.nonzero(keep)[:, 0]
+
+    def effective_mask(self, hard: bool = True, threshold: float = 0.5) -> torch.Tensor:
+        """Per-Gaussian mask [N] in {0, 1} (hard) or a straight-through estimate (hard=False).
+
+        m_i = H(sigmoid(s_i) - t) for split Gaussians (1 for the rest), ANDed with the parent's
+        mask. With hard=False the forward value is the same binary mask but the gradient flows
+        through sigmoid(s_i) (straight-through estimator), as in SplitAvatar.
+        """
+        soft = torch.sigmoid(self.soft_mask)
+        binary = (soft >= threshold).to(soft.dtype)
+        m = binary if hard else binary + soft - soft.detach()
+        is_split = self.split_layer >= 1  # layer 0 (G0) is always on
+        m = torch.where(is_split, m, torch.ones_like(m))
+        if self.split_levels > 0 and bool(is_split.any()):
+            for layer in range(1, self.split_levels + 1):
+                idx = torch.nonzero(self.split_layer == layer)[:, 0]
+                if idx.numel() == 0:
+                    continue
+                par = self.parent[idx]
+                parent_m = torch.where(par >= 0, m[par.clamp_min(0)], torch.ones_like(m[idx]))
+                m = m.index_put((idx,), m[idx] * parent_m)
+        return m
+
+    # ------------------------------------------------------------------ animation
+    def expression_vector(self, expression, batch: Optional[int]) -> torch.Tensor:
+        dev, dt = self.device, self.offset.dtype
+        if isinstance(expression, dict):
+            index = {n: i for i, n in enumerate(self.expr_names)}
+            out = torch.zeros(batch or 1, self.num_expr, device=dev, dtype=dt)
+            for name, value in expression.items():
+                if name not in index:
+                    raise ParameterError(
+                        f"Unknown expression name {name!r}: this avatar's head ({self.head_name}) uses "
+                        f"names such as {', '.join(self.expr_names[:4])}.")
+                out[:, index[name]] = float(value)
+            return out
+        return check_param("expression", expression, (self.num_expr,), batch, dev, dt)
+
+    def deform_rig(self, expression=None, pose=None, translation=None, shape=None):
+        """Deform the LOD-0 rig.  Returns (vertices [B, V0, 3], transforms [B, J, 4, 4])."""
+        B = _batch(expression, pose, translation, shape)
+        dev, dt = self.device, self.offset.dtype
+        e = self.expression_vector(expression, B)
+        J = self.rig_weights.shape[1]
+        theta = check_param("pose", pose, (J, 3), B, dev, dt)
+        v = self.rig_template[None] + lbs.blend_shapes(e, self.rig_exprdirs)
+        if shape is not None:
+            s = check_param("shape", shape, (self.rig_shapedirs.shape[-1],), B, dev, dt)
+            v = v + lbs.blend_shapes(s, self.rig_shapedirs)
+        # joints[b, j, i] = sum_v R[j, v] * v[b, v, i]
+        joints = torch.einsum("jv,bvi->bji", self.rig_j_regressor, v)
+        rot = lbs.axis_angle_to_matrix(theta)
+        if self.rig_posedirs.shape[-1] > 0:
+            v = v + lbs.blend_shapes(lbs.pose_features(rot), self.rig_posedirs)
+        _, transforms = lbs.rigid_transforms(rot, joints, self.rig_parents)
+        verts, _ = lbs.skin(v, self.rig_weights, transforms)
+        if translation is not None:
+            t = check_param("translation", translation, (3,), B, dev, dt)
+            verts = verts + t[:, None]
+            transforms = transforms.clone()
+            transforms[..., :3, 3] = transforms[..., :3, 3] + t[:, None]
+        return verts, transforms
+
+    def animate(self, expression=None, pose=None, translation=None, lod: int = 2,
+                layers: Optional[Sequence[int]] = None, mask_threshold: float = 0.5,
+                shape=None, training: bool = False, index: Optional[torch.Tensor] = None) -> GaussianFrame:
+        """One frame (or a batch) of world-space Gaussians.
+
+        Args:
+            expression: [B, E] or {name: value}; pose: [B, J, 3] axis-angle (root, neck, jaw,
+                eye_L, eye_R); translation: [B, 3]; shape: [B, S'] identity delta or None.
+            lod: 0..2. layers: split layers to include (None = all). mask_threshold: soft-mask
+                threshold. training: keep every Gaussian of the LOD and multiply opacity by the
+                straight-through mask, so gradients reach the soft masks (delayed filtering).
+            index: precomputed Gaussian indices (skips selection; for fast loops).
+        Returns:
+            GaussianFrame with [B, N_sel, ...] tensors; differentiable w.r.t. every input and
+            every Gaussian attribute.
+        """
+        verts, transforms = self.deform_rig(expression, pose, translation, shape)
+        B = verts.shape[0]
+        if index is None:
+            # training keeps every Gaussian of the LOD (threshold 0) and gates opacity instead
+            index = self.select(lod, layers, 0.0 if training else mask_threshold)
+        g = {n: getattr(self, n)[index] for n in ("bind_ids", "bind_bary", "frame_face", "offset",
+                                                  "rotation", "log_scale", "opacity_logit", "features")}
+        frames = face_frames(verts, self.rig_faces)  # [B, F0, 3, 3]
+        frame_q = lbs.matrix_to_quaternion(frames)    # [B, F0, 4]
+        has_face = g["frame_face"] >= 0
+        ff = g["frame_face"].clamp_min(0)
+        R_root = transforms[:, 0, :3, :3]
+        R = torch.where(has_face[None, :, None, None], frames[:, ff], R_root[:, None])  # [B, n, 3, 3]
+        q = torch.where(has_face[None, :, None], frame_q[:, ff], lbs.matrix_to_quaternion(R_root)[:, None])
+        # surface point: sum_i bary_i * verts[ids_i]; root-bound Gaussians use the root transform
+        surf = (verts[:, g["bind_ids"]] * g["bind_bary"][None, :, :, None]).sum(2)  # [B, n, 3]
+        base = torch.where(has_face[None, :, None], surf, transforms[:, 0, :3, 3][:, None])
+        means = base + (R @ g["offset"][None, :, :, None])[..., 0]
+        quats = lbs.quaternion_multiply(q, g["rotation"][None].expand(B, -1, -1))
+        scales = torch.exp(g["log_scale"])[None].expand(B, -1, -1)
+        opac = torch.sigmoid(g["opacity_logit"])
+        if training:
+            opac = opac * self.effective_mask(hard=False, threshold=mask_threshold)[index]
+        feats = g["features"][None].expand(B, -1, -1)
+        return GaussianFrame(means, quats, scales, opac[None].expand(B, -1), feats)
+
+
+def _batch(*params) -> Optional[int]:
+    for p in params:
+        if isinstance(p, torch.Tensor) and p.dim() >= 2:
+            return int(p.shape[0])
+    return None
+

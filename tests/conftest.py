@@ -1,0 +1,33 @@
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+sys.path.insert(0, str(ROOT))
+
+# keep Blender and the head cache out of the user's home during tests
+os.environ.setdefault("BLENDER_USER_RESOURCES", tempfile.mkdtemp(prefix="headsplat-blender-"))
+
+
+def shared_data(*parts) -> Path:
+    """A file under ../shared/data, or skip the test with the reason."""
+    p = SHARED_DATA.joinpath(*parts)
+    if not p.exists():
+        pytest.skip(f"shared test data {p} is absent (it lives beside the repository in ../shared/data)")
+    return p
+
+
+@pytest.fixture(scope="session")
+def test_head():
+    from avatar_core.head.synthetic import make_test_head
+    return make_test_head(subdivisions=3)
+
+
+@pytest.fixture(scope="session")
+def small_avatar(test_head):
+    from avatar_core.gaussians.avatar import Avatar
+    return Avatar.synthetic(test_head, channels=8)
