@@ -1,0 +1,1 @@
+"""Fitting the head model to images: landmark correspondence, one-image fit, video tracking."""

@@ -1,0 +1,216 @@
+"""Where MediaPipe's 478 landmarks sit on a head model's surface, computed by HeadSplat.
+
+No MPI-licensed embedding is needed: the neutral head is rendered (shaded, skin-toned) from
+a few views, MediaPipe's face mesh runs on each render, and every detected landmark is
+back-projected through the z-buffer onto the surface. The views are combined per landmark,
+weighted by how squarely the surface faces the camera, and snapped to the closest surface
+point. The result, an ``Embedding`` (face ids + barycentric coordinates), is cached per head
+identity. A user-supplied FLAME MediaPipe embedding (``lmk_face_idx``, ``lmk_b_coords``,
+``landmark_indices``) can be loaded instead with ``load_embedding_file``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from avatar_core.errors import HeadModelError
+from avatar_core.head.model import HeadModel
+
+log = logging.getLogger(__name__)
+CACHE_VERSION = 1
+VIEWS_YAW = (0.0, -25.0, 25.0)
+SKIN = np.array([0.80, 0.62, 0.52])
+
+
+@dataclasses.dataclass
+class Embedding:
+    """K landmarks on a mesh: landmark_ids [K] (into the 478), face_idx [K], bary [K, 3]."""
+
+    landmark_ids: np.ndarray
+    face_idx: np.ndarray
+    bary: np.ndarray
+
+    def points(self, vertices: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
+        """Landmark positions on a (batched) mesh: vertices [B, V, 3] -> [B, K, 3]."""
+        f = faces[torch.as_tensor(self.face_idx, device=faces.device)]  # [K, 3]
+        b = torch.as_tensor(self.bary, dtype=vertices.dtype, device=vertices.device)
+        return (vertices[:, f] * b[None, :, :, None]).sum(2)
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("HEADSPLAT_CACHE_DIR", Path.home() / ".cache" / "headsplat"))
+
+
+def load_embedding_file(path) -> Embedding:
+    """A FLAME-style MediaPipe embedding npz (lmk_face_idx, lmk_b_coords, landmark_indices)."""
+    path = Path(path)
+    try:
+        z = np.load(path, allow_pickle=False)
+        return Embedding(z["landmark_indices"].astype(np.int64), z["lmk_face_idx"].astype(np.int64),
+                         z["lmk_b_coords"].astype(np.float32))
+    except (OSError, KeyError, ValueError) as exc:
+        raise HeadModelError(f"{str(path)!r} is not a landmark embedding with lmk_face_idx, lmk_b_coords "
+                             f"and landmark_indices ({exc}).") from None
+
+
+def closest_points_on_mesh(points: np.ndarray, vertices: np.ndarray, faces: np.ndarray, candidates: int = 24):
+    """Closest surface point to each query: returns face_idx [K], bary [K, 3].
+
+    Searches the faces around the ``candidates`` nearest vertices (enough for points that are
+    already near the surface, as back-projected landmarks are).
+    """
+    vt = torch.as_tensor(vertices, dtype=torch.float64)
+    q = torch.as_tensor(points, dtype=torch.float64)
+    d = torch.cdist(q, vt)
+    near = torch.topk(d, min(candidates, vt.shape[0]), largest=False).indices  # [K, c]
+    f = torch.as_tensor(faces)
+    # faces touching any candidate vertex
+    best_face = np.zeros(len(points), dtype=np.int64)
+    best_bary = np.zeros((len(points), 3), dtype=np.float32)
+    for k in range(len(points)):
+        cand = torch.nonzero(torch.isin(f, near[k]).any(1))[:, 0]
+        a, b, c = (vt[f[cand, i]] for i in range(3))
+        bary = _closest_bary(q[k].expand_as(a), a, b, c)
+        p = bary[:, :1] * a + bary[:, 1:2] * b + bary[:, 2:] * c
+        j = int((p - q[k]).norm(dim=1).argmin())
+        best_face[k] = int(cand[j])
+        best_bary[k] = bary[j].numpy()
+    return best_face, best_bary
+
+
+def _closest_bary(p, a, b, c):
+    """Barycentric coordinates of the closest point on triangles (a, b, c) to p: [M, 3]."""
+    ab, ac, ap = b - a, c - a, p - a
+    # solve the 2x2 normal equations for the plane projection, then clamp onto the triangle
+    d00, d01, d11 = (ab * ab).sum(1), (ab * ac).sum(1), (ac * ac).sum(1)
+    d20, d21 = (ap * ab).sum(1), (ap * ac).sum(1)
+    den = (d00 * d11 - d01 * d01).clamp_min(1e-20)
+    v = (d11 * d20 - d01 * d21) / den
+    w = (d00 * d21 - d01 * d20) / den
+    u = 1 - v - w
+    bary = torch.stack([u, v, w], 1)
+    inside = (bary >= 0).all(1)
+    out = bary.clone()
+    if (~inside).any():
+        # project onto each edge and keep the nearest
+        def seg(p0, p1):
+            t = ((p - p0) * (p1 - p0)).sum(1) / ((p1 - p0) ** 2).sum(1).clamp_min(1e-20)
+            t = t.clamp(0, 1)
+            return t, ((p0 + t[:, None] * (p1 - p0)) - p).norm(dim=1)
+        t_ab, d_ab = seg(a, b)
+        t_bc, d_bc = seg(b, c)
+        t_ca, d_ca = seg(c, a)
+        cand = torch.stack([
+            torch.stack([1 - t_ab, t_ab, torch.zeros_like(t_ab)], 1),
+            torch.stack([torch.zeros_like(t_bc), 1 - t_bc, t_bc], 1),
+            torch.stack([t_ca, torch.zeros_like(t_ca), 1 - t_ca], 1)], 1)
+        pick = torch.stack([d_ab, d_bc, d_ca], 1).argmin(1)
+        edge = cand[torch.arange(len(pick)), pick]
+        out[~inside] = edge[~inside]
+    return out.float()
+
+
+def render_head_for_landmarks(head: HeadModel, yaw_deg: float, size: int = 512):
+    """A shaded, skin-toned render of the neutral head and its camera and raster."""
+    from avatar_core.render.camera import orbit_camera
+    from avatar_core.render.mesh import rasterize_mesh
+    v = head.v_template.float()
+    faces = head.faces
+    centre = _face_centre(head)
+    cam = orbit_camera(target=centre.tolist(), distance=0.65, yaw_deg=yaw_deg, pitch_deg=0.0,
+                       fov_deg=24.0, width=size, height=size)
+    ras = rasterize_mesh(v, faces, cam.K[0], cam.viewmat[0], size, size)
+    fid = ras.face_id
+    hit = fid >= 0
+    # Lambertian shading with a head light plus ambient
+    a, b, c = v[faces[:, 0]], v[faces[:, 1]], v[faces[:, 2]]
+    n = torch.cross(b - a, c - a, dim=-1)
+    n = n / n.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    cam_pos = cam.position[0]
+    centres = (a + b + c) / 3
+    view = cam_pos - centres
+    view = view / view.norm(dim=-1, keepdim=True)
+    light = (n * view).sum(-1).abs()
+    shade = 0.35 + 0.65 * light
+    img = np.full((size, size, 3), 0.15, dtype=np.float32)
+    s = shade[fid.clamp_min(0)].numpy()
+    img[hit.numpy()] = (SKIN[None] * s[hit.numpy()][:, None]).astype(np.float32)
+    return img, cam, ras
+
+
+def _face_centre(head: HeadModel) -> torch.Tensor:
+    """A point between the eyes and mouth: the eye joints' midpoint lowered a little."""
+    joints = head.j_regressor @ head.v_template
+    eyes = 0.5 * (joints[3] + joints[4])
+    return eyes + torch.tensor([0.0, -0.03, 0.0])
+
+
+def compute_embedding(head: HeadModel, size: int = 512) -> Embedding:
+    """Render, detect, back-project, combine views, snap to the surface."""
+    from avatar_core.face.detect import detect_faces
+    from avatar_core.face.landmarks import landmarks_for_face
+    v = head.v_template.float()
+    faces = head.faces
+    sums = np.zeros((478, 3))
+    wsum = np.zeros(478)
+    for yaw in VIEWS_YAW:
+        img, cam, ras = render_head_for_landmarks(head, yaw, size)
+        dets = detect_faces(img)
+        if not dets:
+            log.warning("no face detected on the %+.0f degree render of the head", yaw)
+            continue
+        det = max(dets, key=lambda d: d.area)
+        lm = landmarks_for_face(img, det)
+        if lm is None:
+            continue
+        px = np.clip(np.round(lm[:, :2]).astype(int), 0, size - 1)
+        fid = ras.face_id[px[:, 1], px[:, 0]].numpy()
+        bary = ras.bary[px[:, 1], px[:, 0]].numpy()
+        ok = fid >= 0
+        tri = v[faces[np.clip(fid, 0, None)]].numpy()  # [478, 3, 3]
+        pts = (tri * bary[..., None]).sum(1)
+        # weight: how squarely the surface faces this camera
+        a, b, c = tri[:, 0], tri[:, 1], tri[:, 2]
+        n = np.cross(b - a, c - a)
+        n /= np.linalg.norm(n, axis=1, keepdims=True).clip(1e-12)
+        to_cam = cam.position[0].numpy()[None] - pts
+        to_cam /= np.linalg.norm(to_cam, axis=1, keepdims=True).clip(1e-12)
+        w = np.clip((n * to_cam).sum(1), 0, None) ** 2 * ok
+        if yaw == 0.0:
+            w = w * 2.0
+        sums += pts * w[:, None]
+        wsum += w
+    found = wsum > 1e-6
+    if found.sum() < 400:
+        raise HeadModelError(f"Could not locate the face landmarks on the head model {head.name!r} "
+                             f"(only {int(found.sum())} of 478 found on its renders).")
+    ids = np.nonzero(found)[0]
+    pts = sums[ids] / wsum[ids, None]
+    face_idx, bary = closest_points_on_mesh(pts, v.numpy(), faces.numpy())
+    return Embedding(ids.astype(np.int64), face_idx, bary)
+
+
+def landmark_embedding(head: HeadModel, embedding_file: Optional[str] = None) -> Embedding:
+    """The head's landmark embedding: a user file if given, else computed once and cached."""
+    if embedding_file:
+        return load_embedding_file(embedding_file)
+    path = cache_dir() / f"landmarks-{head.identity()}-v{CACHE_VERSION}.npz"
+    if path.is_file():
+        try:
+            z = np.load(path)
+            return Embedding(z["landmark_ids"], z["face_idx"], z["bary"])
+        except (OSError, KeyError, ValueError):
+            log.warning("ignoring a corrupt landmark cache %s", path)
+    emb = compute_embedding(head)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, landmark_ids=emb.landmark_ids, face_idx=emb.face_idx, bary=emb.bary)
+    os.replace(tmp, path)
+    return emb
