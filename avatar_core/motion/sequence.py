@@ -1,0 +1,327 @@
+"""``MotionSequence``: the one in-memory motion type, and HeadSplat's own motion file.
+
+A motion is T frames at ``fps`` of named expression coefficients [T, E], axis-angle joint
+rotations [T, 5, 3] in FLAME's joint order (root, neck, jaw, eye_L, eye_R) and a root
+translation [T, 3] (metres), with an optional identity vector [S] and the list of warnings
+its reader collected. Every reader returns one; ``animate`` and the Blender bridge consume it.
+
+Our motion file (``.npz``, written by ``save``) holds:
+
+=====================  ===========================  ======================================
+key                    array                        meaning
+=====================  ===========================  ======================================
+``headsplat_motion``   int, 0-d                     format version (``FORMAT_VERSION``)
+``fps``                float, 0-d                   frames per second
+``expr_names``         str [E]                      expression names
+``expression``         float32 [T, E]               coefficients
+``pose``               float32 [T, 5, 3]            axis-angle: root, neck, jaw, eye_L, eye_R
+``translation``        float32 [T, 3]               metres
+``shape``              float32 [S] (optional)       identity coefficients
+``source``             str, 0-d                     where the motion came from
+``warnings``           str [W]                      what its reader warned about
+=====================  ===========================  ======================================
+
+It loads without pickle (``np.load(..., allow_pickle=False)``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+from avatar_core.errors import MotionError
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+FORMAT_KEY = "headsplat_motion"
+JOINT_NAMES = ("root", "neck", "jaw", "eye_L", "eye_R")
+NUM_JOINTS = len(JOINT_NAMES)
+
+
+@dataclasses.dataclass
+class MotionSequence:
+    """T frames of named expressions, joint rotations and translation.
+
+    Attributes (T frames, E expressions, S identity components):
+        fps: frames per second (> 0).
+        expr_names: E names (ARKit names, or ``exp_000``... for FLAME).
+        expression: [T, E] float32.
+        pose: [T, 5, 3] float32 axis-angle (root, neck, jaw, eye_L, eye_R), radians.
+        translation: [T, 3] float32, metres.
+        shape: [S] float32 identity coefficients of the captured person, or None.
+        source: where it came from (a path, "synthetic", ...); named in error messages.
+        warnings: sentences about what the reader repaired or ignored.
+
+    Construction validates shapes and values and raises ``MotionError`` naming ``source``.
+    """
+
+    fps: float
+    expr_names: List[str]
+    expression: np.ndarray
+    pose: np.ndarray
+    translation: np.ndarray
+    shape: Optional[np.ndarray] = None
+    source: str = ""
+    warnings: List[str] = dataclasses.field(default_factory=list)
+
+    def __post_init__(self):
+        where = self.source or "the motion"
+        self.expr_names = [str(n) for n in self.expr_names]
+        self.expression = _array(where, "expression", self.expression)
+        self.pose = _array(where, "pose", self.pose)
+        self.translation = _array(where, "translation", self.translation)
+        if self.expression.ndim != 2:
+            raise MotionError(f"{where}: expression has shape {list(self.expression.shape)}; expected [T, E].")
+        T, E = self.expression.shape
+        if len(self.expr_names) != E:
+            raise MotionError(f"{where}: {len(self.expr_names)} expression names for {E} expression "
+                              f"columns; expected one name per column.")
+        if len(set(self.expr_names)) != E:
+            dup = sorted({n for n in self.expr_names if self.expr_names.count(n) > 1})
+            raise MotionError(f"{where}: expression names repeat ({', '.join(dup[:3])}); expected unique names.")
+        if self.pose.shape != (T, NUM_JOINTS, 3):
+            raise MotionError(f"{where}: pose has shape {list(self.pose.shape)}; expected [{T}, 5, 3] "
+                              f"(T frames x root, neck, jaw, eye_L, eye_R x axis-angle).")
+        if self.translation.shape != (T, 3):
+            raise MotionError(f"{where}: translation has shape {list(self.translation.shape)}; expected [{T}, 3].")
+        if self.shape is not None:
+            self.shape = _array(where, "shape", self.shape).reshape(-1)
+        try:
+            self.fps = float(self.fps)
+        except (TypeError, ValueError):
+            raise MotionError(f"{where}: fps is {self.fps!r}; expected a positive number.") from None
+        if not np.isfinite(self.fps) or self.fps <= 0:
+            raise MotionError(f"{where}: fps is {self.fps}; expected a positive number.")
+        self.warnings = [str(w) for w in self.warnings]
+
+    # ------------------------------------------------------------------ basics
+    @property
+    def num_frames(self) -> int:
+        return int(self.expression.shape[0])
+
+    @property
+    def num_expr(self) -> int:
+        return int(self.expression.shape[1])
+
+    @property
+    def duration(self) -> float:
+        """Seconds from the first frame to one frame past the last."""
+        return self.num_frames / self.fps
+
+    def __len__(self) -> int:
+        return self.num_frames
+
+    def replace(self, **changes) -> "MotionSequence":
+        return dataclasses.replace(self, **changes)
+
+    def warn(self, message: str) -> None:
+        """Record a warning (and log it)."""
+        log.warning("%s", message)
+        self.warnings.append(message)
+
+    # ------------------------------------------------------------------ frames
+    def slice(self, start: int = 0, stop: Optional[int] = None, step: int = 1) -> "MotionSequence":
+        """Frames ``start:stop:step`` (Python slice semantics); fps becomes fps / step."""
+        if step < 1:
+            raise MotionError(f"slice step must be a positive integer, got {step}.")
+        s = slice(start, stop, step)
+        out = self.replace(expression=self.expression[s].copy(), pose=self.pose[s].copy(),
+                           translation=self.translation[s].copy(), fps=self.fps / step,
+                           warnings=list(self.warnings))
+        if out.num_frames == 0:
+            raise MotionError(f"{self.source or 'the motion'}: frames {start}:{stop}:{step} select nothing "
+                              f"from {self.num_frames} frames.")
+        return out
+
+    def resample(self, fps: float) -> "MotionSequence":
+        """The same motion at ``fps``: expressions and translation interpolated linearly, joint
+        rotations by spherical linear interpolation. Frame 0 stays at t = 0; the new frame
+        count is round(duration * fps) (at least 1), sampled at t = i / fps, clamped to the
+        last frame."""
+        fps = float(fps)
+        if not np.isfinite(fps) or fps <= 0:
+            raise MotionError(f"resample fps must be a positive number, got {fps}.")
+        if abs(fps - self.fps) < 1e-9:
+            return self.replace(warnings=list(self.warnings))
+        n = max(1, int(round(self.num_frames * fps / self.fps)))
+        t = np.minimum(np.arange(n) / fps * self.fps, self.num_frames - 1)  # in source frames
+        i0 = np.floor(t).astype(np.int64)
+        i1 = np.minimum(i0 + 1, self.num_frames - 1)
+        w = (t - i0)[:, None]
+
+        def lerp(a):
+            return ((1 - w) * a[i0] + w * a[i1]).astype(np.float32)
+
+        pose = slerp_axis_angle(self.pose[i0], self.pose[i1], w[:, :, None])
+        return self.replace(fps=fps, expression=lerp(self.expression), translation=lerp(self.translation),
+                            pose=pose.astype(np.float32), warnings=list(self.warnings))
+
+    def frame(self, t: int, device=None) -> Dict[str, object]:
+        """Parameters of frame ``t`` as a batch of one, ready for ``Avatar.animate(**params)``:
+        {"expression": [1, E], "pose": [1, 5, 3], "translation": [1, 3]} torch tensors."""
+        t = int(t) + (self.num_frames if t < 0 else 0)
+        return self.frames(t, t + 1, device=device)
+
+    def frames(self, start: int, stop: int, device=None) -> Dict[str, object]:
+        """Parameters of frames ``start:stop`` as a batch (see ``frame``)."""
+        import torch
+
+        if not 0 <= start < stop <= self.num_frames:
+            raise MotionError(f"frames {start}:{stop} are outside {self.source or 'the motion'} "
+                              f"({self.num_frames} frames).")
+        s = slice(start, stop)
+        return {
+            "expression": torch.as_tensor(self.expression[s], device=device),
+            "pose": torch.as_tensor(self.pose[s], device=device),
+            "translation": torch.as_tensor(self.translation[s], device=device),
+        }
+
+    # ------------------------------------------------------------------ files
+    def to_dict(self) -> Dict[str, np.ndarray]:
+        """The arrays of our motion file (see the module doc)."""
+        d = {
+            FORMAT_KEY: np.asarray(FORMAT_VERSION, np.int64),
+            "fps": np.asarray(self.fps, np.float64),
+            "expr_names": np.asarray(self.expr_names, dtype=np.str_).reshape(len(self.expr_names)),
+            "expression": self.expression,
+            "pose": self.pose,
+            "translation": self.translation,
+            "source": np.asarray(self.source, dtype=np.str_),
+            "warnings": np.asarray(self.warnings, dtype=np.str_).reshape(len(self.warnings)),
+        }
+        if self.shape is not None:
+            d["shape"] = self.shape
+        return d
+
+    @classmethod
+    def from_dict(cls, d, source: str = "") -> "MotionSequence":
+        """Inverse of ``to_dict`` (``d`` may be an open ``np.load`` archive)."""
+        where = source or "the motion"
+        keys = set(d.keys())
+        version = int(np.asarray(d[FORMAT_KEY])) if FORMAT_KEY in keys else None
+        if version is None:
+            raise MotionError(f"{where} is not a HeadSplat motion file (no {FORMAT_KEY!r} key).")
+        if version > FORMAT_VERSION:
+            raise MotionError(f"{where} was written by a newer HeadSplat (motion format {version}; this one "
+                              f"reads up to {FORMAT_VERSION}); please update HeadSplat.")
+        missing = [k for k in ("fps", "expr_names", "expression", "pose", "translation") if k not in keys]
+        if missing:
+            raise MotionError(f"{where} lacks the key {missing[0]!r}; expected a complete HeadSplat motion file.")
+        shape = np.asarray(d["shape"]) if "shape" in keys else None
+        src = str(np.asarray(d["source"])) if "source" in keys else ""
+        warnings = [str(w) for w in np.asarray(d["warnings"]).reshape(-1)] if "warnings" in keys else []
+        extra = sorted(keys - {FORMAT_KEY, "fps", "expr_names", "expression", "pose", "translation",
+                               "shape", "source", "warnings"})
+        seq = cls(fps=float(np.asarray(d["fps"])), expr_names=[str(n) for n in np.asarray(d["expr_names"]).reshape(-1)],
+                  expression=np.asarray(d["expression"]), pose=np.asarray(d["pose"]),
+                  translation=np.asarray(d["translation"]), shape=shape,
+                  source=source or src, warnings=warnings)
+        if extra:
+            seq.warn(f"{where}: ignored unknown keys {', '.join(extra)}.")
+        return seq
+
+    def save(self, path) -> Path:
+        """Write our motion file atomically (temporary file beside it, then rename)."""
+        path = Path(path)
+        if path.suffix != ".npz":
+            raise MotionError(f"Cannot write the motion file {str(path)!r}: the name must end in .npz.")
+        folder = path.parent if str(path.parent) else Path(".")
+        if not folder.is_dir():
+            raise MotionError(f"Cannot write the motion file {str(path)!r}: the folder {str(folder)!r} does not exist.")
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+        except OSError as exc:
+            raise MotionError(f"Cannot write the motion file {str(path)!r}: {exc.strerror}.") from None
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez(f, **self.to_dict())
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+            raise
+        return path
+
+    @classmethod
+    def load(cls, path) -> "MotionSequence":
+        """Read our motion file (use ``load_motion`` for any supported format)."""
+        path = Path(path)
+        if not path.is_file():
+            raise MotionError(f"The motion file {str(path)!r} does not exist.")
+        try:
+            with np.load(path, allow_pickle=False) as d:
+                return cls.from_dict(d, source=str(path))
+        except MotionError:
+            raise
+        except (OSError, ValueError, EOFError) as exc:
+            raise MotionError(f"{str(path)!r} is not a readable .npz motion file ({exc}).") from None
+
+    # ------------------------------------------------------------------ constructors
+    @classmethod
+    def zeros(cls, num_frames: int, expr_names: Sequence[str], fps: float = 30.0, source: str = "") -> "MotionSequence":
+        """A still, neutral motion."""
+        E = len(expr_names)
+        return cls(fps=fps, expr_names=list(expr_names), expression=np.zeros((num_frames, E), np.float32),
+                   pose=np.zeros((num_frames, NUM_JOINTS, 3), np.float32),
+                   translation=np.zeros((num_frames, 3), np.float32), source=source)
+
+
+def _array(where: str, key: str, value) -> np.ndarray:
+    try:
+        a = np.asarray(value, dtype=np.float32)
+    except (TypeError, ValueError):
+        raise MotionError(f"{where}: {key} is not numeric; expected an array of numbers.") from None
+    if not np.isfinite(a).all():
+        bad = np.argwhere(~np.isfinite(a))[0]
+        raise MotionError(f"{where}: {key} contains NaN or infinite values (first at index "
+                          f"{tuple(int(i) for i in bad)}); expected finite numbers.")
+    return np.ascontiguousarray(a)
+
+
+def slerp_axis_angle(a: np.ndarray, b: np.ndarray, w) -> np.ndarray:
+    """Spherical interpolation between axis-angle rotations a, b [..., 3] with weights w
+    (broadcastable to [..., 1]); returns axis-angle [..., 3] (float64)."""
+    qa, qb = _aa_to_quat(np.asarray(a, np.float64)), _aa_to_quat(np.asarray(b, np.float64))
+    dot = (qa * qb).sum(-1, keepdims=True)
+    qb = np.where(dot < 0, -qb, qb)  # shortest arc
+    dot = np.abs(dot).clip(0.0, 1.0)
+    w = np.asarray(w, np.float64)
+    theta = np.arccos(dot)
+    sin = np.sin(theta)
+    small = sin < 1e-6
+    safe = np.where(small, 1.0, sin)
+    ka = np.where(small, 1.0 - w, np.sin((1.0 - w) * theta) / safe)
+    kb = np.where(small, w, np.sin(w * theta) / safe)
+    q = ka * qa + kb * qb
+    q = q / np.linalg.norm(q, axis=-1, keepdims=True)
+    return _quat_to_aa(q)
+
+
+def _aa_to_quat(aa: np.ndarray) -> np.ndarray:
+    """[..., 3] axis-angle -> [..., 4] (w, x, y, z)."""
+    angle = np.linalg.norm(aa, axis=-1, keepdims=True)
+    half = 0.5 * angle
+    # sin(half)/angle, with its Taylor series near zero
+    k = np.where(angle < 1e-8, 0.5 - angle ** 2 / 48.0, np.sin(half) / np.where(angle < 1e-8, 1.0, angle))
+    return np.concatenate([np.cos(half), aa * k], -1)
+
+
+def _quat_to_aa(q: np.ndarray) -> np.ndarray:
+    """[..., 4] unit (w, x, y, z) -> [..., 3] axis-angle, angle in [0, pi]."""
+    q = np.where(q[..., :1] < 0, -q, q)
+    v = q[..., 1:]
+    s = np.linalg.norm(v, axis=-1, keepdims=True)
+    angle = 2.0 * np.arctan2(s, q[..., :1])
+    k = np.where(s < 1e-8, 2.0 / np.clip(q[..., :1], 1e-8, None), angle / np.where(s < 1e-8, 1.0, s))
+    return v * k
