@@ -168,7 +168,7 @@ def read_csv(path, fps: Optional[float] = None, head_joint: str = "neck",
                 warnings.append(f"{where}: {note}")
 
     for w in warnings:
-        log.warning("%s", w)
+        log.info("%s", w)
     return MotionSequence(fps=fps, expr_names=list(ARKIT_NAMES), expression=expression, pose=pose,
                           translation=np.zeros((T, 3)), source=str(path), warnings=warnings)
 

@@ -227,7 +227,7 @@ def flame_sequence(arrays: Dict[str, np.ndarray], where: str = "the motion", sou
         warnings.append(f"{where}: ignored unknown keys {', '.join(unknown)}.")
 
     for w in warnings:
-        log.warning("%s", w)
+        log.info("%s", w)
     return MotionSequence(fps=fps, expr_names=flame_expr_names(E), expression=per_frame[expr_key],
                           pose=pose, translation=translation, shape=shape, source=source or where,
                           warnings=warnings)

@@ -249,8 +249,8 @@ class ExpressionRetargeter:
         index = {n: i for i, n in enumerate(seq.expr_names)}
         shared = [n for n in self.source_names if n in index]
         if not shared:
-            raise MotionError(f"{seq.source or 'The motion'}'s expressions ({_describe(seq.expr_names)}) are not "
-                              f"the retargeter's source space ({_describe(self.source_names)}).")
+            raise MotionError(f"{seq.source or 'The motion'}'s expressions ({describe_names(seq.expr_names)}) are not "
+                              f"the retargeter's source space ({describe_names(self.source_names)}).")
         out = np.zeros((seq.num_frames, self.num_source), np.float32)
         for j, n in enumerate(self.source_names):
             if n in index:
@@ -287,24 +287,24 @@ def retarget(seq: MotionSequence, target, retargeter: Optional[ExpressionRetarge
     warnings = list(seq.warnings)
     if retargeter is not None:
         if retargeter.target_names is not None and retargeter.target_names != names:
-            raise MotionError(f"The retargeter maps to {_describe(retargeter.target_names)}, but the target "
-                              f"expects {_describe(names)}.")
+            raise MotionError(f"The retargeter maps to {describe_names(retargeter.target_names)}, but the target "
+                              f"expects {describe_names(names)}.")
         if retargeter.num_target != len(names):
             raise MotionError(f"The retargeter maps to {retargeter.num_target} expressions, but the target "
                               f"has {len(names)}.")
         src = seq.replace(warnings=warnings)
         expression = retargeter.apply(retargeter.align(src))
-        note = (f"{where}: retargeted {seq.num_expr} expressions ({_describe(seq.expr_names)}) to "
-                f"{len(names)} ({_describe(names)}); fit residual {100 * retargeter.residual:.0f}%.")
+        note = (f"{where}: retargeted {seq.num_expr} expressions ({describe_names(seq.expr_names)}) to "
+                f"{len(names)} ({describe_names(names)}); fit residual {100 * retargeter.residual:.0f}%.")
         log.info("%s", note)
         return seq.replace(expr_names=names, expression=expression, warnings=src.warnings + [note])
     index = {n: i for i, n in enumerate(seq.expr_names)}
     shared = [n for n in names if n in index]
     if not shared:
         raise MotionError(
-            f"{where} uses the expressions {_describe(seq.expr_names)}, but the avatar expects "
-            f"{_describe(names)}, and no expression basis is available to retarget between them "
-            f"(give the motion's head model so the spaces can be matched through landmarks).")
+            f"{where} uses the expressions {describe_names(seq.expr_names)}, but the avatar expects "
+            f"{describe_names(names)}, and no expression basis is available to retarget between them "
+            f"(fit an ExpressionRetargeter between the two head models).")
     expression = np.zeros((seq.num_frames, len(names)), np.float32)
     for j, n in enumerate(names):
         if n in index:
@@ -313,12 +313,12 @@ def retarget(seq: MotionSequence, target, retargeter: Optional[ExpressionRetarge
     if dropped:
         msg = (f"{where}: {len(dropped)} of its {seq.num_expr} expressions are not in the avatar's space and are "
                f"dropped ({', '.join(dropped[:4])}{', ...' if len(dropped) > 4 else ''}).")
-        log.warning("%s", msg)
+        log.info("%s", msg)
         warnings.append(msg)
     return seq.replace(expr_names=names, expression=expression, warnings=warnings)
 
 
-def _describe(names: Sequence[str]) -> str:
+def describe_names(names: Sequence[str]) -> str:
     names = list(names)
     if not names:
         return "no expressions"

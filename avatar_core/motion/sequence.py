@@ -123,7 +123,7 @@ class MotionSequence:
 
     def warn(self, message: str) -> None:
         """Record a warning (and log it)."""
-        log.warning("%s", message)
+        log.info("%s", message)
         self.warnings.append(message)
 
     # ------------------------------------------------------------------ frames
