@@ -501,3 +501,35 @@ def test_animate_cli_errors(animate_inputs, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "50 FLAME components" in err and "--motion-head" in err
     assert not list(tmp_path.glob("*.mp4")) and not list(tmp_path.glob(".*"))
+
+
+@needs_renderer
+def test_cameras_and_render_motion(small_avatar):
+    import dataclasses
+    import threading
+    from avatar_core.motion.playback import make_cameras, render_motion
+    from avatar_core.render.camera import intrinsics, look_at
+    # no source camera: a frontal one, or one per frame for orbit
+    cam = make_cameras(small_avatar, 6, "source", 32, "cpu")
+    assert cam.batch == 1 and (cam.width, cam.height) == (32, 32)
+    orbit = make_cameras(small_avatar, 6, "orbit", 32, "cpu")
+    assert orbit.batch == 6 and not torch.allclose(orbit.viewmat[0], orbit.viewmat[1])
+    # the fitted source camera, scaled to the requested longer side
+    src = {"K": intrinsics(500.0, 640, 480), "viewmat": look_at((0.0, 0.0, 0.9), (0.0, 0.0, 0.0)),
+           "width": torch.tensor(640), "height": torch.tensor(480)}
+    av = dataclasses.replace(small_avatar, source=src)
+    cam = make_cameras(av, 6, "source", 64, "cpu")
+    assert (cam.width, cam.height) == (64, 48) and abs(float(cam.K[0, 0, 0]) - 50.0) < 1e-4
+    # frames in order, progress reported, cancel honoured
+    seq = MotionSequence.zeros(3, small_avatar.expr_names)
+    seen = []
+    cam = make_cameras(small_avatar, 3, "source", 24, "cpu")
+    frames = list(render_motion(small_avatar, seq, cam, lod=0, batch=2, progress=lambda f, m: seen.append(f)))
+    assert [i for i, _ in frames] == [0, 1, 2] and frames[0][1].shape == (24, 24, 3) and seen[-1] == 1.0
+    stop = threading.Event()
+    stop.set()
+    from avatar_core.errors import Cancelled
+    with pytest.raises(Cancelled):
+        list(render_motion(small_avatar, seq, cam, lod=0, cancel=stop))
+    with pytest.raises(MotionError, match="expression space"):
+        list(render_motion(small_avatar, MotionSequence.zeros(2, ["x"]), cam))

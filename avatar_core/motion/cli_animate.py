@@ -16,21 +16,17 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
-import math
 import os
 import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import Optional
 
-from avatar_core.errors import AvatarError, MotionError
+from avatar_core.errors import AvatarError
 
 log = logging.getLogger(__name__)
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".m4v")
-ORBIT_SWING_DEG = 30.0
-FOV_DEG = 20.0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -62,11 +58,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args) -> int:
     import numpy as np
-    import torch
 
     from avatar_core.cli_util import ProgressBar, resolve_device
     from avatar_core.io import load_avatar
     from avatar_core.motion.load import load_motion
+    from avatar_core.motion.playback import bring_to_avatar, load_refiner, make_cameras, render_motion
 
     out = Path(args.output)
     video = out.suffix.lower() in VIDEO_SUFFIXES
@@ -99,147 +95,16 @@ def run(args) -> int:
         raise AvatarError(f"--lod {lod} is not in {args.avatar!r}; it has LODs {lods}.")
     refiner = load_refiner(avatar, device) if args.refiner == "on" else None
     cameras = make_cameras(avatar, motion.num_frames, args.camera, args.res, device)
-    index = avatar.select(lod)
-    background = torch.full((3,), float(args.background), device=device)
 
     T = motion.num_frames
     bar = ProgressBar("animate")
     with _writer(out, video, motion.fps, cameras.width, cameras.height) as write:
-        with torch.no_grad():
-            for start in range(0, T, args.batch):
-                stop = min(T, start + args.batch)
-                rgb = render_frames(avatar, motion, start, stop, cameras, index, background, refiner, device)
-                for i in range(rgb.shape[0]):
-                    write(start + i, rgb[i])
-                bar(stop / T, f"frame {stop}/{T}")
+        for i, rgb in render_motion(avatar, motion, cameras, lod=lod, refiner=refiner, batch=args.batch,
+                                    background=args.background, progress=bar):
+            write(i, rgb)
     print(f"wrote {T} frames at {motion.fps:g} fps ({cameras.width}x{cameras.height}, LOD {lod}"
           f"{', refiner' if refiner is not None else ''}) to {out}")
     return 0
-
-
-# ----------------------------------------------------------------------------- motion
-def bring_to_avatar(motion, avatar, motion_head: Optional[str] = None):
-    """The motion in the avatar's expression space: by names when they overlap, else through
-    both head models' landmark correspondences (needs the motion's head model)."""
-    from avatar_core.motion.arkit import is_arkit_space
-    from avatar_core.motion.retarget import ExpressionRetargeter, retarget
-
-    names = list(avatar.expr_names)
-    if list(motion.expr_names) == names:
-        return motion
-    shared = set(motion.expr_names) & set(names)
-    if shared and motion_head is None:
-        return retarget(motion, names)
-    if motion_head is None and is_arkit_space(motion.expr_names):
-        motion_head = "open"
-    if motion_head is None:
-        from avatar_core.motion.retarget import describe_names
-        raise MotionError(
-            f"{motion.source} uses the expressions {describe_names(motion.expr_names)}, but the avatar expects "
-            f"{describe_names(names)}; pass --motion-head with the motion's head model (the FLAME file for "
-            f"exp_000... motions) to retarget between them through facial landmarks.")
-    from avatar_core.head import load_head
-    try:
-        from avatar_core.fit.correspondence import landmark_embedding
-    except ImportError as exc:
-        raise MotionError(f"Retargeting between head models needs the landmark correspondences "
-                          f"(avatar_core.fit.correspondence), which cannot be imported ({exc}).") from None
-    source = load_head(motion_head)
-    if not set(motion.expr_names) <= set(source.expr_names):
-        raise MotionError(f"The motion's expressions ({', '.join(motion.expr_names[:3])}, ...) are not those of "
-                          f"the head model {motion_head!r} ({', '.join(list(source.expr_names)[:3])}, ...).")
-    target = rig_head(avatar)
-    retargeter = ExpressionRetargeter.from_heads(source, landmark_embedding(source), target,
-                                                 landmark_embedding(target))
-    if retargeter.residual > 0.5:
-        motion.warn(f"the avatar's expressions reproduce the motion's only roughly (fit residual "
-                    f"{100 * retargeter.residual:.0f}%).")
-    return retarget(motion, names, retargeter)
-
-
-def rig_head(avatar):
-    """The avatar's LOD-0 rig as a HeadModel (same topology as its head model)."""
-    import torch
-
-    from avatar_core.head.model import HeadModel
-    return HeadModel(name=avatar.head_name or "avatar", v_template=avatar.rig_template.cpu(),
-                     faces=avatar.rig_faces.cpu(), shapedirs=avatar.rig_shapedirs.cpu(),
-                     exprdirs=avatar.rig_exprdirs.cpu(), expr_names=list(avatar.expr_names),
-                     posedirs=avatar.rig_posedirs.cpu(), j_regressor=avatar.rig_j_regressor.cpu(),
-                     lbs_weights=avatar.rig_weights.cpu(), parents=avatar.rig_parents.cpu().to(torch.long))
-
-
-# ----------------------------------------------------------------------------- cameras
-def make_cameras(avatar, num_frames: int, mode: str, res: int, device):
-    """One camera per frame (batch T), or one shared camera (batch 1) for ``source``."""
-    import torch
-
-    from avatar_core.render.camera import Camera, focal_from_fov, orbit_camera
-    src = avatar.source or {}
-    if mode == "source" and all(k in src for k in ("K", "viewmat", "width", "height")):
-        w, h = int(torch.as_tensor(src["width"]).reshape(-1)[0]), int(torch.as_tensor(src["height"]).reshape(-1)[0])
-        scale = res / max(w, h)
-        cam = Camera(src["K"].float().cpu(), src["viewmat"].float().cpu(), w, h)
-        cam = cam.scaled(max(1, int(round(w * scale))), max(1, int(round(h * scale))))
-        return cam.to(device=device)
-    if mode == "source":
-        log.info("the avatar has no source camera; using a frontal camera")
-    target, distance = _framing(avatar)
-    if mode == "orbit":
-        yaw = [ORBIT_SWING_DEG * math.sin(2 * math.pi * i / max(num_frames, 1)) for i in range(num_frames)]
-        pitch = 5.0
-    else:
-        yaw, pitch = 0.0, 0.0
-    return orbit_camera(target=target, distance=distance, yaw_deg=yaw, pitch_deg=pitch,
-                        focal=focal_from_fov(FOV_DEG, res), width=res, height=res, device=device)
-
-
-def _framing(avatar):
-    """(target, distance) that frame the rig's head in a 20-degree field of view."""
-    v = avatar.rig_template.detach().float().cpu()
-    lo, hi = v.min(0).values, v.max(0).values
-    centre = 0.5 * (lo + hi)
-    radius = float(0.5 * (hi - lo).max())
-    distance = 1.5 * radius / math.tan(math.radians(FOV_DEG) / 2)
-    return centre.tolist(), distance
-
-
-# ----------------------------------------------------------------------------- rendering
-def render_frames(avatar, motion, start: int, stop: int, cameras, index, background, refiner, device):
-    """Frames start:stop as uint8 RGB images [b, H, W, 3] (numpy)."""
-    import torch
-
-    from avatar_core.render import render
-    params = motion.frames(start, stop, device=device)
-    frame = avatar.animate(index=index, **params)
-    cam = cameras if cameras.batch == 1 else _camera_slice(cameras, start, stop)
-    out = render(frame, cam, background=background)
-    image = refiner(out.image) if refiner is not None else out.image[..., :3]
-    return (image.clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu().numpy()
-
-
-def _camera_slice(cameras, start: int, stop: int):
-    from avatar_core.render.camera import Camera
-    return Camera(cameras.K[start:stop], cameras.viewmat[start:stop], cameras.width, cameras.height)
-
-
-def load_refiner(avatar, device):
-    """A callable feature image [B, H, W, C] -> RGB [B, H, W, 3], or None when the avatar has
-    no refiner weights."""
-    if not avatar.refiner_state:
-        log.info("the avatar has no refiner; rendering the 3DGS image")
-        return None
-    try:
-        from avatar_core.render import refiner as refiner_module
-    except ImportError as exc:
-        raise AvatarError(f"The avatar has refiner weights, but the refiner module cannot be imported ({exc}); "
-                          f"use --refiner off.") from None
-    loader = getattr(refiner_module, "load_refiner", None)
-    if loader is None:
-        raise AvatarError("The refiner module has no load_refiner(state, config); use --refiner off.")
-    net = loader(avatar.refiner_state, avatar.refiner_config)
-    net = net.to(device).eval() if hasattr(net, "to") else net
-    return net
 
 
 # ----------------------------------------------------------------------------- output
