@@ -97,89 +97,75 @@ def bin_splats(means2d: torch.Tensor, radii: torch.Tensor, depths: torch.Tensor,
     return Binning(gauss, starts, counts, tx, ty, tile_size, images)
 
 
-def _tile_pixels(tile_ids: torch.Tensor, b: Binning, dtype) -> tuple:
-    """Pixel-centre coordinates of the tiles' pixels: px, py [T, 1, P] (P = tile_size^2)."""
-    ts = b.tile_size
+def _tile_origins(tile_ids: torch.Tensor, b: Binning):
+    """Top-left pixel (x, y) of each tile: two [T] int64 tensors."""
     local = tile_ids % (b.tiles_x * b.tiles_y)
-    ox = (local % b.tiles_x) * ts
-    oy = torch.div(local, b.tiles_x, rounding_mode="floor") * ts
-    ar = torch.arange(ts, device=tile_ids.device)
-    jj = ar.repeat(ts)  # column within the tile
-    ii = ar.repeat_interleave(ts)  # row within the tile
-    px = (ox[:, None] + jj[None, :]).to(dtype) + 0.5
-    py = (oy[:, None] + ii[None, :]).to(dtype) + 0.5
-    return px[:, None, :], py[:, None, :]
+    ox = (local % b.tiles_x) * b.tile_size
+    oy = torch.div(local, b.tiles_x, rounding_mode="floor") * b.tile_size
+    return ox, oy
 
 
 def _inside_mask(b: Binning, width: int, height: int, device) -> torch.Tensor:
-    """[I * n_tiles, P] bool: tile pixels that lie inside the image."""
+    """[I * n_tiles, P] bool: tile pixels that lie inside the image (P = tile_size^2, row-major)."""
     ts = b.tile_size
-    tid = torch.arange(b.tiles_x * b.tiles_y, device=device)
-    px, py = _tile_pixels(tid, b, torch.float32)
-    inside = (px[:, 0] < width) & (py[:, 0] < height)
-    return inside.repeat(b.images, 1)
+    ox, oy = _tile_origins(torch.arange(b.tiles_x * b.tiles_y, device=device), b)
+    ar = torch.arange(ts, device=device)
+    inside = ((oy[:, None, None] + ar[None, :, None]) < height) & ((ox[:, None, None] + ar[None, None, :]) < width)
+    return inside.reshape(-1, ts * ts).repeat(b.images, 1)
 
 
-class _Stepper:
-    """Iterates over compositing steps: (chunk j, group of tiles); shared by forward and backward."""
-
-    def __init__(self, b: Binning, chunk: int, step_elements: int):
-        self.b = b
-        self.K = chunk
-        P = b.tile_size * b.tile_size
-        self.group = max(1, step_elements // (chunk * P))
-
-    def chunks(self):
-        mc = self.b.max_count
-        return range((mc + self.K - 1) // self.K)
-
-
-def _alpha_chunk(params: torch.Tensor, idx: torch.Tensor, valid_slot: torch.Tensor, px, py):
-    """Recompute the per-pixel alphas of one step.
-
-    params [Nv+1, 6] = (mx, my, a, b, c, o); idx [T, K]; valid_slot [T, K] bool.
-    Returns dx, dy, vis (exp(-sigma)), alpha [T, K, P] and the gathered params [T, K, 6].
-    """
-    g = params[idx]  # [T, K, 6]
-    mx, my, ca, cb, cc, op = (g[..., i:i + 1] for i in range(6))
-    dx = mx - px  # [T, K, P]  (gsplat's delta = mean - pixel)
-    dy = my - py
-    sigma = 0.5 * (ca * dx * dx + cc * dy * dy) + cb * dx * dy
-    vis = torch.exp(-sigma)
-    raw = op * vis
-    alpha = raw.clamp_max(MAX_ALPHA)
-    skip = (sigma < 0) | (alpha < ALPHA_THRESHOLD) | ~valid_slot[..., None]
-    alpha = alpha.masked_fill(skip, 0.0)
-    return g, dx, dy, vis, raw, alpha
-
-
-def _transmittance(alpha: torch.Tensor, T_in: torch.Tensor):
-    """T before/after each splat of a step, and which ones are kept (before the stop).
-
-    alpha [T, K, P]; T_in [T, P] (0 for finished pixels).
-    Returns Tb [T, K, P], keep [T, K, P] bool, Ta_last [T, P].
-    """
-    cp = torch.cumprod(1.0 - alpha, dim=1)
-    Ta = cp * T_in[:, None, :]
-    Tb = torch.cat([T_in[:, None, :], Ta[:, :-1]], 1)
-    keep = Ta > T_THRESHOLD
-    return Tb, keep, Ta[:, -1]
-
-
-def _step_indices(b: Binning, tiles: torch.Tensor, j: int, K: int):
-    """idx [T, K] into the compact splat list (-1 = the dummy splat) and valid_slot [T, K]."""
+def _step_indices(b: Binning, tiles: torch.Tensor, j: int, K: int) -> torch.Tensor:
+    """idx [T, K]: slots j*K .. j*K+K-1 of each tile's list, as indices into the padded splat
+    table (-1 = the dummy splat, which has opacity 0)."""
     slot = j * K + torch.arange(K, device=tiles.device)  # [K]
     valid = slot[None, :] < b.counts[tiles, None]
     pos = (b.starts[tiles, None] + slot[None, :]).clamp_max(b.gauss.numel() - 1)
-    idx = torch.where(valid, b.gauss[pos], torch.full_like(pos, -1))
-    return idx, valid
+    return torch.where(valid, b.gauss[pos], torch.full_like(pos, -1))
+
+
+def _splat_values(table: torch.Tensor, idx: torch.Tensor, tiles: torch.Tensor, b: Binning):
+    """o * exp(-sigma) of one step, using that the tile grid is separable.
+
+    table [Nv+1, 6] rows (mx, my, a, b, c, log o); idx [T, K]. With dx = mx - x_col,
+    dy = my - y_row: log(o exp(-sigma)) = (log o - c dy^2 / 2) + (-a dx^2 / 2) - (b dx) dy,
+    i.e. two small [T, K, ts] terms broadcast plus one product: three passes over [T, K, ts, ts].
+    Returns g [T, K, 6], dx [T, K, ts] (per column), dy [T, K, ts] (per row), raw [T, K, P].
+    """
+    ts = b.tile_size
+    T, K = idx.shape
+    g = table.index_select(0, idx.reshape(-1) % table.shape[0]).view(T, K, 6)
+    ox, oy = _tile_origins(tiles, b)
+    ar = torch.arange(ts, device=idx.device, dtype=table.dtype) + 0.5
+    xs = ox.to(table.dtype)[:, None] + ar[None, :]  # [T, ts] column centres
+    ys = oy.to(table.dtype)[:, None] + ar[None, :]  # [T, ts] row centres
+    dx = g[..., 0:1] - xs[:, None, :]  # [T, K, ts]  (gsplat's delta = mean - pixel)
+    dy = g[..., 1:2] - ys[:, None, :]
+    row_term = g[..., 5:6] - 0.5 * g[..., 4:5] * dy * dy  # [T, K, ts]
+    col_term = -0.5 * g[..., 2:3] * dx * dx
+    bdx = g[..., 3:4] * dx
+    logv = row_term[..., :, None] + col_term[..., None, :]  # [T, K, ts, ts]
+    logv.addcmul_(dy[..., :, None], bdx[..., None, :], value=-1.0)
+    raw = logv.exp_().view(T, K, ts * ts)
+    return g, dx, dy, raw
+
+
+def _rows(table: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """table[idx] for a [T, K] index with -1 meaning the last row, as one row-wise copy."""
+    return table.index_select(0, idx.reshape(-1) % table.shape[0]).view(*idx.shape, table.shape[1])
+
+
+def _stop_columns(Ta: torch.Tensor, stop: torch.Tensor):
+    """Pixels that reach T <= 1e-4 inside this step: (t, p) indices and keep [S, K] (a prefix)."""
+    st, sp = torch.nonzero(stop, as_tuple=True)
+    keep = Ta[st, :, sp] > T_THRESHOLD  # [S, K]
+    return st, sp, keep
 
 
 class _Composite(torch.autograd.Function):
     """Differentiable compositing of compact splats into tile-layout buffers.
 
-    Forward inputs: params [Nv, 6] (mx, my, a, b, c, o), feats [Nv, Cf]; non-tensor: the binning.
-    Outputs: accum [I * n_tiles, P, Cf] (sum of f w) and T_final [I * n_tiles, P].
+    Inputs: params [Nv, 6] (mx, my, a, b, c, opacity), feats [Nv, Cf]; non-tensor: the binning.
+    Outputs: accum [I * n_tiles, P, Cf] (sum_i f_i w_i, no background) and T_final [I * n_tiles, P].
     """
 
     @staticmethod
@@ -199,128 +185,141 @@ class _Composite(torch.autograd.Function):
         return gp, gf, None, None, None, None
 
 
-def _padded(params: torch.Tensor, feats: torch.Tensor):
-    """Append the dummy splat (opacity 0) and the constant-1 channel used to track sum(w)."""
-    dummy = torch.zeros(1, params.shape[1], dtype=params.dtype, device=params.device)
-    P = torch.cat([params, dummy], 0)
-    ones = torch.ones(feats.shape[0], 1, dtype=feats.dtype, device=feats.device)
-    F = torch.cat([torch.cat([feats, ones], 1), torch.zeros(1, feats.shape[1] + 1, dtype=feats.dtype,
-                                                               device=feats.device)], 0)
-    return P, F
+def _tables(params: torch.Tensor, feats: torch.Tensor):
+    """Splat table with log-opacity and a final dummy row (log o = -inf) for padded slots."""
+    table = torch.cat([params[:, :5], torch.log(params[:, 5:6])], 1)
+    dummy = torch.zeros(1, 6, dtype=params.dtype, device=params.device)
+    dummy[0, 5] = float("-inf")
+    F = torch.cat([feats, feats.new_zeros(1, feats.shape[1])], 0)
+    return torch.cat([table, dummy], 0), F
+
+
+def _steps(b: Binning, chunk: int, step_elements: int, tile_done: torch.Tensor):
+    """Yield (j, tiles) for every compositing step, skipping finished tiles (checked lazily)."""
+    P = b.tile_size * b.tile_size
+    group = max(1, step_elements // (chunk * P))
+    n_chunks = (b.max_count + chunk - 1) // chunk
+    for j in range(n_chunks):
+        active = torch.nonzero((b.counts > j * chunk) & ~tile_done).flatten()
+        if active.numel() == 0:
+            return
+        for tiles in active.split(group):
+            yield j, tiles
 
 
 def _composite_forward(params, feats, b: Binning, inside, chunk, step_elements):
     device, dtype = params.device, params.dtype
     n_all = b.images * b.tiles_x * b.tiles_y
-    P_pix = b.tile_size * b.tile_size
+    P = b.tile_size * b.tile_size
     Cf = feats.shape[1]
-    accum = torch.zeros(n_all, P_pix, Cf + 1, dtype=dtype, device=device)
-    T_cur = torch.ones(n_all, P_pix, dtype=dtype, device=device)
-    done = ~inside.clone()
+    accum = torch.zeros(n_all, P, Cf, dtype=dtype, device=device)
+    T_cur = torch.ones(n_all, P, dtype=dtype, device=device)
+    done = ~inside
     tile_done = done.all(-1)
     if b.gauss.numel() == 0:
-        return accum[..., :Cf].contiguous(), T_cur
-    Pp, Fp = _padded(params, feats)
-    st = _Stepper(b, chunk, step_elements)
-    K = st.K
-    for j in st.chunks():
-        active = torch.nonzero((b.counts > j * K) & ~tile_done).flatten()
-        if active.numel() == 0:
-            break
-        for tiles in active.split(st.group):
-            idx, valid = _step_indices(b, tiles, j, K)
-            _, _, _, _, _, alpha = _alpha_chunk(Pp, idx, valid, *_tile_pixels(tiles, b, dtype))
-            d = done[tiles]
-            Tc = T_cur[tiles]
-            T_in = Tc.masked_fill(d, 0.0)
-            Tb, keep, Ta_last = _transmittance(alpha, T_in)
-            w = alpha * Tb * keep
-            # acc[t, p, c] += sum_k w[t, k, p] * F[idx[t, k], c]
-            acc = torch.bmm(w.transpose(1, 2), Fp[idx])
-            accum[tiles] += acc
-            stop = (Ta_last <= T_THRESHOLD) & ~d
-            T_new = torch.where(stop, Tc - acc[..., -1], Ta_last)
-            T_cur[tiles] = torch.where(d, Tc, T_new)
-            d = d | stop
-            done[tiles] = d
-            tile_done[tiles] = d.all(-1)
-    return accum[..., :Cf].contiguous(), T_cur
+        return accum, T_cur
+    table, F = _tables(params, feats)
+    for j, tiles in _steps(b, chunk, step_elements, tile_done):
+        idx = _step_indices(b, tiles, j, chunk)
+        _, _, _, raw = _splat_values(table, idx, tiles, b)
+        d = done[tiles]
+        Tc = T_cur[tiles]
+        T_in = Tc.masked_fill(d, 0.0)
+        alpha = torch.nn.functional.threshold_(raw, ALPHA_THRESHOLD, 0.0).clamp_max_(MAX_ALPHA)
+        Ta = torch.rsub(alpha, 1.0).cumprod_(1).mul_(T_in[:, None, :])  # T after each splat
+        w = torch.cat([T_in[:, None, :], Ta[:, :-1]], 1).sub_(Ta)  # alpha_k T_k = T_before - T_after
+        Fk = _rows(F, idx)  # [T, K, Cf]
+        # acc[t, p, c] = sum_k w[t, k, p] F[t, k, c]
+        acc = torch.bmm(w.transpose(1, 2), Fk)
+        T_new = Ta[:, -1].clone()
+        stop = (T_new <= T_THRESHOLD) & ~d
+        if bool(stop.any()):
+            st, sp, keep = _stop_columns(Ta, stop)
+            wk = w[st, :, sp] * keep  # [S, K]
+            acc[st, sp] = torch.bmm(wk[:, None, :], Fk[st])[:, 0]
+            n_keep = keep.sum(1)
+            last = Ta[st, :, sp].gather(1, (n_keep - 1).clamp_min(0)[:, None])[:, 0]
+            T_new[st, sp] = torch.where(n_keep > 0, last, T_in[st, sp])
+        accum.index_copy_(0, tiles, accum.index_select(0, tiles).add_(acc))
+        T_cur[tiles] = torch.where(d, Tc, T_new)
+        d = d | stop
+        done[tiles] = d
+        tile_done[tiles] = d.all(-1)
+    return accum, T_cur
 
 
 def _composite_backward(params, feats, accum, T_final, inside, b: Binning, chunk, step_elements,
                         g_accum, g_T):
     device, dtype = params.device, params.dtype
     n_all = b.images * b.tiles_x * b.tiles_y
-    P_pix = b.tile_size * b.tile_size
+    P = b.tile_size * b.tile_size
+    ts = b.tile_size
     Cf = feats.shape[1]
-    gp = torch.zeros(params.shape[0] + 1, 6, dtype=dtype, device=device)
-    gf = torch.zeros(feats.shape[0] + 1, Cf, dtype=dtype, device=device)
+    Nv = params.shape[0]
+    gp = torch.zeros(Nv + 1, 6, dtype=dtype, device=device)
+    gf = torch.zeros(Nv + 1, Cf, dtype=dtype, device=device)
     if b.gauss.numel() == 0:
         return gp[:-1], gf[:-1]
-    if g_accum is None:
-        g_accum = torch.zeros_like(accum)
-    if g_T is None:
-        g_T = torch.zeros_like(T_final)
-    Pp, Fp = _padded(params, feats)
-    Fp = Fp[:, :Cf]
-    g_accum = g_accum.contiguous()
-    # D = g . out (total), gTT = g_T * T_final: the suffix term of dL/dalpha
-    D = (g_accum * accum).sum(-1)  # [n_all, P]
-    gTT = g_T * T_final
-    prefix = torch.zeros(n_all, P_pix, dtype=dtype, device=device)
-    T_cur = torch.ones(n_all, P_pix, dtype=dtype, device=device)
-    done = ~inside.clone()
+    g_accum = torch.zeros_like(accum) if g_accum is None else g_accum.contiguous()
+    g_T = torch.zeros_like(T_final) if g_T is None else g_T
+    table, F = _tables(params, feats)
+    # suffix term of dL/dalpha: sum_{j>i} (g.f_j) w_j + gT T_final = (g.out + gT T_final) - prefix_i
+    total = (g_accum * accum).sum(-1) + g_T * T_final  # [n_all, P]
+    prefix = torch.zeros(n_all, P, dtype=dtype, device=device)
+    T_cur = torch.ones(n_all, P, dtype=dtype, device=device)
+    done = ~inside
     tile_done = done.all(-1)
-    st = _Stepper(b, chunk, step_elements)
-    K = st.K
-    for j in st.chunks():
-        active = torch.nonzero((b.counts > j * K) & ~tile_done).flatten()
-        if active.numel() == 0:
-            break
-        for tiles in active.split(st.group):
-            idx, valid = _step_indices(b, tiles, j, K)
-            px, py = _tile_pixels(tiles, b, dtype)
-            g, dx, dy, vis, raw, alpha = _alpha_chunk(Pp, idx, valid, px, py)
-            d = done[tiles]
-            Tc = T_cur[tiles]
-            T_in = Tc.masked_fill(d, 0.0)
-            Tb, keep, Ta_last = _transmittance(alpha, T_in)
-            w = alpha * Tb * keep
-            Fk = Fp[idx]  # [T, K, Cf]
-            ga = g_accum[tiles]  # [T, P, Cf]
-            # gdf[t, k, p] = sum_c F[t, k, c] g[t, p, c]
-            gdf = torch.bmm(Fk, ga.transpose(1, 2))
-            contrib = gdf * w
-            pre = torch.cumsum(contrib, 1) + prefix[tiles][:, None, :]
-            suffix = D[tiles][:, None, :] - pre + gTT[tiles][:, None, :]
-            dA = gdf * Tb - suffix / (1.0 - alpha)
-            dA = dA * (keep & (alpha > 0) & (raw <= MAX_ALPHA))
-            # colour/feature gradient: gfk[t, k, c] = sum_p w[t, k, p] g[t, p, c]
-            gfk = torch.bmm(w, ga)
-            dS = -raw * dA  # d/dsigma
-            u = dS * dx
-            v = dS * dy
-            ca, cb, cc = g[..., 2], g[..., 3], g[..., 4]
-            su, sv = u.sum(-1), v.sum(-1)
-            gpk = torch.stack([
-                ca * su + cb * sv,
-                cb * su + cc * sv,
-                0.5 * (u * dx).sum(-1),
-                (u * dy).sum(-1),
-                0.5 * (v * dy).sum(-1),
-                (vis * dA).sum(-1),
-            ], -1)  # [T, K, 6]
-            flat = idx.reshape(-1)
-            flat = torch.where(flat < 0, torch.full_like(flat, params.shape[0]), flat)
-            gp.index_add_(0, flat, gpk.reshape(-1, 6))
-            gf.index_add_(0, flat, gfk.reshape(-1, Cf))
-            prefix[tiles] = pre[:, -1]
-            stop = (Ta_last <= T_THRESHOLD) & ~d
-            # a stopped pixel's T is not needed again (its later T_in is 0)
-            T_cur[tiles] = torch.where(d | stop, Tc, Ta_last)
-            d = d | stop
-            done[tiles] = d
-            tile_done[tiles] = d.all(-1)
+    for j, tiles in _steps(b, chunk, step_elements, tile_done):
+        idx = _step_indices(b, tiles, j, chunk)
+        T, K = idx.shape
+        g, dx, dy, raw = _splat_values(table, idx, tiles, b)
+        d = done[tiles]
+        Tc = T_cur[tiles]
+        T_in = Tc.masked_fill(d, 0.0)
+        a_t = torch.nn.functional.threshold_(raw, ALPHA_THRESHOLD, 0.0)  # 0 where skipped
+        alpha = a_t.clamp_max(MAX_ALPHA)
+        a_u = a_t.masked_fill_(a_t > MAX_ALPHA, 0.0)  # o exp(-sigma) where alpha is not clamped, else 0
+        if bool(d.any()):
+            a_u.masked_fill_(d[:, None, :], 0.0)  # finished pixels: no gradient
+        om = torch.rsub(alpha, 1.0)  # 1 - alpha
+        Ta = om.cumprod(1).mul_(T_in[:, None, :])
+        Tb = torch.cat([T_in[:, None, :], Ta[:, :-1]], 1)
+        w = Tb - Ta
+        T_last = Ta[:, -1]
+        stop = (T_last <= T_THRESHOLD) & ~d
+        if bool(stop.any()):
+            st, sp, keep = _stop_columns(Ta, stop)
+            kf = keep.to(dtype)
+            w[st, :, sp] = w[st, :, sp] * kf
+            a_u[st, :, sp] = a_u[st, :, sp] * kf  # no gradient past the stop
+        Fk = _rows(F, idx)  # [T, K, Cf]
+        ga = g_accum.index_select(0, tiles)  # [T, P, Cf]
+        # gdf[t, k, p] = sum_c F[t, k, c] g[t, p, c]
+        gdf = torch.bmm(Fk, ga.transpose(1, 2))
+        # feature gradient: gfk[t, k, c] = sum_p w[t, k, p] g[t, p, c]
+        gfk = torch.bmm(w, ga)
+        pre = (gdf * w).cumsum_(1).add_(prefix[tiles][:, None, :])
+        prefix[tiles] = pre[:, -1]
+        suffix = pre.neg_().add_(total[tiles][:, None, :])
+        dA = gdf.mul_(Tb).sub_(suffix.div_(om))  # dL/dalpha per (splat, pixel)
+        q = a_u.mul_(dA)  # = -dL/dsigma where alpha is live and unclamped
+        # reductions over the tile's pixels, separable in rows (dy) and columns (dx):
+        # R[t, k, r, :] = sum_c q[t, k, r, c] * (1, dx_c, dx_c^2)
+        rhs = torch.stack([torch.ones_like(dx), dx, dx * dx], -1)  # [T, K, ts, 3]
+        R = torch.matmul(q.view(T * K, ts, ts), rhs.view(T * K, ts, 3)).view(T, K, ts, 3)
+        row, rdx, rdxx = R.unbind(-1)  # [T, K, ts] each
+        S0, Sx, Sxx = row.sum(-1), rdx.sum(-1), rdxx.sum(-1)
+        Sy, Sxy, Syy = (row * dy).sum(-1), (rdx * dy).sum(-1), (row * dy * dy).sum(-1)
+        ca, cb, cc = g[..., 2], g[..., 3], g[..., 4]
+        o = torch.exp(g[..., 5]).clamp_min(1e-30)
+        gpk = torch.stack([-(ca * Sx + cb * Sy), -(cb * Sx + cc * Sy), -0.5 * Sxx, -Sxy, -0.5 * Syy, S0 / o], -1)
+        flat = torch.where(idx < 0, torch.full_like(idx, Nv), idx).reshape(-1)
+        gp.index_add_(0, flat, gpk.reshape(-1, 6))
+        gf.index_add_(0, flat, gfk.reshape(-1, Cf))
+        T_cur[tiles] = torch.where(d | stop, Tc, T_last)
+        d = d | stop
+        done[tiles] = d
+        tile_done[tiles] = d.all(-1)
     return gp[:-1], gf[:-1]
 
 
