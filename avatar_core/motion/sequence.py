@@ -80,6 +80,8 @@ class MotionSequence:
         if self.expression.ndim != 2:
             raise MotionError(f"{where}: expression has shape {list(self.expression.shape)}; expected [T, E].")
         T, E = self.expression.shape
+        if T == 0:
+            raise MotionError(f"{where} has no frames; expected at least one.")
         if len(self.expr_names) != E:
             raise MotionError(f"{where}: {len(self.expr_names)} expression names for {E} expression "
                               f"columns; expected one name per column.")
