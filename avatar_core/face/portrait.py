@@ -1,0 +1,159 @@
+"""``process_portrait``: one photo -> a square head crop with landmarks and a matte."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+import numpy as np
+
+from avatar_core.errors import FaceNotFoundError, FaceTooSmallError
+from avatar_core.face.crop import CropTransform, crop_with, head_crop, inside_mask
+from avatar_core.face.detect import detect_faces
+from avatar_core.face.image import ImageInput, LoadedImage, load_image
+from avatar_core.face.landmarks import NUM_LANDMARKS, landmarks_for_face, landmarks_to_crop
+from avatar_core.face.matte import face_hull_mask, portrait_matte
+from avatar_core.progress import ProgressFn, as_progress
+
+log = logging.getLogger(__name__)
+
+MIN_FACE_PX = 64        # face-box width in original pixels below which we refuse
+MAX_UPSCALE = 2.5       # warn when the crop enlarges the photo more than this
+
+
+@dataclass
+class FacePortrait:
+    """A portrait ready for fitting and reconstruction.
+
+    Pixel coordinates follow ``avatar_core.face.image``: pixel (i, j) covers
+    [i, i+1) x [j, j+1).
+
+    Attributes:
+        image: [S, S, 3] float32 RGB in [0, 1], the head crop (edge pixels repeated
+            where the crop leaves the photo).
+        alpha: [S, S] float32 in [0, 1], the person matte.
+        landmarks: [478, 3] float64, mediapipe face-mesh points: x, y in crop pixels,
+            z (relative depth, smaller is nearer) in the same crop-pixel units.
+        face_box: [4] float64 (x0, y0, x1, y1), the detector's face box in crop pixels.
+        crop_from_original: [2, 3] float64 affine, original-photo pixels -> crop pixels.
+        original_from_crop: [2, 3] float64, its inverse.
+        inside: [S, S] bool, crop pixels that come from inside the photo (not padding).
+        size: S.
+        source: the file path, or None for an array input.
+        original_size: (width, height) of the photo as displayed (after EXIF orientation).
+        warnings: non-fatal problems, one sentence each, to show the user.
+    """
+
+    image: np.ndarray
+    alpha: np.ndarray
+    landmarks: np.ndarray
+    face_box: np.ndarray
+    crop_from_original: np.ndarray
+    original_from_crop: np.ndarray
+    inside: np.ndarray
+    size: int
+    source: Optional[str]
+    original_size: tuple
+    warnings: List[str] = field(default_factory=list)
+
+    @property
+    def transform(self) -> CropTransform:
+        """The crop as a CropTransform from original pixels (for ``crop_with`` on video frames)."""
+        return CropTransform(self.crop_from_original, self.size)
+
+
+def _choose_face(faces, face_index, loaded: LoadedImage, warnings: List[str]):
+    what = loaded.describe()
+    if not faces:
+        raise FaceNotFoundError(f"No face was found in {what}; expected a photo showing a face, "
+                                "reasonably frontal and not heavily covered.")
+    n = len(faces)
+    index = 0 if face_index is None else int(face_index)
+    if not 0 <= index < n:
+        raise FaceNotFoundError(f"face_index {face_index} was asked for, but {n} face{'s' if n > 1 else ''} "
+                                f"{'were' if n > 1 else 'was'} found in {what}; expected 0 to {n - 1} (0 = largest).")
+    if n > 1:
+        which = "the largest (index 0)" if index == 0 else f"face index {index} (0 = largest)"
+        warnings.append(f"{n} faces found; using {which}.")
+    return faces[index]
+
+
+def process_portrait(path_or_array: ImageInput, size: int = 512, face_index: Optional[int] = None,
+                     progress: Optional[ProgressFn] = None, cancel: Optional[threading.Event] = None,
+                     ) -> FacePortrait:
+    """Load a photo, find the face, and cut out a matted square head crop with landmarks.
+
+    Args:
+        path_or_array: image file path, [H, W(, 3|4)] array (RGB order) or PIL image.
+        size: crop side S in pixels.
+        face_index: which face when there are several, by size (0 = largest, the default).
+        progress: ``progress(fraction, message)`` callback.
+        cancel: a threading.Event; when set, raises Cancelled between stages.
+
+    Returns:
+        FacePortrait.
+
+    Raises:
+        ImageError: the input is not a readable image.
+        FaceNotFoundError: no face (or no face at ``face_index``).
+        FaceTooSmallError: the face is under 64 pixels wide in the original image.
+        Cancelled: ``cancel`` was set.
+    """
+    p = as_progress(progress, cancel)
+    p(0.0, "loading image")
+    loaded = load_image(path_or_array)
+    what = loaded.describe()
+    warnings: List[str] = []
+    sx, sy = loaded.scale
+
+    p(0.15, "detecting faces")
+    faces = detect_faces(loaded.rgb)
+    face = _choose_face(faces, face_index, loaded, warnings)
+    width_orig = face.width / sx
+    if width_orig < MIN_FACE_PX:
+        raise FaceTooSmallError(f"The face in {what} is only {width_orig:.0f} pixels wide; use a photo where "
+                                f"the face is at least {MIN_FACE_PX} pixels wide, or crop closer.")
+
+    p(0.35, "finding landmarks")
+    lms_work = landmarks_for_face(loaded.rgb, face)
+    if lms_work is None:
+        raise FaceNotFoundError(f"A face was detected in {what}, but its landmarks could not be found; "
+                                "expected a clearer, more frontal face.")
+    assert lms_work.shape == (NUM_LANDMARKS, 3)
+
+    p(0.6, "cropping")
+    t_work = head_crop(lms_work, size)
+    t_orig = t_work.after(loaded.work_from_original)
+    image = crop_with(loaded.rgb, t_work)
+    landmarks = landmarks_to_crop(lms_work, t_work)
+    face_box = t_work.to_crop(face.box.reshape(2, 2)).reshape(4)
+    if t_orig.scale > MAX_UPSCALE:
+        warnings.append(f"The face is small ({width_orig:.0f} pixels wide), so the {size}-pixel crop enlarges "
+                        f"the photo {t_orig.scale:.1f}x; a higher-resolution photo gives a sharper avatar.")
+    inside = inside_mask(t_orig, loaded.original_size)
+    padded = 1.0 - float(inside.mean())
+    if padded > 0.3:
+        warnings.append(f"The head is near the photo's edge: {100 * padded:.0f}% of the crop is padding; "
+                        "a photo with more room around the head works better.")
+
+    p(0.7, "matting")
+    file_alpha = None
+    if loaded.alpha is not None and float(loaded.alpha.min()) < 0.5:
+        file_alpha = crop_with(loaded.alpha, t_work, border="constant", fill=0.0)
+    if file_alpha is not None:
+        log.debug("%s: using the file's own alpha channel as the matte", what)
+        alpha = np.clip(file_alpha, 0.0, 1.0).astype(np.float32)
+        if float(alpha[face_hull_mask(landmarks, size)].mean()) < 0.5:
+            warnings.append("The file's alpha channel hides most of the face; it was ignored.")
+            alpha = portrait_matte(image, landmarks)
+    else:
+        alpha = portrait_matte(image, landmarks)
+    p(1.0, "done")
+
+    return FacePortrait(
+        image=image.astype(np.float32), alpha=alpha, landmarks=landmarks, face_box=face_box,
+        crop_from_original=t_orig.matrix, original_from_crop=t_orig.inverse, inside=inside,
+        size=int(size), source=loaded.source, original_size=tuple(loaded.original_size),
+        warnings=warnings)
