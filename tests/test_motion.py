@@ -533,3 +533,21 @@ def test_cameras_and_render_motion(small_avatar):
         list(render_motion(small_avatar, seq, cam, lod=0, cancel=stop))
     with pytest.raises(MotionError, match="expression space"):
         list(render_motion(small_avatar, MotionSequence.zeros(2, ["x"]), cam))
+
+
+@needs_renderer
+def test_render_motion_with_refiner(small_avatar):
+    refiner_mod = pytest.importorskip("avatar_core.render.refiner", reason="refiner not built yet")
+    import dataclasses
+    from avatar_core.motion.playback import load_refiner, make_cameras, render_motion
+    assert load_refiner(small_avatar, "cpu") is None  # no weights: the 3DGS image
+    net = refiner_mod.Refiner(refiner_mod.RefinerConfig(in_channels=small_avatar.channels, widths=(8, 8, 8)))
+    av = dataclasses.replace(small_avatar, refiner_state=net.state_dict(), refiner_config=net.config.to_dict())
+    refiner = load_refiner(av, "cpu")
+    assert refiner is not None and not refiner.training
+    seq = MotionSequence.zeros(2, small_avatar.expr_names)
+    cam = make_cameras(small_avatar, 2, "source", 24, "cpu")
+    on = [rgb for _, rgb in render_motion(av, seq, cam, lod=0, refiner=refiner)]
+    off = [rgb for _, rgb in render_motion(av, seq, cam, lod=0)]
+    # a fresh refiner's last layer is zero: refined == splatted RGB
+    assert all(np.abs(a.astype(int) - b.astype(int)).max() <= 1 for a, b in zip(on, off))

@@ -165,19 +165,19 @@ def _camera_slice(cameras, start: int, stop: int):
 
 
 def load_refiner(avatar, device):
-    """A callable feature image [B, H, W, C] -> RGB [B, H, W, 3], or None when the avatar has
-    no refiner weights."""
+    """The avatar's neural refiner (feature image [B, H, W, C] -> RGB [B, H, W, 3]) in eval mode,
+    or None when the avatar has no refiner weights."""
     if not avatar.refiner_state:
         log.info("the avatar has no refiner; rendering the 3DGS image")
         return None
     try:
-        from avatar_core.render import refiner as refiner_module
+        from avatar_core.render.refiner import load_refiner as _load
     except ImportError as exc:
-        raise AvatarError(f"The avatar has refiner weights, but the refiner module cannot be imported ({exc}); "
+        raise AvatarError(f"The avatar has refiner weights, but the refiner cannot be imported ({exc}); "
                           f"use --refiner off.") from None
-    loader = getattr(refiner_module, "load_refiner", None)
-    if loader is None:
-        raise AvatarError("The refiner module has no load_refiner(state, config); use --refiner off.")
-    net = loader(avatar.refiner_state, avatar.refiner_config)
-    net = net.to(device).eval() if hasattr(net, "to") else net
+    import torch
+
+    net = _load(avatar.refiner_state, avatar.refiner_config, device=device).eval()
+    if str(device).startswith("cuda"):
+        net = net.optimize_for_inference(torch.bfloat16)  # bf16 weights, channels-last: the fast path
     return net
