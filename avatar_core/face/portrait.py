@@ -9,7 +9,7 @@ from typing import List, Optional
 
 import numpy as np
 
-from avatar_core.errors import FaceNotFoundError, FaceTooSmallError
+from avatar_core.errors import FaceNotFoundError, FaceTooSmallError, ParameterError
 from avatar_core.face.crop import CropTransform, crop_with, head_crop, inside_mask
 from avatar_core.face.detect import detect_faces
 from avatar_core.face.image import ImageInput, LoadedImage, load_image
@@ -64,20 +64,50 @@ class FacePortrait:
         return CropTransform(self.crop_from_original, self.size)
 
 
-def _choose_face(faces, face_index, loaded: LoadedImage, warnings: List[str]):
+def _check_size(face, loaded: LoadedImage) -> float:
+    """The face's width in original pixels; raises FaceTooSmallError under MIN_FACE_PX."""
+    width_orig = face.width / loaded.scale[0]
+    if width_orig < MIN_FACE_PX:
+        raise FaceTooSmallError(f"The face in {loaded.describe()} is only {width_orig:.0f} pixels wide; use a photo "
+                                f"where the face is at least {MIN_FACE_PX} pixels wide, or crop closer.")
+    return width_orig
+
+
+def _find_face(faces, face_index, loaded: LoadedImage, warnings: List[str]):
+    """(face, width in original pixels, landmarks [478, 3] in working pixels) of the face to use.
+
+    With ``face_index`` None the largest face whose landmarks can be found is used: a
+    larger detection that face_mesh cannot confirm is taken for a false detection.
+    """
     what = loaded.describe()
     if not faces:
         raise FaceNotFoundError(f"No face was found in {what}; expected a photo showing a face, "
                                 "reasonably frontal and not heavily covered.")
     n = len(faces)
-    index = 0 if face_index is None else int(face_index)
-    if not 0 <= index < n:
+    if face_index is not None and not 0 <= int(face_index) < n:
         raise FaceNotFoundError(f"face_index {face_index} was asked for, but {n} face{'s' if n > 1 else ''} "
                                 f"{'were' if n > 1 else 'was'} found in {what}; expected 0 to {n - 1} (0 = largest).")
+    candidates = range(n) if face_index is None else [int(face_index)]
+    for index in candidates:
+        face = faces[index]
+        width_orig = _check_size(face, loaded)
+        lms = landmarks_for_face(loaded.rgb, face)
+        if lms is not None:
+            break
+        log.debug("%s: no landmarks for detection %d (score %.2f); %s", what, index, face.score,
+                  "trying the next" if face_index is None else "giving up")
+    else:
+        k = len(candidates)
+        raise FaceNotFoundError(f"No face was found in {what}: {k} face-like region{'s' if k > 1 else ''} "
+                                f"{'were' if k > 1 else 'was'} detected, but no face landmarks could be placed; "
+                                "expected a clear, reasonably frontal face.")
+    if face_index is None:
+        n -= index  # the larger, unconfirmed detections were not faces
+        index = 0
     if n > 1:
         which = "the largest (index 0)" if index == 0 else f"face index {index} (0 = largest)"
         warnings.append(f"{n} faces found; using {which}.")
-    return faces[index]
+    return face, width_orig, lms
 
 
 def process_portrait(path_or_array: ImageInput, size: int = 512, face_index: Optional[int] = None,
@@ -99,28 +129,21 @@ def process_portrait(path_or_array: ImageInput, size: int = 512, face_index: Opt
         ImageError: the input is not a readable image.
         FaceNotFoundError: no face (or no face at ``face_index``).
         FaceTooSmallError: the face is under 64 pixels wide in the original image.
+        ParameterError: ``size`` is not an integer >= 64.
         Cancelled: ``cancel`` was set.
     """
+    if not isinstance(size, (int, np.integer)) or size < 64:
+        raise ParameterError(f"size {size!r} is not a crop size; expected an integer of at least 64 pixels.")
     p = as_progress(progress, cancel)
     p(0.0, "loading image")
     loaded = load_image(path_or_array)
     what = loaded.describe()
     warnings: List[str] = []
-    sx, sy = loaded.scale
 
     p(0.15, "detecting faces")
     faces = detect_faces(loaded.rgb)
-    face = _choose_face(faces, face_index, loaded, warnings)
-    width_orig = face.width / sx
-    if width_orig < MIN_FACE_PX:
-        raise FaceTooSmallError(f"The face in {what} is only {width_orig:.0f} pixels wide; use a photo where "
-                                f"the face is at least {MIN_FACE_PX} pixels wide, or crop closer.")
-
     p(0.35, "finding landmarks")
-    lms_work = landmarks_for_face(loaded.rgb, face)
-    if lms_work is None:
-        raise FaceNotFoundError(f"A face was detected in {what}, but its landmarks could not be found; "
-                                "expected a clearer, more frontal face.")
+    face, width_orig, lms_work = _find_face(faces, face_index, loaded, warnings)
     assert lms_work.shape == (NUM_LANDMARKS, 3)
 
     p(0.6, "cropping")
