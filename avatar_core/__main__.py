@@ -47,10 +47,14 @@ def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     # parse the command words first, then let the command's module add its own options
-    known, _ = parser.parse_known_args(argv)
+    wants_help = any(a in ("-h", "--help") for a in argv)
+    known, _ = parser.parse_known_args([a for a in argv if a not in ("-h", "--help")])
     module_name = getattr(known, "_module", None)
     if module_name is None:
-        parser.print_help()
+        if wants_help or not argv:
+            parser.print_help()
+            return 0 if wants_help else 2
+        parser.parse_args(argv)  # reports the unknown command
         return 2
     module = importlib.import_module(module_name)
     words = known._words

@@ -1,11 +1,13 @@
-"""Fitting the head model to one portrait: camera, identity, expression, jaw, eyes, neck.
+"""Fitting the head model to landmarks: one image, or every frame of a video at once.
 
 The camera looks at the head's face (+Z) from the front: world-to-camera rotation
-R = R(omega) @ diag(1, -1, -1) (OpenCV: x right, y down, z forward), translation t, focal
-f = f0 * exp(df). The loss is a robust (Geman-McClure) reprojection error of the embedded
-MediaPipe landmarks, normalised by the face size, plus Gaussian priors on identity,
-expression and articulation; ARKit-style expression coefficients are kept in [0, 1].
-Optimisation is two-stage Adam: rigid (camera) first, then everything.
+R = R(omega) @ diag(1, -1, -1) (OpenCV: x right, y down, z forward), translation t and a
+focal length f = f0 * exp(df) shared by all frames. Rigid head motion lives in the per-frame
+camera; the head model's root stays at rest. The loss is a robust (Geman-McClure)
+reprojection error of the embedded MediaPipe landmarks, normalised by the face size, plus
+priors on identity, expression and articulation, and (for videos) a temporal smoothness
+term; identity is shared by all frames. ARKit-style expressions stay in [0, 1].
+Optimisation is two-stage Adam: rigid (camera) first, then everything, batched over frames.
 """
 
 from __future__ import annotations
@@ -32,8 +34,14 @@ DEFAULT_FOV_DEG = 20.0
 
 @dataclasses.dataclass
 class FitResult:
-    """A fitted head: camera (batch 1), shape [S], expression [E], pose [J, 3], translation [3]
-    (always zero: the rigid head motion is in the camera), and landmark errors."""
+    """A fitted head over T frames (T = 1 for a photo).
+
+    camera: Camera with batch T (shared K, per-frame viewmat) at the crop size;
+    shape [S]; expression [T, E]; pose [T, J, 3] (root zero: rigid motion is the camera's);
+    translation [T, 3] (zero); landmark_ids [K]; projected / detected [T, K, 2] pixels;
+    errors_px [T] median landmark error per frame (nan where the frame had no landmarks);
+    face_size_px: face box size used for normalising.
+    """
 
     camera: Camera
     shape: torch.Tensor
@@ -41,17 +49,25 @@ class FitResult:
     pose: torch.Tensor
     translation: torch.Tensor
     landmark_ids: np.ndarray
-    projected: np.ndarray      # [K, 2] model landmarks in the image
-    detected: np.ndarray       # [K, 2]
-    median_error_px: float
+    projected: np.ndarray
+    detected: np.ndarray
+    errors_px: np.ndarray
     face_size_px: float
+
+    @property
+    def median_error_px(self) -> float:
+        return float(np.nanmedian(self.errors_px))
 
     @property
     def median_error_frac(self) -> float:
         return self.median_error_px / max(self.face_size_px, 1e-6)
 
-    def params(self) -> dict:
-        return {"expression": self.expression[None], "pose": self.pose[None], "translation": self.translation[None]}
+    def frame_params(self, t: int = 0) -> dict:
+        return {"expression": self.expression[t:t + 1], "pose": self.pose[t:t + 1],
+                "translation": self.translation[t:t + 1]}
+
+    def frame_camera(self, t: int = 0) -> Camera:
+        return self.camera.index(t)
 
 
 def is_unit_range(head_or_names) -> bool:
@@ -60,110 +76,155 @@ def is_unit_range(head_or_names) -> bool:
     return not all(n.startswith("exp_") for n in names)
 
 
-def camera_from(omega: torch.Tensor, t: torch.Tensor, focal: torch.Tensor, size: int) -> Camera:
+def cameras_from(omega: torch.Tensor, t: torch.Tensor, focal: torch.Tensor, size: int) -> Camera:
+    """omega [T, 3], t [T, 3], focal scalar -> Camera batch T."""
+    T = omega.shape[0]
     R = lbs.axis_angle_to_matrix(omega) @ FLIP.to(omega)
-    view = torch.eye(4, dtype=omega.dtype, device=omega.device)
-    view = torch.cat([torch.cat([R, t[:, None]], 1), view[3:]], 0)
+    bottom = torch.tensor([0.0, 0.0, 0.0, 1.0], dtype=omega.dtype).expand(T, 1, 4)
+    view = torch.cat([torch.cat([R, t[:, :, None]], 2), bottom], 1)
     c = (size - 1) / 2.0
-    K = torch.stack([torch.stack([focal, focal * 0, focal * 0 + c]),
-                     torch.stack([focal * 0, focal, focal * 0 + c]),
-                     torch.tensor([0.0, 0.0, 1.0], dtype=omega.dtype, device=omega.device)])
-    return Camera(K, view, size, size)
+    zero = focal * 0
+    K = torch.stack([torch.stack([focal, zero, zero + c]), torch.stack([zero, focal, zero + c]),
+                     torch.stack([zero, zero, zero + 1])])
+    return Camera(K[None].expand(T, 3, 3), view, size, size)
 
 
-def geman_mcclure(r2: torch.Tensor, sigma2: float) -> torch.Tensor:
-    return r2 / (r2 + sigma2)
+def matrix_to_axis_angle(R: torch.Tensor) -> torch.Tensor:
+    """[..., 3, 3] -> [..., 3]."""
+    q = lbs.matrix_to_quaternion(R)
+    w = q[..., :1].clamp(-1, 1)
+    angle = 2 * torch.acos(w)
+    s = torch.sqrt((1 - w * w).clamp_min(1e-12))
+    return torch.where(angle > 1e-6, q[..., 1:] / s * angle, q[..., 1:] * 2)
+
+
+class LandmarkHead:
+    """The head model evaluated only where the landmarks are: the vertices of the embedding's
+    faces, with joints from precomputed joint blend shapes. Same maths as HeadModel.forward,
+    ~10x less work, which is what makes per-frame video fitting fast."""
+
+    def __init__(self, head: HeadModel, embedding: Embedding):
+        faces = head.faces[torch.as_tensor(embedding.face_idx)]  # [K, 3]
+        used, inverse = torch.unique(faces.reshape(-1), return_inverse=True)
+        self.local_faces = inverse.reshape(-1, 3)
+        self.bary = torch.as_tensor(embedding.bary, dtype=torch.float32)
+        self.v = head.v_template[used]
+        self.shapedirs = head.shapedirs[used]
+        self.exprdirs = head.exprdirs[used]
+        self.posedirs = head.posedirs[used]
+        self.weights = head.lbs_weights[used]
+        R = head.j_regressor
+        # joints = R (v + S beta + E psi): precompute R v, R S and R E
+        self.j_template = R @ head.v_template
+        self.j_shapedirs = torch.einsum("jv,vik->jik", R, head.shapedirs)
+        self.j_exprdirs = torch.einsum("jv,vik->jik", R, head.exprdirs)
+        self.parents = head.parents
+        self.has_posedirs = bool(head.posedirs.abs().max() > 0) if head.posedirs.numel() else False
+
+    def __call__(self, shape: torch.Tensor, expression: torch.Tensor, pose: torch.Tensor) -> torch.Tensor:
+        """shape [B, S'], expression [B, E], pose [B, J, 3] -> landmark points [B, K, 3]."""
+        S = shape.shape[1]
+        v = self.v[None] + lbs.blend_shapes(shape, self.shapedirs[..., :S]) + lbs.blend_shapes(expression, self.exprdirs)
+        joints = self.j_template[None] + lbs.blend_shapes(shape, self.j_shapedirs[..., :S]) \
+            + lbs.blend_shapes(expression, self.j_exprdirs)
+        rot = lbs.axis_angle_to_matrix(pose)
+        if self.has_posedirs:
+            v = v + lbs.blend_shapes(lbs.pose_features(rot), self.posedirs)
+        _, transforms = lbs.rigid_transforms(rot, joints, self.parents)
+        verts, _ = lbs.skin(v, self.weights, transforms)
+        return (verts[:, self.local_faces] * self.bary[None, :, :, None]).sum(2)
 
 
 def fit_landmarks(head: HeadModel, embedding: Embedding, landmarks: np.ndarray, size: int,
-                  face_size: Optional[float] = None, steps: int = 300, num_shape: int = 50,
-                  progress=None, cancel=None, init: Optional[FitResult] = None,
-                  shape_prior: float = 1e-2, expr_prior: float = 1e-3) -> FitResult:
-    """Fit the head model to 478 detected landmarks in a ``size`` x ``size`` crop.
+                  valid: Optional[np.ndarray] = None, face_size: Optional[float] = None,
+                  steps: int = 300, num_shape: int = 50, smooth: float = 0.0,
+                  shape: Optional[torch.Tensor] = None, progress=None, cancel=None,
+                  shape_prior: float = 1e-2, expr_prior: float = 3e-3) -> FitResult:
+    """Fit the head model to detected landmarks in ``size`` x ``size`` crops.
 
     Args:
-        landmarks: [478, 2+] pixel coordinates in the crop.
-        face_size: face width in pixels (for normalising; default from the landmarks).
-        steps: total Adam steps (a third rigid-only).
-        init: a previous fit to start from (video tracking).
+        landmarks: [478, 2+] for one image or [T, 478, 2+] for T frames (crop pixels).
+        valid: [T] bool, frames that have landmarks (others are interpolated by smoothness).
+        face_size: face size in pixels for normalising (default: the landmarks' spread).
+        steps: Adam steps in total (a third rigid-only).
+        smooth: weight of the temporal smoothness term (second differences), videos only.
+        shape: a fixed identity [S] (e.g. from the source photo); fitted when None.
     """
     prog = as_progress(progress, cancel)
-    dt = torch.float32
-    head = head.to(dtype=dt)
-    ids = torch.as_tensor(embedding.landmark_ids)
-    target = torch.as_tensor(np.asarray(landmarks)[embedding.landmark_ids, :2], dtype=dt)
+    head = head.to(dtype=torch.float32)
+    lm = np.asarray(landmarks, dtype=np.float32)
+    if lm.ndim == 2:
+        lm = lm[None]
+    T = lm.shape[0]
+    valid_t = torch.ones(T, dtype=torch.bool) if valid is None else torch.as_tensor(np.asarray(valid), dtype=torch.bool)
+    if not bool(valid_t.any()):
+        raise ValueError("no frame has landmarks")
+    target = torch.as_tensor(lm[:, embedding.landmark_ids, :2])  # [T, K, 2]
+    target = torch.nan_to_num(target)
     w = torch.as_tensor(landmark_weights()[embedding.landmark_ids])
     if face_size is None:
-        span = target.max(0).values - target.min(0).values
-        face_size = float(span.max())
+        span = target[valid_t].amax(1) - target[valid_t].amin(1)
+        face_size = float(span.amax(-1).median())
     S = min(num_shape, head.num_shape)
-    E = head.num_expr
+    E, J = head.num_expr, head.num_joints
     unit = is_unit_range(head)
     f0 = (size / 2.0) / math.tan(math.radians(DEFAULT_FOV_DEG) / 2.0)
 
+    # initial camera per frame from the 2D/3D landmark spreads and centroids
     model_pts0 = embedding.points(head.v_template[None], head.faces)[0]
-    if init is None:
-        # distance from the ratio of 3D to 2D landmark spreads; centre from the centroids
-        span3 = (model_pts0[:, :2].max(0).values - model_pts0[:, :2].min(0).values).max()
-        span2 = (target.max(0).values - target.min(0).values).max()
-        z = float(f0 * span3 / span2)
-        c3 = model_pts0.mean(0)
-        c2 = target.mean(0) - (size - 1) / 2.0
-        # camera-space centre (x, y, z) -> t = p_cam - R p_world with R = FLIP
-        pc = torch.tensor([float(c2[0]) * z / f0, float(c2[1]) * z / f0, z])
-        t0 = pc - FLIP @ c3
-        omega = torch.zeros(3)
-        df = torch.zeros(())
-        beta = torch.zeros(S)
-        expr = torch.full((E,), 0.0)
-        pose = torch.zeros(head.num_joints, 3)
-    else:
-        t0 = init.camera.viewmat[0, :3, 3].clone()
-        R0 = init.camera.viewmat[0, :3, :3] @ FLIP
-        omega = _matrix_to_axis_angle(R0)
-        df = torch.log(init.camera.K[0, 0, 0] / f0)
-        beta = init.shape[:S].clone()
-        expr = init.expression.clone()
-        pose = init.pose.clone()
-    params = {"omega": omega.clone().requires_grad_(), "t": t0.clone().requires_grad_(),
-              "df": df.clone().requires_grad_(), "beta": beta.clone().requires_grad_(),
-              "expr": expr.clone().requires_grad_(), "pose": pose.clone().requires_grad_()}
-    sigma2 = (0.02 * face_size) ** 2  # residuals beyond ~2% of the face count less and less
+    span3 = float((model_pts0[:, :2].amax(0) - model_pts0[:, :2].amin(0)).max())
+    tv = target[valid_t]
+    span2 = float((tv.amax(1) - tv.amin(1)).amax(-1).median())
+    z = f0 * span3 / max(span2, 1e-6)
+    c2 = tv.mean(1).median(0).values - (size - 1) / 2.0
+    pc = torch.tensor([float(c2[0]) * z / f0, float(c2[1]) * z / f0, z])
+    t0 = pc - FLIP @ model_pts0.mean(0)
+    p = {
+        "omega": torch.zeros(T, 3), "t": t0.expand(T, 3).clone(), "df": torch.zeros(()),
+        "beta": torch.zeros(S) if shape is None else torch.as_tensor(shape, dtype=torch.float32)[:S].clone(),
+        "expr": torch.zeros(T, E), "pose": torch.zeros(T, J, 3),
+    }
+    for v in p.values():
+        v.requires_grad_()
+    sigma2 = (0.02 * face_size) ** 2
+    vmask = valid_t.float()
+    articulated = torch.tensor([0.0] + [1.0] * (J - 1))[:, None]
+
+    lmk_head = LandmarkHead(head, embedding)
 
     def loss_fn(stage: int):
-        cam = camera_from(params["omega"], params["t"], f0 * torch.exp(params["df"]), size)
-        pose_full = params["pose"].clone()
-        pose_full = pose_full * torch.tensor([0.0, 1.0, 1.0, 1.0, 1.0])[:, None]  # rigid motion is the camera's
-        out = head(shape=params["beta"][None], expression=params["expr"][None], pose=pose_full[None])
-        pts = embedding.points(out.vertices, head.faces)
-        uv, depth = cam.project(pts)
-        r2 = ((uv[0] - target) ** 2).sum(-1)
-        data = (w * geman_mcclure(r2, sigma2)).sum() / w.sum()
-        reg = 0.0
+        cam = cameras_from(p["omega"], p["t"], f0 * torch.exp(p["df"]), size)
+        pts = lmk_head(p["beta"][None].expand(T, -1), p["expr"], p["pose"] * articulated)
+        uv, _ = cam.project(pts)
+        r2 = ((uv - target) ** 2).sum(-1)  # [T, K]
+        data = ((w * geman_mcclure(r2, sigma2)).sum(1) / w.sum() * vmask).sum() / vmask.sum()
+        reg = 0.1 * p["df"] ** 2
         if stage > 0:
-            reg = shape_prior * (params["beta"] ** 2).sum() / S + expr_prior * (params["expr"] ** 2).sum()
-            reg = reg + 1.0 * (params["pose"][1] ** 2).sum() + 0.5 * (params["pose"][2] ** 2).sum()
-            reg = reg + 0.1 * (params["pose"][3:] ** 2).sum()
-        reg = reg + 0.1 * params["df"] ** 2
-        return data + reg, uv[0], r2
+            reg = reg + shape_prior * (p["beta"] ** 2).sum() / S
+            reg = reg + expr_prior * (p["expr"] ** 2).sum() / T
+            reg = reg + ((p["pose"][:, 1] ** 2).sum() + 0.5 * (p["pose"][:, 2] ** 2).sum()
+                         + 0.1 * (p["pose"][:, 3:] ** 2).sum()) / T
+        if T > 2 and smooth > 0:
+            def acc(x):
+                return ((x[2:] - 2 * x[1:-1] + x[:-2]) ** 2).sum() / (T - 2)
+            reg = reg + smooth * (acc(p["expr"]) + acc(p["pose"]) + 10 * acc(p["omega"]) + 100 * acc(p["t"]))
+        return data + reg, uv, r2
 
-    rigid_steps = steps // 3 if init is None else 0
-    opt = torch.optim.Adam([params["omega"], params["t"], params["df"]], lr=1e-2)
+    rigid_steps = steps // 3
+    opt = torch.optim.Adam([p["omega"], p["t"], p["df"]], lr=1e-2)
     for i in range(rigid_steps):
         opt.zero_grad()
         loss, _, _ = loss_fn(0)
         loss.backward()
-        params["t"].grad[:2] *= 0.1  # metres: smaller steps in x/y than the angle
+        p["t"].grad[:, :2] *= 0.1
         opt.step()
-        if i % 20 == 0:
-            prog(0.3 * i / max(rigid_steps, 1), "fitting camera")
-    opt = torch.optim.Adam([
-        {"params": [params["omega"], params["df"]], "lr": 5e-3},
-        {"params": [params["t"]], "lr": 2e-3},
-        {"params": [params["beta"]], "lr": 5e-2},
-        {"params": [params["expr"]], "lr": 2e-2},
-        {"params": [params["pose"]], "lr": 1e-2},
-    ])
+        if i % 10 == 0:
+            prog(0.3 * i / max(rigid_steps, 1), "fitting the camera")
+    groups = [{"params": [p["omega"], p["df"]], "lr": 5e-3}, {"params": [p["t"]], "lr": 2e-3},
+              {"params": [p["expr"]], "lr": 2e-2}, {"params": [p["pose"]], "lr": 1e-2}]
+    if shape is None:
+        groups.append({"params": [p["beta"]], "lr": 5e-2})
+    opt = torch.optim.Adam(groups)
     rest = steps - rigid_steps
     for i in range(rest):
         opt.zero_grad()
@@ -172,37 +233,49 @@ def fit_landmarks(head: HeadModel, embedding: Embedding, landmarks: np.ndarray, 
         opt.step()
         if unit:
             with torch.no_grad():
-                params["expr"].clamp_(0.0, 1.0)
-        if i % 20 == 0:
-            prog(0.3 + 0.7 * i / max(rest, 1), "fitting head")
+                p["expr"].clamp_(0.0, 1.0)
+        if i % 10 == 0:
+            prog(0.3 + 0.7 * i / max(rest, 1), "fitting the head")
     with torch.no_grad():
         _, uv, r2 = loss_fn(1)
-        err = r2.sqrt()
-        cam = camera_from(params["omega"], params["t"], f0 * torch.exp(params["df"]), size)
+        cam = cameras_from(p["omega"], p["t"], f0 * torch.exp(p["df"]), size)
+        err = r2.sqrt().median(1).values.numpy().astype(np.float64)
+        err[~valid_t.numpy()] = np.nan
+        pose = p["pose"].detach() * articulated
     prog(1.0, "fit done")
-    pose_final = params["pose"].detach().clone()
-    pose_final[0] = 0.0
     return FitResult(
-        camera=Camera(cam.K.detach(), cam.viewmat.detach(), size, size),
-        shape=params["beta"].detach().clone(), expression=params["expr"].detach().clone(),
-        pose=pose_final, translation=torch.zeros(3), landmark_ids=embedding.landmark_ids,
-        projected=uv.numpy(), detected=target.numpy(), median_error_px=float(err.median()),
-        face_size_px=float(face_size))
+        camera=Camera(cam.K.detach().clone(), cam.viewmat.detach().clone(), size, size),
+        shape=p["beta"].detach().clone(), expression=p["expr"].detach().clone(), pose=pose,
+        translation=torch.zeros(T, 3), landmark_ids=embedding.landmark_ids,
+        projected=uv.numpy(), detected=target.numpy(), errors_px=err, face_size_px=float(face_size))
 
 
-def _matrix_to_axis_angle(R: torch.Tensor) -> torch.Tensor:
-    q = lbs.matrix_to_quaternion(R)
-    w = q[0].clamp(-1, 1)
-    angle = 2 * torch.acos(w)
-    s = torch.sqrt((1 - w * w).clamp_min(1e-12))
-    return q[1:] / s * angle if float(angle) > 1e-6 else q[1:] * 2
+def geman_mcclure(r2: torch.Tensor, sigma2: float) -> torch.Tensor:
+    return r2 / (r2 + sigma2)
 
 
 def fit_portrait(head: HeadModel, portrait, embedding: Embedding, steps: int = 300,
                  progress=None, cancel=None) -> FitResult:
-    """Fit to a ``FacePortrait`` from ``avatar_core.face.process_portrait``."""
+    """Fit to a ``FacePortrait`` from ``avatar_core.face.process_portrait`` (T = 1)."""
     box = np.asarray(portrait.face_box, dtype=np.float64).reshape(-1)
     face_size = float(max(box[2] - box[0], box[3] - box[1])) if box.size >= 4 else None
     size = int(portrait.image.shape[0])
     return fit_landmarks(head, embedding, portrait.landmarks, size, face_size=face_size, steps=steps,
                          progress=progress, cancel=cancel)
+
+
+def camera_motion_to_pose(viewmats: torch.Tensor, root_joint: torch.Tensor):
+    """Express per-frame camera motion relative to frame 0 as head root rotation + translation.
+
+    world->cam_t = R_t p + t_t = R_0 (R_h p + t_h) + t_0, so R_h = R_0^T R_t and
+    t_h = R_0^T (t_t - t_0); LBS rotates about the root joint j, hence translation
+    T = t_h + R_h j - j. viewmats [T, 4, 4], root_joint [3] (rest) -> root axis-angle [T, 3]
+    and translation [T, 3].
+    """
+    R0, t0 = viewmats[0, :3, :3], viewmats[0, :3, 3]
+    Rt, tt = viewmats[:, :3, :3], viewmats[:, :3, 3]
+    Rh = R0.T @ Rt
+    th = (R0.T @ (tt - t0)[..., None])[..., 0]
+    j = root_joint.reshape(3)
+    trans = th + (Rh @ j) - j
+    return matrix_to_axis_angle(Rh), trans

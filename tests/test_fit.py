@@ -1,0 +1,96 @@
+"""Landmark correspondence, single-image fit and video tracking (real mediapipe, real head)."""
+
+import numpy as np
+import pytest
+import torch
+
+from avatar_core.errors import FaceNotFoundError, MotionError
+from tests.conftest import shared_data
+
+
+@pytest.fixture(scope="module")
+def open_head():
+    from avatar_core.head import load_head
+    return load_head("open")
+
+
+@pytest.fixture(scope="module")
+def embedding(open_head):
+    from avatar_core.fit.correspondence import landmark_embedding
+    return landmark_embedding(open_head)
+
+
+def test_embedding_covers_the_face_sensibly(open_head, embedding):
+    assert len(embedding.landmark_ids) >= 470
+    pts = embedding.points(open_head.v_template[None], open_head.faces)[0].numpy()
+    ids = list(embedding.landmark_ids)
+    nose, chin, forehead = pts[ids.index(1)], pts[ids.index(152)], pts[ids.index(10)]
+    left_eye, right_eye = pts[ids.index(263)], pts[ids.index(33)]   # subject's left / right outer corners
+    assert chin[1] < nose[1] < forehead[1]                         # Y up
+    assert nose[2] > left_eye[2] and nose[2] > chin[2] - 0.01      # the nose sticks out toward +Z
+    assert left_eye[0] > 0 > right_eye[0]                          # subject's left at +X
+    assert np.allclose(embedding.bary.sum(1), 1, atol=1e-5) and (embedding.bary >= -1e-6).all()
+
+
+def test_fit_portrait_astronaut(open_head, embedding):
+    from skimage.data import astronaut
+    from avatar_core.face import process_portrait
+    from avatar_core.fit.single import fit_portrait
+    portrait = process_portrait(astronaut(), size=256)
+    fit = fit_portrait(open_head, portrait, embedding, steps=150)
+    assert fit.median_error_frac < 0.02, fit.median_error_px
+    # the camera sees the face from the front: it sits on +Z, upright
+    cam = fit.camera
+    assert float(cam.position[0, 2]) > 0.2
+    assert fit.expression.min() >= 0 and fit.expression.max() <= 1
+    # projecting the fitted model reproduces the reported landmarks
+    from avatar_core.fit.single import LandmarkHead
+    pts = LandmarkHead(open_head, embedding)(fit.shape[None], fit.expression, fit.pose)
+    uv, depth = cam.project(pts)
+    assert np.allclose(uv[0].numpy(), fit.projected[0], atol=1e-3) and (depth > 0).all()
+
+
+def test_camera_motion_equals_root_pose(open_head):
+    """Rigid motion fitted as a per-frame camera, re-expressed as root rotation + translation,
+    moves the head identically in front of the first frame's camera."""
+    from avatar_core.fit.single import cameras_from, camera_motion_to_pose
+    g = torch.Generator().manual_seed(0)
+    omega = torch.randn(4, 3, generator=g) * 0.2
+    t = torch.tensor([0.0, 0.0, 0.8]) + torch.randn(4, 3, generator=g) * 0.02
+    cams = cameras_from(omega, t, torch.tensor(1200.0), 256)
+    root_joint = (open_head.j_regressor @ open_head.v_template)[0]
+    rot, trans = camera_motion_to_pose(cams.viewmat, root_joint)
+    pose = torch.zeros(4, 5, 3)
+    pose[:, 0] = rot
+    moved = open_head(pose=pose, translation=trans).vertices
+    uv_pose, _ = cams.index(0).expand(4).project(moved)
+    uv_cam, _ = cams.project(open_head.v_template[None])
+    assert torch.allclose(uv_pose, uv_cam, atol=1e-2)
+
+
+def test_track_grid_clip_with_missing_frames(open_head, embedding):
+    from avatar_core.fit.track import read_video, track_frames
+    frames, fps = read_video(shared_data("grid", "s1", "bbaf2n.mpg"), max_frames=12)
+    frames = frames.copy()
+    frames[5] = 0  # a frame without a face
+    res = track_frames(frames, fps, open_head, embedding, size=192, steps=60)
+    assert res.valid.sum() == 11 and not res.valid[5]
+    assert any("1 of 12 frames had no face (5)" in w for w in res.warnings)
+    assert np.nanmedian(res.fit.errors_px) / res.fit.face_size_px < 0.03
+    seq = res.motion(open_head, source="clip")
+    assert seq.expression.shape == (12, 52) and np.isfinite(seq.expression).all()
+    # the interpolated frame lies between its neighbours
+    e = seq.expression
+    assert np.abs(e[5] - 0.5 * (e[4] + e[6])).max() < 0.2
+
+
+def test_track_bad_videos(tmp_path, open_head):
+    from avatar_core.fit.track import read_video, track_frames
+    empty = tmp_path / "empty.mp4"
+    empty.write_bytes(b"")
+    with pytest.raises(MotionError, match="not a video|no frames"):
+        read_video(empty)
+    with pytest.raises(MotionError, match="does not exist"):
+        read_video(tmp_path / "missing.mp4")
+    with pytest.raises(FaceNotFoundError, match="No face was found in any of the 3 frames"):
+        track_frames(np.zeros((3, 96, 96, 3), np.uint8), 25.0, open_head)
