@@ -1,0 +1,309 @@
+"""The face pipeline on real mediapipe and real files, including bad input.
+
+The portrait is scikit-image's astronaut (the same photo as ../shared/data/portraits/
+astronaut.png, always available); the shared file is used where the file itself matters.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from avatar_core.errors import Cancelled, FaceNotFoundError, FaceTooSmallError, ImageError, ParameterError
+from avatar_core.face import FaceTracker, crop_with, load_image, process_portrait
+from avatar_core.face.landmarks import LEFT_IRIS, LOWER_LIP, NOSE_TIP, RIGHT_IRIS, UPPER_LIP
+from avatar_core.face.matte import face_hull_mask
+
+ROOT = Path(__file__).resolve().parents[1]
+PORTRAITS = ROOT.parent / "shared" / "data" / "portraits"
+
+PIL = pytest.importorskip("PIL")
+from PIL import Image  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def astronaut() -> np.ndarray:
+    """[512, 512, 3] uint8."""
+    from skimage import data
+    return data.astronaut()
+
+
+@pytest.fixture(scope="module")
+def portrait(astronaut):
+    return process_portrait(astronaut)
+
+
+def _landmarks_in_original(fp) -> np.ndarray:
+    """[478, 2] landmark x, y in the original photo's pixels."""
+    m = fp.original_from_crop
+    return fp.landmarks[:, :2] @ m[:, :2].T + m[:, 2]
+
+
+def _assert_sane(fp, size=512):
+    lm = fp.landmarks
+    assert fp.image.shape == (size, size, 3) and fp.image.dtype == np.float32
+    assert fp.alpha.shape == (size, size) and fp.alpha.dtype == np.float32
+    assert lm.shape == (478, 3) and np.isfinite(lm).all()
+    assert (lm[:, :2] >= 0).all() and (lm[:, :2] < size).all(), "landmarks leave the crop"
+    eyes_y = lm[[LEFT_IRIS, RIGHT_IRIS], 1].mean()
+    mouth_y = lm[[UPPER_LIP, LOWER_LIP], 1].mean()
+    assert eyes_y + 0.1 * size < mouth_y, "eyes are not above the mouth"
+    # the subject's right eye appears on the image's left
+    assert lm[RIGHT_IRIS, 0] < lm[NOSE_TIP, 0] < lm[LEFT_IRIS, 0]
+    face = face_hull_mask(lm, size)
+    assert fp.alpha[face].mean() > 0.98, "the matte does not cover the face"
+    assert 0.15 < fp.alpha.mean() < 0.85
+    x0, y0, x1, y1 = fp.face_box
+    assert x0 < lm[NOSE_TIP, 0] < x1 and y0 < lm[NOSE_TIP, 1] < y1
+
+
+def test_astronaut_portrait(portrait):
+    fp = portrait
+    _assert_sane(fp)
+    assert fp.original_size == (512, 512) and fp.source is None
+    # the head is centred and takes a sensible part of the crop
+    eye_dist = np.linalg.norm(fp.landmarks[LEFT_IRIS, :2] - fp.landmarks[RIGHT_IRIS, :2])
+    assert 0.12 * fp.size < eye_dist < 0.25 * fp.size
+    assert abs(fp.landmarks[NOSE_TIP, 0] - fp.size / 2) < 0.1 * fp.size
+    # background (top corners) is out of the matte
+    assert fp.alpha[:40, :40].mean() < 0.05 and fp.alpha[:40, -40:].mean() < 0.05
+    # the transform and its inverse agree, and crop_with reproduces the crop
+    m, inv = fp.crop_from_original, fp.original_from_crop
+    np.testing.assert_allclose(np.vstack([m, [0, 0, 1]]) @ np.vstack([inv, [0, 0, 1]]), np.eye(3), atol=1e-9)
+
+
+def test_crop_with_and_tracker_match_the_photo(portrait, astronaut):
+    fp = portrait
+    again = crop_with(astronaut.astype(np.float32) / 255.0, fp.transform)
+    assert np.abs(again - fp.image).mean() < 1e-3
+    with FaceTracker() as tracker:
+        tracked = [tracker.track(astronaut) for _ in range(3)]
+        assert tracker.track(np.zeros((240, 320, 3), np.uint8)) is None
+    lm_orig = _landmarks_in_original(fp)
+    for t in tracked:
+        assert t is not None and t.shape == (478, 3)
+        assert np.median(np.linalg.norm(t[:, :2] - lm_orig, axis=1)) < 3.0
+
+
+def test_shared_astronaut_file_matches_array(portrait):
+    path = PORTRAITS / "astronaut.png"
+    if not path.exists():
+        pytest.skip(f"shared portrait {path} is absent (it lives beside the repository in ../shared/data)")
+    fp = process_portrait(str(path), size=256)
+    _assert_sane(fp, 256)
+    assert fp.source == str(path)
+    d = np.linalg.norm(_landmarks_in_original(fp) - _landmarks_in_original(portrait), axis=1)
+    assert np.median(d) < 1.5
+
+
+def test_exif_orientation(tmp_path, astronaut):
+    upright = tmp_path / "upright.jpg"
+    rotated = tmp_path / "rotated.jpg"
+    Image.fromarray(astronaut).save(upright, quality=95)
+    # stored rotated 90 degrees counter-clockwise; orientation 6 says "rotate 90 CW to display"
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(astronaut).transpose(Image.Transpose.ROTATE_90).save(rotated, quality=95, exif=exif)
+    assert Image.open(rotated).size == (512, 512)
+    a, b = process_portrait(str(upright), size=256), process_portrait(str(rotated), size=256)
+    d = np.linalg.norm(_landmarks_in_original(a) - _landmarks_in_original(b), axis=1)
+    assert np.median(d) < 1.5
+    # a non-square image shows the width/height swap
+    wide = tmp_path / "wide.jpg"
+    Image.fromarray(astronaut[:, :400]).transpose(Image.Transpose.ROTATE_90).save(wide, exif=exif)
+    img = load_image(str(wide))
+    assert img.original_size == (400, 512) and img.rgb.shape == (512, 400, 3)
+    assert np.abs(img.rgb - astronaut[:, :400] / 255.0).mean() < 0.03
+
+
+def _save_16bit_png(path, rgb_u8):
+    import cv2
+    assert cv2.imwrite(str(path), (rgb_u8[:, :, ::-1].astype(np.uint16) * 257))
+
+
+@pytest.mark.parametrize("kind", ["png16", "grey16", "grey", "rgba", "palette", "webp", "tiff", "bmp"])
+def test_formats_load(tmp_path, astronaut, kind):
+    im = Image.fromarray(astronaut)
+    path = tmp_path / f"img_{kind}"
+    want, want_alpha = astronaut / 255.0, None
+    tol = 0.01
+    grey = np.asarray(im.convert("L")) / 255.0
+    if kind == "png16":
+        path = path.with_suffix(".png")
+        _save_16bit_png(path, astronaut)
+    elif kind == "grey16":
+        path = path.with_suffix(".png")
+        Image.fromarray((grey * 65535).astype(np.uint16)).save(path)
+        want = np.repeat(grey[:, :, None], 3, 2)
+    elif kind == "grey":
+        path = path.with_suffix(".png")
+        im.convert("L").save(path)
+        want = np.repeat(grey[:, :, None], 3, 2)
+    elif kind == "rgba":
+        path = path.with_suffix(".png")
+        a = np.zeros((512, 512), np.uint8)
+        a[:, 100:] = 255
+        Image.fromarray(np.dstack([astronaut, a])).save(path)
+        want_alpha = a / 255.0
+    elif kind == "palette":
+        path = path.with_suffix(".png")
+        im.quantize(256).save(path)
+        tol = 0.05
+    elif kind == "webp":
+        path = path.with_suffix(".webp")
+        im.save(path, quality=95)
+        tol = 0.03
+    elif kind == "tiff":
+        path = path.with_suffix(".tif")
+        im.save(path, compression="tiff_lzw")
+    elif kind == "bmp":
+        path = path.with_suffix(".bmp")
+        im.save(path)
+    img = load_image(str(path))
+    assert img.rgb.shape == (512, 512, 3) and img.rgb.dtype == np.float32
+    assert 0.0 <= img.rgb.min() and img.rgb.max() <= 1.0
+    assert np.abs(img.rgb - want).mean() < tol, kind
+    if want_alpha is None:
+        assert img.alpha is None
+    else:
+        np.testing.assert_allclose(img.alpha, want_alpha, atol=1e-6)
+
+
+def test_grey_and_16bit_portraits_process(tmp_path, astronaut, portrait):
+    grey = tmp_path / "grey.png"
+    Image.fromarray(astronaut).convert("L").save(grey)
+    fp = process_portrait(str(grey), size=256)
+    _assert_sane(fp, 256)
+    png16 = tmp_path / "rgb16.png"
+    _save_16bit_png(png16, astronaut)
+    fp = process_portrait(str(png16), size=256)
+    d = np.linalg.norm(_landmarks_in_original(fp) - _landmarks_in_original(portrait), axis=1)
+    assert np.median(d) < 1.5
+
+
+def test_file_alpha_is_the_matte(tmp_path, astronaut, portrait):
+    # a cut-out: the matte we computed becomes the file's own alpha
+    cut = Image.fromarray(astronaut).convert("RGBA")
+    a = crop_with(portrait.alpha, portrait.original_from_crop, 512)  # crop -> original pixels
+    cut.putalpha(Image.fromarray((np.clip(a, 0, 1) * 255).astype(np.uint8)))
+    path = tmp_path / "cutout.png"
+    cut.save(path)
+    fp = process_portrait(str(path))
+    assert np.abs(fp.alpha - portrait.alpha).mean() < 0.03
+
+
+def test_no_face(tmp_path):
+    rng = np.random.default_rng(0)
+    for i, arr in enumerate([rng.integers(0, 256, (480, 640, 3), dtype=np.uint8),
+                             np.full((480, 640, 3), 128, np.uint8)]):
+        path = tmp_path / f"noface{i}.png"
+        Image.fromarray(arr).save(path)
+        with pytest.raises(FaceNotFoundError, match=r"No face was found in .*noface"):
+            process_portrait(str(path))
+
+
+def test_several_faces(astronaut):
+    import cv2
+    small = cv2.resize(astronaut, None, fx=0.75, fy=0.75, interpolation=cv2.INTER_AREA)
+    canvas = np.full((512, 512 + small.shape[1], 3), 128, np.uint8)
+    canvas[:, :512] = astronaut
+    canvas[60:60 + small.shape[0], 512:] = small
+    fp = process_portrait(canvas, size=256)
+    assert fp.warnings[0].startswith("2 faces found; using the largest (index 0)")
+    nose = _landmarks_in_original(fp)[NOSE_TIP]
+    assert nose[0] < 512, "the smaller face was chosen"
+    fp1 = process_portrait(canvas, size=256, face_index=1)
+    assert _landmarks_in_original(fp1)[NOSE_TIP][0] > 512
+    assert "face index 1" in fp1.warnings[0]
+    with pytest.raises(FaceNotFoundError, match="face_index 5"):
+        process_portrait(canvas, face_index=5)
+
+
+def test_small_face(tmp_path, astronaut):
+    path = tmp_path / "tiny.png"
+    Image.fromarray(astronaut).resize((205, 205), Image.Resampling.LANCZOS).save(path)  # face ~38 px
+    with pytest.raises(FaceTooSmallError, match=r"tiny\.png.*at least 64 pixels wide, or crop closer"):
+        process_portrait(str(path))
+
+
+def test_not_an_image(tmp_path, astronaut):
+    text = tmp_path / "notes.jpg"
+    text.write_text("these are not the pixels you are looking for\n")
+    with pytest.raises(ImageError, match=r"notes\.jpg"):
+        process_portrait(str(text))
+    full = tmp_path / "full.jpg"
+    Image.fromarray(astronaut).save(full)
+    truncated = tmp_path / "truncated.jpg"
+    truncated.write_bytes(full.read_bytes()[: full.stat().st_size // 2])
+    with pytest.raises(ImageError, match=r"truncated\.jpg is truncated or corrupt"):
+        process_portrait(str(truncated))
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    with pytest.raises(ImageError, match=r"empty\.png is empty"):
+        load_image(str(empty))
+    with pytest.raises(ImageError, match=r"missing\.png does not exist"):
+        load_image(str(tmp_path / "missing.png"))
+    with pytest.raises(ImageError, match=r"shape"):
+        load_image(np.zeros((10, 10, 2), np.uint8))
+    with pytest.raises(ParameterError, match="size"):
+        process_portrait(astronaut, size=10)
+
+
+def test_progress_and_cancel(astronaut):
+    seen = []
+    process_portrait(astronaut, size=128, progress=lambda f, m: seen.append(f))
+    assert seen[0] == 0.0 and seen[-1] == 1.0 and seen == sorted(seen)
+    cancel = threading.Event()
+    cancel.set()
+    with pytest.raises(Cancelled):
+        process_portrait(astronaut, cancel=cancel)
+
+
+_BIG_CHILD = r"""
+import json, resource, sys, time
+from avatar_core.face import process_portrait
+from skimage import data
+
+
+def status(key):  # kB, from /proc/self/status
+    for line in open("/proc/self/status"):
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+
+
+process_portrait(data.astronaut(), size=256)            # warm up mediapipe
+try:  # reset the peak-RSS mark (Linux), so the peak below is this call's own
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    base, how = status("VmRSS"), "VmHWM after clear_refs"
+except OSError:
+    base, how = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "ru_maxrss"
+t = time.perf_counter()
+fp = process_portrait(sys.argv[1])
+dt = time.perf_counter() - t
+peak = status("VmHWM") if how.startswith("VmHWM") else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+m = fp.original_from_crop
+nose = (fp.landmarks[1, :2] @ m[:, :2].T + m[:, 2]).tolist()
+print(json.dumps({"extra_mb": (peak - base) / 1024, "how": how, "seconds": dt, "size": fp.original_size,
+                  "nose": nose}))
+"""
+
+
+def test_huge_image_bounded_memory(tmp_path, astronaut, portrait):
+    big = tmp_path / "huge.jpg"
+    Image.fromarray(astronaut).resize((10000, 10000), Image.Resampling.NEAREST).save(big, quality=90)
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    out = subprocess.run([sys.executable, "-c", _BIG_CHILD, str(big)], capture_output=True, text=True,
+                         env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    print("10000x10000 JPEG:", res)
+    assert res["size"] == [10000, 10000]
+    assert res["extra_mb"] < 1500, res
+    want = _landmarks_in_original(portrait)[NOSE_TIP] * (10000 / 512)
+    assert np.linalg.norm(np.array(res["nose"]) - want) < 40  # 2 px of the 512 image
