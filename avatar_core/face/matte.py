@@ -41,6 +41,20 @@ def _box(x: np.ndarray, r: int) -> np.ndarray:
     return cv2.boxFilter(x, -1, (2 * r + 1, 2 * r + 1), normalize=True, borderType=cv2.BORDER_REFLECT)
 
 
+def _solve_sym3(m: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """[..., 3, 3] symmetric positive definite, [..., 3] -> [..., 3] solving m x = v (by cofactors)."""
+    a, b, c = m[..., 0, 0], m[..., 0, 1], m[..., 0, 2]
+    d, e, f = m[..., 1, 1], m[..., 1, 2], m[..., 2, 2]
+    # cofactors of [[a, b, c], [b, d, e], [c, e, f]]
+    i00, i01, i02 = d * f - e * e, c * e - b * f, b * e - c * d
+    i11, i12, i22 = a * f - c * c, b * c - a * e, a * d - b * b
+    det = a * i00 + b * i01 + c * i02
+    x, y, z = v[..., 0], v[..., 1], v[..., 2]
+    return np.stack([i00 * x + i01 * y + i02 * z,
+                     i01 * x + i11 * y + i12 * z,
+                     i02 * x + i12 * y + i22 * z], axis=-1) / det[..., None]
+
+
 def guided_filter(guide: np.ndarray, src: np.ndarray, radius: int, eps: float) -> np.ndarray:
     """Colour guided filter.
 
@@ -63,7 +77,7 @@ def guided_filter(guide: np.ndarray, src: np.ndarray, radius: int, eps: float) -
     prods = np.stack([guide[:, :, c] * guide[:, :, d] for c in range(3) for d in range(3)], axis=-1)
     sigma = (_box(prods, radius) - np.einsum("hwc,hwd->hwcd", mean_i, mean_i).reshape(h, w, 9)).reshape(h, w, 3, 3)
     sigma = sigma + eps * np.eye(3, dtype=np.float32)
-    a = np.linalg.solve(sigma, cov_ip[..., None])[..., 0]          # [H, W, 3]
+    a = _solve_sym3(sigma, cov_ip)                                 # [H, W, 3]
     b = mean_p - np.einsum("hwc,hwc->hw", a, mean_i)               # [H, W]
     return np.einsum("hwc,hwc->hw", _box(a, radius), guide) + _box(b, radius)
 
