@@ -290,10 +290,11 @@ def visible_vertices(vertices: torch.Tensor, faces: torch.Tensor, K: torch.Tenso
     """Which vertices the camera sees: bool [V].
 
     A vertex is visible when it projects inside the image, in front of ``near``, and its
-    depth is at most the z-buffer's at its pixel plus a tolerance (``tolerance * z`` when
-    ``relative``, else ``tolerance`` in world units). A vertex whose pixel is background (a
-    silhouette vertex just outside the covered pixel centres) counts as visible.
-    ``raster`` may be passed to reuse a rasterisation of the same mesh and camera.
+    depth is at most the z-buffer's at its (nearest) pixel plus a tolerance (``tolerance * z``
+    when ``relative``, else ``tolerance`` in world units). A vertex on the silhouette may round
+    to a background pixel; it is then compared with the nearest depth among the 3 x 3 pixels
+    around it (so a vertex just behind a rim stays hidden), and is visible if they are all
+    background. ``raster`` may be passed to reuse a rasterisation of the same mesh and camera.
     """
     if raster is None:
         raster = rasterize_mesh(vertices, faces, K, viewmat, width, height, near=near)
@@ -304,7 +305,11 @@ def visible_vertices(vertices: torch.Tensor, faces: torch.Tensor, K: torch.Tenso
         j = torch.round(uv[:, 0]).long()
         i = torch.round(uv[:, 1]).long()
         inside = (j >= 0) & (j < W) & (i >= 0) & (i < H) & (z > near)
+        depth = raster.depth.detach().float()
+        # nearest depth of each 3 x 3 neighbourhood, for vertices that land on background
+        near3 = -torch.nn.functional.max_pool2d(-depth[None, None], 3, stride=1, padding=1)[0, 0]
         zb = torch.full_like(z, float("inf"))
-        zb[inside] = raster.depth.detach().float()[i[inside], j[inside]]
+        at = depth[i[inside], j[inside]]
+        zb[inside] = torch.where(torch.isinf(at), near3[i[inside], j[inside]], at)
         tol = tolerance * z if relative else torch.full_like(z, tolerance)
         return inside & (z <= zb + tol)
