@@ -254,6 +254,33 @@ def test_not_an_image(tmp_path, astronaut):
         process_portrait(astronaut, size=10)
 
 
+def test_pil_input_threads_and_lazy_import(astronaut, portrait):
+    results = {}
+
+    def work(i):
+        results[i] = process_portrait(Image.fromarray(astronaut), size=512)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for fp in results.values():
+        np.testing.assert_allclose(fp.landmarks, portrait.landmarks, atol=1e-6)
+    code = "import sys, avatar_core.face; assert 'mediapipe' not in sys.modules and 'cv2' not in sys.modules"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    assert subprocess.run([sys.executable, "-c", code], env=env).returncode == 0
+
+
+def test_rounded_corners_alpha_is_not_the_matte(tmp_path, astronaut, portrait):
+    a = np.full((512, 512), 255, np.uint8)
+    a[:20, :20] = 0  # a transparent corner: not a cut-out
+    path = tmp_path / "corner.png"
+    Image.fromarray(np.dstack([astronaut, a])).save(path)
+    fp = process_portrait(str(path))
+    assert np.abs(fp.alpha - portrait.alpha).mean() < 0.01
+
+
 def test_progress_and_cancel(astronaut):
     seen = []
     process_portrait(astronaut, size=128, progress=lambda f, m: seen.append(f))

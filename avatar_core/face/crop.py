@@ -8,7 +8,7 @@ convention of ``avatar_core.face.image`` (pixel (i, j) covers [i, i+1) x [j, j+1
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Union
+from typing import Optional, Union
 
 import numpy as np
 
@@ -108,7 +108,7 @@ def _cv_matrix(m: np.ndarray) -> np.ndarray:
     return out
 
 
-def crop_with(image: np.ndarray, transform: Union[CropTransform, np.ndarray], size: int = None,
+def crop_with(image: np.ndarray, transform: Union[CropTransform, np.ndarray], size: Optional[int] = None,
               border: str = "replicate", fill: float = 0.0) -> np.ndarray:
     """Crop (and resample) any image with a source -> crop affine, e.g. a video frame
     cropped exactly like the photo it came from.

@@ -59,11 +59,6 @@ class FaceDetection:
         """[2] float64."""
         return 0.5 * (self.box[:2] + self.box[2:])
 
-    def scaled(self, sx: float, sy: float) -> "FaceDetection":
-        """The same detection in pixels scaled by (sx, sy)."""
-        s = np.array([sx, sy])
-        return FaceDetection(self.box * np.tile(s, 2), self.score, self.keypoints * s)
-
 
 def _read(offset: np.ndarray, size: np.ndarray):
     """A result reader mapping mediapipe's relative boxes into pixels of the full image."""

@@ -14,7 +14,6 @@ import logging
 import os
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Optional, Union
 
 import numpy as np
@@ -121,12 +120,37 @@ def _exif_transposes() -> dict:
             6: t.ROTATE_270, 7: t.TRANSVERSE, 8: t.ROTATE_90}
 
 
-def _load_file(path: str, max_side: int) -> LoadedImage:
+def _from_pil(im, max_side: int, source: Optional[str]) -> LoadedImage:
+    """A loaded (or draft-configured) Pillow image -> LoadedImage: mode, downscale, EXIF orientation."""
+    from PIL import Image
+
+    stored_w, stored_h = im.size
+    orientation = im.getexif().get(0x0112, 1)
+    tw, th = _target_size(stored_w, stored_h, max_side)
+    if im.format == "JPEG" and (tw, th) != (stored_w, stored_h):
+        # decode at 1/2, 1/4 or 1/8 scale straight from the DCT: never holds the full image
+        im.draft(None, (tw, th))
+    im.load()
+    work = _normalise_mode(im)
+    if work.size != (tw, th):
+        work = work.resize((tw, th), Image.Resampling.LANCZOS, reducing_gap=2.0)
+    transposes = _exif_transposes()
+    if orientation in transposes:
+        work = work.transpose(transposes[orientation])
+
+    swapped = orientation in (5, 6, 7, 8)
+    original_size = (stored_h, stored_w) if swapped else (stored_w, stored_h)
+    rgb, alpha = _split(work)
+    h, w = rgb.shape[:2]
+    scale = (w / original_size[0], h / original_size[1])
+    if scale != (1.0, 1.0):
+        log.debug("%s: %dx%d downscaled to %dx%d for processing", source or "image", *original_size, w, h)
+    return LoadedImage(rgb=rgb, alpha=alpha, scale=scale, original_size=original_size, source=source)
+
+
+def _load_file(name: str, max_side: int) -> LoadedImage:
     from PIL import Image, UnidentifiedImageError
 
-    transposes = _exif_transposes()
-
-    name = os.fspath(path)
     if not os.path.isfile(name):
         raise ImageError(f"{name} does not exist or is not a file; expected an image file (JPEG, PNG, TIFF, WebP).")
     if os.path.getsize(name) == 0:
@@ -135,18 +159,7 @@ def _load_file(path: str, max_side: int) -> LoadedImage:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(name) as im:
-                stored_w, stored_h = im.size
-                orientation = im.getexif().get(0x0112, 1)
-                tw, th = _target_size(stored_w, stored_h, max_side)
-                if im.format == "JPEG" and (tw, th) != (stored_w, stored_h):
-                    # decode at 1/2, 1/4 or 1/8 scale straight from the DCT: never holds the full image
-                    im.draft(None, (tw, th))
-                im.load()
-                work = _normalise_mode(im)
-                if work.size != (tw, th):
-                    work = work.resize((tw, th), Image.Resampling.LANCZOS, reducing_gap=2.0)
-                if orientation in transposes:
-                    work = work.transpose(transposes[orientation])
+                return _from_pil(im, max_side, name)
     except UnidentifiedImageError:
         raise ImageError(f"{name} is not an image Pillow can read; expected a JPEG, PNG, TIFF or WebP file.") from None
     except Image.DecompressionBombError:
@@ -154,15 +167,6 @@ def _load_file(path: str, max_side: int) -> LoadedImage:
                          f"{Image.MAX_IMAGE_PIXELS * 2 // 1_000_000} million pixels.") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageError(f"{name} is truncated or corrupt ({exc}); expected a complete image file.") from None
-
-    swapped = orientation in (5, 6, 7, 8)
-    original_size = (stored_h, stored_w) if swapped else (stored_w, stored_h)
-    rgb, alpha = _split(work)
-    h, w = rgb.shape[:2]
-    scale = (w / original_size[0], h / original_size[1])
-    if scale != (1.0, 1.0):
-        log.debug("%s: %dx%d downscaled to %dx%d for processing", name, *original_size, w, h)
-    return LoadedImage(rgb=rgb, alpha=alpha, scale=scale, original_size=original_size, source=name)
 
 
 def array_to_float_rgb(arr: np.ndarray, what: str = "the input array") -> tuple:
@@ -235,12 +239,5 @@ def load_image(source: ImageInput, max_side: int = MAX_SIDE) -> LoadedImage:
     except ImportError:  # pragma: no cover - Pillow is a dependency
         Image = None
     if Image is not None and isinstance(source, Image.Image):
-        return _load_array(np.asarray(_normalise_mode(source)), max_side)
+        return _from_pil(source, max_side, None)
     raise ImageError(f"{type(source).__name__} is not an image; expected a file path, a numpy array or a PIL image.")
-
-
-def describe_source(source: ImageInput) -> str:
-    """A short name for an input, for messages."""
-    if isinstance(source, (str, os.PathLike)):
-        return str(Path(source))
-    return "the input array"

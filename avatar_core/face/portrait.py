@@ -110,6 +110,23 @@ def _find_face(faces, face_index, loaded: LoadedImage, warnings: List[str]):
     return face, width_orig, lms
 
 
+def _matte(image: np.ndarray, landmarks: np.ndarray, loaded: LoadedImage, t_work: CropTransform,
+           warnings: List[str]) -> np.ndarray:
+    """[S, S] alpha: the file's own alpha when it is a person cut-out (over 5% of the crop
+    transparent, the face opaque), else the segmentation matte, times the file's alpha
+    when that only hides some background (e.g. rounded corners)."""
+    if loaded.alpha is None:
+        return portrait_matte(image, landmarks)
+    file_alpha = np.clip(crop_with(loaded.alpha, t_work, border="constant", fill=0.0), 0.0, 1.0)
+    if float(file_alpha[face_hull_mask(landmarks, t_work.size)].mean()) < 0.9:
+        warnings.append("The file's alpha channel hides part of the face, so it was ignored.")
+        return portrait_matte(image, landmarks)
+    if float((file_alpha < 0.5).mean()) > 0.05:
+        log.debug("%s: using the file's own alpha channel as the matte", loaded.describe())
+        return file_alpha.astype(np.float32)
+    return (portrait_matte(image, landmarks) * file_alpha).astype(np.float32)
+
+
 def process_portrait(path_or_array: ImageInput, size: int = 512, face_index: Optional[int] = None,
                      progress: Optional[ProgressFn] = None, cancel: Optional[threading.Event] = None,
                      ) -> FacePortrait:
@@ -137,7 +154,6 @@ def process_portrait(path_or_array: ImageInput, size: int = 512, face_index: Opt
     p = as_progress(progress, cancel)
     p(0.0, "loading image")
     loaded = load_image(path_or_array)
-    what = loaded.describe()
     warnings: List[str] = []
 
     p(0.15, "detecting faces")
@@ -162,17 +178,7 @@ def process_portrait(path_or_array: ImageInput, size: int = 512, face_index: Opt
                         "a photo with more room around the head works better.")
 
     p(0.7, "matting")
-    file_alpha = None
-    if loaded.alpha is not None and float(loaded.alpha.min()) < 0.5:
-        file_alpha = crop_with(loaded.alpha, t_work, border="constant", fill=0.0)
-    if file_alpha is not None:
-        log.debug("%s: using the file's own alpha channel as the matte", what)
-        alpha = np.clip(file_alpha, 0.0, 1.0).astype(np.float32)
-        if float(alpha[face_hull_mask(landmarks, size)].mean()) < 0.5:
-            warnings.append("The file's alpha channel hides most of the face; it was ignored.")
-            alpha = portrait_matte(image, landmarks)
-    else:
-        alpha = portrait_matte(image, landmarks)
+    alpha = _matte(image, landmarks, loaded, t_work, warnings)
     p(1.0, "done")
 
     return FacePortrait(
