@@ -70,7 +70,8 @@ def test_astronaut_portrait(portrait):
     eye_dist = np.linalg.norm(fp.landmarks[LEFT_IRIS, :2] - fp.landmarks[RIGHT_IRIS, :2])
     assert 0.12 * fp.size < eye_dist < 0.25 * fp.size
     assert abs(fp.landmarks[NOSE_TIP, 0] - fp.size / 2) < 0.1 * fp.size
-    # background (top corners) is out of the matte
+    # background (top corners) and padding are out of the matte
+    assert fp.alpha[~fp.inside].max() == 0.0 and fp.inside.mean() > 0.8
     assert fp.alpha[:40, :40].mean() < 0.05 and fp.alpha[:40, -40:].mean() < 0.05
     # the transform and its inverse agree, and crop_with reproduces the crop
     m, inv = fp.crop_from_original, fp.original_from_crop

@@ -33,7 +33,8 @@ class FacePortrait:
     Attributes:
         image: [S, S, 3] float32 RGB in [0, 1], the head crop (edge pixels repeated
             where the crop leaves the photo).
-        alpha: [S, S] float32 in [0, 1], the person matte.
+        alpha: [S, S] float32 in [0, 1], the person matte; 0 outside the photo (where
+            ``inside`` is False).
         landmarks: [478, 3] float64, mediapipe face-mesh points: x, y in crop pixels,
             z (relative depth, smaller is nearer) in the same crop-pixel units.
         face_box: [4] float64 (x0, y0, x1, y1), the detector's face box in crop pixels.
@@ -178,11 +179,13 @@ def process_portrait(path_or_array: ImageInput, size: int = 512, face_index: Opt
                         "a photo with more room around the head works better.")
 
     p(0.7, "matting")
-    alpha = _matte(image, landmarks, loaded, t_work, warnings)
+    # padding repeats edge pixels, which segmentation may take for hair or body: nothing
+    # outside the photo is known, so it is not part of the person
+    alpha = _matte(image, landmarks, loaded, t_work, warnings) * inside
     p(1.0, "done")
 
     return FacePortrait(
-        image=image.astype(np.float32), alpha=alpha, landmarks=landmarks, face_box=face_box,
+        image=image.astype(np.float32), alpha=alpha.astype(np.float32), landmarks=landmarks, face_box=face_box,
         crop_from_original=t_orig.matrix, original_from_crop=t_orig.inverse, inside=inside,
         size=int(size), source=loaded.source, original_size=tuple(loaded.original_size),
         warnings=warnings)
