@@ -29,8 +29,8 @@ from avatar_core.render.project import (ALPHA_THRESHOLD, MAX_ALPHA, T_THRESHOLD,
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TILE = 16
-DEFAULT_CHUNK = 32
+DEFAULT_TILE = 8
+DEFAULT_CHUNK = 16
 # elements (tiles x K x pixels) of one compositing step; bounds the working memory
 # (about 15 float tensors of this size are live: 1M elements ~ 60 MB)
 DEFAULT_STEP_ELEMENTS = 1 << 20
