@@ -1,0 +1,278 @@
+"""The "HeadSplat" render engine: F12, animation renders and the Rendered viewport.
+
+Per frame it reads each visible avatar's shape-key values and pose bones from the
+(evaluated) depsgraph, the camera (intrinsics from lens / sensor / shift / resolution,
+extrinsics from ``matrix_world``, converted once in ``convert``) and calls
+``render_core.render_views`` (avatar_core animate -> rasteriser -> refiner). Results are
+scene-linear premultiplied RGBA with a "Depth" pass (camera z in metres, 1e10 where empty)
+when the view layer asks for Z; the film is transparent when Render > Film > Transparent is on,
+else the world colour is the background.
+
+The viewport draws the same image as a GPU texture. On the CPU it renders at
+``viewport_scale`` percent of the region and, while the view is moving, at 1/``navigate_divider``
+of that, then redraws at full resolution once the view rests.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import List, Optional, Tuple
+
+import bpy
+import numpy as np
+
+from blender_addon import convert, lookup, params, prefs, storage
+
+log = logging.getLogger(__name__)
+
+ENGINE_ID = "HEADSPLAT"
+REST_SECONDS = 0.3
+
+
+def camera_setup(scene, camera_ob) -> Tuple[np.ndarray, np.ndarray, int, int]:
+    """(K [3, 3], world viewmat [4, 4], width, height) of a scene camera for a final render."""
+    r = scene.render
+    width = max(1, int(r.resolution_x * r.resolution_percentage / 100))
+    height = max(1, int(r.resolution_y * r.resolution_percentage / 100))
+    cam = camera_ob.data
+    if cam.type != "PERSP":
+        raise ValueError(f"HeadSplat renders perspective cameras only; {camera_ob.name!r} is {cam.type.lower()}.")
+    K = convert.camera_intrinsics(cam.lens, cam.sensor_width, cam.sensor_height, cam.sensor_fit,
+                                  cam.shift_x, cam.shift_y, width, height, r.pixel_aspect_x, r.pixel_aspect_y)
+    view = convert.opencv_viewmat(np.array(camera_ob.matrix_world))
+    return K, view, width, height
+
+
+def background(scene) -> Optional[np.ndarray]:
+    """The opaque background in sRGB, or None for a transparent film."""
+    if scene.render.film_transparent:
+        return None
+    world = scene.world
+    col = np.array(world.color[:3], np.float32) if world is not None else np.zeros(3, np.float32)
+    return convert.linear_to_srgb(col)
+
+
+def collect_views(depsgraph, viewmat_world: np.ndarray, final: bool, device: str, warn=None) -> list:
+    """AvatarViews of every visible avatar in ``depsgraph``."""
+    from blender_addon.render_core import AvatarView
+    scene = depsgraph.scene
+    settings = scene.headsplat
+    seen = set()
+    views = []
+    for inst in depsgraph.object_instances:
+        ob_eval = inst.object
+        orig = ob_eval.original
+        if orig is None or orig.type != "MESH" or not orig.headsplat.is_avatar:
+            continue
+        # an avatar can appear twice: the object itself and its geometry-nodes point cloud
+        # (an instance of the same object with the same matrix); collection instances differ
+        matrix = np.array(inst.matrix_world)
+        key = (orig.name_full, np.round(matrix, 6).tobytes())
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            avatar = storage.load_for_object(orig, device)
+        except Exception as exc:  # AvatarError, or an unreadable packed blob
+            msg = f"{orig.name}: {exc}"
+            (warn or log.warning)(msg)
+            continue
+        rig_eval = _evaluated(orig.headsplat.rig, depsgraph)
+        key_eval = _evaluated(orig.data.shape_keys, depsgraph)
+        p = params.frame_params(_KeyHolder(key_eval), rig_eval, avatar)
+        hs = ob_eval.headsplat
+        layers = lookup.layer_selection(hs)
+        lod = int(hs.lod)
+        if final and settings.render_lod != "OBJECT":
+            lod = int(settings.render_lod)
+        viewmat_head, scale = convert.head_camera(viewmat_world, matrix)
+        views.append(AvatarView(
+            key=orig.headsplat.data_key or orig.name_full, avatar=avatar, expression=p["expression"],
+            pose=p["pose"], translation=p["translation"], viewmat_head=viewmat_head, scale=scale, lod=lod,
+            layers=layers, mask_threshold=float(hs.mask_threshold),
+            colour_mode="RGB" if final or not settings.inspect_in_viewport else hs.colour_mode,
+            use_refiner=settings.use_refiner if final else settings.viewport_use_refiner))
+    return views
+
+
+class _KeyHolder:
+    """Adapter so ``params.expression_values`` reads an (evaluated) Key datablock."""
+
+    class _Data:
+        def __init__(self, key):
+            self.shape_keys = key
+
+    def __init__(self, key):
+        self.data = self._Data(key)
+
+
+def _evaluated(idb, depsgraph):
+    if idb is None:
+        return None
+    try:
+        return idb.evaluated_get(depsgraph)
+    except (RuntimeError, ReferenceError):
+        return idb
+
+
+class HeadSplatRenderEngine(bpy.types.RenderEngine):
+    bl_idname = ENGINE_ID
+    bl_label = "HeadSplat"
+    bl_use_preview = False
+    bl_use_postprocess = True
+    bl_use_shading_nodes_custom = False
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._draw = None          # (key, width, height, GPUTexture)
+        self._last_view = None     # (view matrix bytes, time) for navigation detection
+        self._pending = False
+
+    def __del__(self):
+        self._draw = None
+        try:
+            super().__del__()
+        except AttributeError:
+            pass
+
+    # ---------------------------------------------------------------- final render
+    def update_render_passes(self, scene=None, renderlayer=None):
+        if renderlayer is not None and renderlayer.use_pass_z:
+            self.register_pass(scene, renderlayer, "Depth", 1, "Z", "VALUE")
+
+    def render(self, depsgraph):
+        from blender_addon.render_core import render_views, resolve_device
+        scene = depsgraph.scene
+        camera = self.camera_override or scene.camera
+        if camera is None:
+            self.report({"ERROR"}, "HeadSplat: the scene has no camera to render from.")
+            return
+        cam_eval = camera.evaluated_get(depsgraph)
+        try:
+            K, view, width, height = camera_setup(scene, cam_eval)
+        except ValueError as exc:
+            self.report({"ERROR"}, str(exc))
+            return
+        device = resolve_device(prefs.get().device)
+        self.update_stats("", "HeadSplat: preparing avatars")
+        warnings = []
+        views = collect_views(depsgraph, view, True, device, warn=warnings.append)
+        for w in warnings:
+            self.report({"WARNING"}, w)
+        if self.test_break():
+            return
+        self.update_stats("", f"HeadSplat: rendering {len(views)} avatar(s) on {device}")
+        try:
+            img = render_views(views, K, width, height, background(scene))
+        except Exception as exc:  # surface avatar_core's sentence instead of a traceback
+            from avatar_core.errors import AvatarError
+            if isinstance(exc, AvatarError):
+                self.report({"ERROR"}, f"HeadSplat: {exc}")
+                return
+            raise
+        result = self.begin_result(0, 0, width, height)
+        layer = result.layers[0]
+        layer.passes["Combined"].rect = np.ascontiguousarray(img.rgba[::-1]).reshape(-1, 4)
+        depth_pass = layer.passes.find_by_name("Depth", "") if hasattr(layer.passes, "find_by_name") else None
+        if depth_pass is None:
+            depth_pass = next((p for p in layer.passes if p.name == "Depth"), None)
+        if depth_pass is not None:
+            depth_pass.rect = np.ascontiguousarray(img.depth[::-1]).reshape(-1, 1)
+        self.end_result(result)
+
+    # ---------------------------------------------------------------- viewport
+    def view_update(self, context, depsgraph):
+        self._draw = None if self._draw is None else (None,) + self._draw[1:]
+
+    def view_draw(self, context, depsgraph):
+        import gpu
+        from gpu_extras.presets import draw_texture_2d
+
+        from blender_addon.render_core import render_views, resolve_device
+        region, rv3d = context.region, context.region_data
+        scene = depsgraph.scene
+        settings = scene.headsplat
+        device = resolve_device(prefs.get().device)
+        view_gl = np.array(rv3d.view_matrix)
+        win = np.array(rv3d.window_matrix)
+        now = time.monotonic()
+        sig = view_gl.tobytes() + win.tobytes()
+        moving = self._last_view is not None and self._last_view[0] != sig and \
+            now - self._last_view[1] < REST_SECONDS
+        self._last_view = (sig, now)
+        scale = settings.viewport_scale / 100.0
+        if moving and device == "cpu":
+            scale /= max(1, settings.navigate_divider)
+            self._schedule_rest_redraw()
+        w = max(1, int(round(region.width * scale)))
+        h = max(1, int(round(region.height * scale)))
+        if rv3d.is_perspective:
+            K = convert.projection_intrinsics(win, w, h)
+            viewmat = np.eye(4)
+            viewmat[:3] = convert.BLENDER_CAM_TO_OPENCV @ view_gl[:3]
+        else:
+            K, viewmat = convert.orthographic_as_perspective(win, view_gl, w, h, rv3d.view_distance)
+        views = collect_views(depsgraph, viewmat, False, device)
+        bg = background(scene)
+        key = (sig, w, h, _views_signature(views), None if bg is None else tuple(bg))
+        if self._draw is None or self._draw[0] != key:
+            img = render_views(views, K, w, h, bg)
+            pixels = np.ascontiguousarray(img.rgba[::-1], dtype=np.float32)
+            buf = gpu.types.Buffer("FLOAT", w * h * 4, pixels.ravel())
+            tex = gpu.types.GPUTexture((w, h), format="RGBA16F", data=buf)
+            self._draw = (key, w, h, tex)
+        gpu.state.blend_set("ALPHA_PREMULT")
+        self.bind_display_space_shader(scene)
+        draw_texture_2d(self._draw[3], (0, 0), region.width, region.height)
+        self.unbind_display_space_shader()
+        gpu.state.blend_set("NONE")
+
+    def _schedule_rest_redraw(self):
+        if self._pending:
+            return
+        self._pending = True
+
+        def redraw():
+            self._pending = False
+            wm = bpy.context.window_manager
+            for window in (wm.windows if wm else []):
+                for area in window.screen.areas:
+                    if area.type == "VIEW_3D":
+                        area.tag_redraw()
+            return None
+
+        bpy.app.timers.register(redraw, first_interval=REST_SECONDS + 0.05)
+
+
+def _views_signature(views) -> tuple:
+    return tuple((v.key, v.expression.tobytes(), v.pose.tobytes(), v.translation.tobytes(),
+                  v.viewmat_head.tobytes(), v.scale, v.lod, v.layers, v.mask_threshold, v.colour_mode,
+                  v.use_refiner) for v in views)
+
+
+# ------------------------------------------------------------------------ panels of other engines
+def _compat_panels():
+    """Blender's own panels that make sense for HeadSplat (output, dimensions, film, passes)."""
+    names = ("RENDER_PT_format", "RENDER_PT_frame_range", "RENDER_PT_output", "RENDER_PT_color_management",
+             "RENDER_PT_film", "VIEWLAYER_PT_layer_passes", "VIEWLAYER_PT_layer", "DATA_PT_lens",
+             "DATA_PT_camera", "DATA_PT_camera_display", "WORLD_PT_context_world", "DATA_PT_context_camera",
+             "RENDER_PT_post_processing", "RENDER_PT_stamp", "RENDER_PT_time_stretching")
+    out = []
+    for n in names:
+        p = getattr(bpy.types, n, None)
+        if p is not None and hasattr(p, "COMPAT_ENGINES"):
+            out.append(p)
+    return out
+
+
+def register():
+    bpy.utils.register_class(HeadSplatRenderEngine)
+    for p in _compat_panels():
+        p.COMPAT_ENGINES.add(ENGINE_ID)
+
+
+def unregister():
+    for p in _compat_panels():
+        p.COMPAT_ENGINES.discard(ENGINE_ID)
+    bpy.utils.unregister_class(HeadSplatRenderEngine)

@@ -1,0 +1,248 @@
+"""The geometry-nodes group that filters and displays an avatar's points (built in code).
+
+Per point (the mesh's attributes written by the scene builder):
+
+    keep = (lod == LOD or lod == -1)
+           and mask_chain >= Mask Threshold                  (delayed filtering, see avatar_data)
+           and (split_layer < 0 or bit split_layer of Layer Mask is set)
+
+Kept points become a point cloud (visible in Solid mode) with radius ``Point Size * |scale|``
+and a ``display_color`` attribute chosen by Colour Mode (0 colour, 1 split layer, 2 soft
+mask, 3 region) for shaders. Nothing is rebuilt when an input changes: the object's
+``headsplat`` properties drive the modifier inputs. ``Avatar.select`` computes the same set.
+"""
+
+from __future__ import annotations
+
+import bpy
+
+from blender_addon.constants import LAYER_COLOURS, MASK_HIGH, MASK_LOW, REGION_COLOURS
+
+GROUP_NAME = "HeadSplat Points v1"
+MATERIAL_NAME = "HeadSplat Points"
+MODIFIER_NAME = "HeadSplat Points"
+ARMATURE_MODIFIER_NAME = "FLAME Armature"
+
+# input name -> (socket type, object property path driving it, default)
+INPUTS = (
+    ("LOD", "NodeSocketInt", "headsplat.lod", 2),
+    ("Mask Threshold", "NodeSocketFloat", "headsplat.mask_threshold", 0.5),
+    ("Layer Mask", "NodeSocketInt", None, 255),      # driven by headsplat.layers[0..7]
+    ("Colour Mode", "NodeSocketInt", None, 0),       # driven by headsplat.colour_mode
+    ("Point Size", "NodeSocketFloat", "headsplat.point_size", 1.0),
+)
+
+
+def _named(ng, name, data_type):
+    n = ng.nodes.new("GeometryNodeInputNamedAttribute")
+    n.data_type = data_type
+    n.inputs["Name"].default_value = name
+    return n.outputs["Attribute"]
+
+
+def _math(ng, op, a, b=None, value_b=None):
+    n = ng.nodes.new("ShaderNodeMath")
+    n.operation = op
+    _feed(ng, n.inputs[0], a)
+    if b is not None or value_b is not None:
+        _feed(ng, n.inputs[1], b if b is not None else value_b)
+    return n.outputs[0]
+
+
+def _feed(ng, socket, value):
+    if isinstance(value, bpy.types.NodeSocket):
+        ng.links.new(value, socket)
+    else:
+        socket.default_value = value
+
+
+def _compare(ng, data_type, op, a, b):
+    n = ng.nodes.new("FunctionNodeCompare")
+    n.data_type = data_type
+    n.operation = op
+    suffix = "_INT" if data_type == "INT" else ""
+    _feed(ng, _sock(n.inputs, "A" + suffix), a)
+    _feed(ng, _sock(n.inputs, "B" + suffix), b)
+    return n.outputs["Result"]
+
+
+def _sock(sockets, identifier):
+    """A node socket by identifier (names repeat across data types)."""
+    for s in sockets:
+        if s.identifier == identifier:
+            return s
+    raise KeyError(identifier)
+
+
+def _bool(ng, op, a, b=None):
+    n = ng.nodes.new("FunctionNodeBooleanMath")
+    n.operation = op
+    ng.links.new(a, n.inputs[0])
+    if b is not None:
+        ng.links.new(b, n.inputs[1])
+    return n.outputs[0]
+
+
+def _palette(ng, index_socket, colours):
+    n = ng.nodes.new("GeometryNodeIndexSwitch")
+    n.data_type = "RGBA"
+    while len(n.index_switch_items) < len(colours):
+        n.index_switch_items.new()
+    ng.links.new(index_socket, n.inputs["Index"])
+    for i, c in enumerate(colours):
+        _sock(n.inputs, f"Item_{i}").default_value = (float(c[0]), float(c[1]), float(c[2]), 1.0)
+    return n.outputs["Output"]
+
+
+def ensure_material() -> bpy.types.Material:
+    mat = bpy.data.materials.get(MATERIAL_NAME)
+    if mat is not None:
+        return mat
+    mat = bpy.data.materials.new(MATERIAL_NAME)
+    mat.diffuse_color = (0.8, 0.62, 0.52, 1.0)
+    mat.use_nodes = True
+    nt = mat.node_tree
+    bsdf = next((n for n in nt.nodes if n.type == "BSDF_PRINCIPLED"), None)
+    if bsdf is not None:
+        attr = nt.nodes.new("ShaderNodeAttribute")
+        attr.attribute_name = "display_color"
+        nt.links.new(attr.outputs["Color"], bsdf.inputs["Base Color"])
+        if "Emission Color" in bsdf.inputs:
+            nt.links.new(attr.outputs["Color"], bsdf.inputs["Emission Color"])
+            bsdf.inputs["Emission Strength"].default_value = 0.6
+    return mat
+
+
+def ensure_group() -> bpy.types.NodeTree:
+    ng = bpy.data.node_groups.get(GROUP_NAME)
+    if ng is not None and ng.bl_idname == "GeometryNodeTree":
+        return ng
+    ng = bpy.data.node_groups.new(GROUP_NAME, "GeometryNodeTree")
+    ng.interface.new_socket("Geometry", in_out="INPUT", socket_type="NodeSocketGeometry")
+    for name, stype, _path, default in INPUTS:
+        s = ng.interface.new_socket(name, in_out="INPUT", socket_type=stype)
+        s.default_value = default
+    ng.interface.new_socket("Geometry", in_out="OUTPUT", socket_type="NodeSocketGeometry")
+    gi = ng.nodes.new("NodeGroupInput")
+    go = ng.nodes.new("NodeGroupOutput")
+    inp = {s.name: s for s in gi.outputs}
+
+    # --- selection
+    lod = _named(ng, "lod", "INT")
+    lod_ok = _bool(ng, "OR", _compare(ng, "INT", "EQUAL", lod, inp["LOD"]),
+                   _compare(ng, "INT", "EQUAL", lod, -1))
+    mask_ok = _compare(ng, "FLOAT", "GREATER_EQUAL", _named(ng, "mask_chain", "FLOAT"), inp["Mask Threshold"])
+    layer = _named(ng, "split_layer", "INT")
+    no_layer = _compare(ng, "INT", "LESS_THAN", layer, 0)
+    # bit = floor(mask / 2^layer) mod 2
+    pow2 = _math(ng, "POWER", 2.0, layer)
+    bit = _math(ng, "MODULO", _math(ng, "FLOOR", _math(ng, "DIVIDE", inp["Layer Mask"], pow2)), value_b=2.0)
+    layer_on = _compare(ng, "FLOAT", "GREATER_THAN", bit, 0.5)
+    keep = _bool(ng, "AND", _bool(ng, "AND", lod_ok, mask_ok), _bool(ng, "OR", no_layer, layer_on))
+    delete = ng.nodes.new("GeometryNodeDeleteGeometry")
+    delete.domain = "POINT"
+    ng.links.new(inp["Geometry"], delete.inputs["Geometry"])
+    ng.links.new(_bool(ng, "NOT", keep), delete.inputs["Selection"])
+
+    # --- points with a display radius
+    length = ng.nodes.new("ShaderNodeVectorMath")
+    length.operation = "LENGTH"
+    ng.links.new(_named(ng, "scale", "FLOAT_VECTOR"), length.inputs[0])
+    radius = _math(ng, "MULTIPLY", length.outputs["Value"], inp["Point Size"])
+    to_points = ng.nodes.new("GeometryNodeMeshToPoints")
+    ng.links.new(delete.outputs["Geometry"], to_points.inputs["Mesh"])
+    ng.links.new(radius, to_points.inputs["Radius"])
+
+    # --- display colour
+    mode = ng.nodes.new("GeometryNodeIndexSwitch")
+    mode.data_type = "RGBA"
+    while len(mode.index_switch_items) < 4:
+        mode.index_switch_items.new()
+    ng.links.new(inp["Colour Mode"], mode.inputs["Index"])
+    ng.links.new(_named(ng, "color", "FLOAT_COLOR"), _sock(mode.inputs, "Item_0"))
+    layer_plus = _math(ng, "ADD", _named(ng, "split_layer", "INT"), value_b=1.0)
+    ng.links.new(_palette(ng, layer_plus, LAYER_COLOURS), _sock(mode.inputs, "Item_1"))
+    # sigmoid(soft_mask) = 1 / (1 + exp(-x))
+    sig = _math(ng, "DIVIDE", 1.0, _math(ng, "ADD", _math(ng, "EXPONENT", _math(
+        ng, "MULTIPLY", _named(ng, "soft_mask", "FLOAT"), value_b=-1.0)), value_b=1.0))
+    mix = ng.nodes.new("ShaderNodeMix")
+    mix.data_type = "RGBA"
+    ng.links.new(sig, _sock(mix.inputs, "Factor_Float"))
+    _sock(mix.inputs, "A_Color").default_value = (*MASK_LOW, 1.0)
+    _sock(mix.inputs, "B_Color").default_value = (*MASK_HIGH, 1.0)
+    ng.links.new(_sock(mix.outputs, "Result_Color"), _sock(mode.inputs, "Item_2"))
+    ng.links.new(_palette(ng, _named(ng, "region", "INT"), REGION_COLOURS), _sock(mode.inputs, "Item_3"))
+    store = ng.nodes.new("GeometryNodeStoreNamedAttribute")
+    store.data_type = "FLOAT_COLOR"
+    store.domain = "POINT"
+    store.inputs["Name"].default_value = "display_color"
+    ng.links.new(to_points.outputs["Points"], store.inputs["Geometry"])
+    ng.links.new(mode.outputs["Output"], store.inputs["Value"])
+
+    setmat = ng.nodes.new("GeometryNodeSetMaterial")
+    setmat.inputs["Material"].default_value = ensure_material()
+    ng.links.new(store.outputs["Geometry"], setmat.inputs["Geometry"])
+    ng.links.new(setmat.outputs["Geometry"], go.inputs[0])
+    _layout(ng)
+    return ng
+
+
+def _layout(ng):
+    """Spread nodes left to right by link depth (for a readable editor view)."""
+    depth = {n: 0 for n in ng.nodes}
+    for _ in range(len(ng.nodes)):
+        changed = False
+        for link in ng.links:
+            d = depth[link.from_node] + 1
+            if d > depth[link.to_node]:
+                depth[link.to_node] = d
+                changed = True
+        if not changed:
+            break
+    rows = {}
+    for n, d in depth.items():
+        r = rows.setdefault(d, 0)
+        n.location = (d * 220.0, -r * 160.0)
+        rows[d] = r + 1
+
+
+def socket_id(ng, name: str) -> str:
+    return ng.interface.items_tree[name].identifier
+
+
+def add_modifier(ob: bpy.types.Object) -> bpy.types.NodesModifier:
+    """Add the points modifier to an avatar object and drive its inputs from ``ob.headsplat``."""
+    ng = ensure_group()
+    mod = ob.modifiers.new(MODIFIER_NAME, "NODES")
+    mod.node_group = ng
+    for name, _stype, path, _default in INPUTS:
+        sid = socket_id(ng, name)
+        data_path = f'modifiers["{mod.name}"]["{sid}"]'
+        fc = ob.driver_add(data_path)
+        drv = fc.driver
+        if path is not None:
+            drv.type = "AVERAGE"
+            _var(drv, "v", ob, path)
+        elif name == "Layer Mask":
+            drv.type = "SCRIPTED"
+            terms = []
+            for i in range(8):
+                _var(drv, f"l{i}", ob, f"headsplat.layers[{i}]")
+                terms.append(f"l{i}*{2 ** i}")
+            drv.expression = " + ".join(terms)  # a "simple expression": no Python needed
+        elif name == "Colour Mode":
+            drv.type = "AVERAGE"
+            _var(drv, "v", ob, "headsplat.colour_mode")
+        # drivers write the value at evaluation; remove the default F-curve modifier's noise
+        for m in list(fc.modifiers):
+            fc.modifiers.remove(m)
+    return mod
+
+
+def _var(drv, name, ob, path):
+    v = drv.variables.new()
+    v.name = name
+    v.type = "SINGLE_PROP"
+    v.targets[0].id_type = "OBJECT"
+    v.targets[0].id = ob
+    v.targets[0].data_path = path

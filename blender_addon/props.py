@@ -1,0 +1,89 @@
+"""Properties HeadSplat adds to objects and scenes (registered by ``blender_addon.register``).
+
+``Object.headsplat`` lives on the avatar's point object: LOD, inspection settings and where
+its avatar data is. The geometry-nodes modifier reads LOD / threshold / layers / colour mode
+through drivers, so changing them (or keying them) never rebuilds the mesh.
+``Scene.headsplat`` holds the render engine's settings (final and viewport separately).
+"""
+
+from __future__ import annotations
+
+import bpy
+from bpy.props import (BoolProperty, BoolVectorProperty, EnumProperty, FloatProperty, IntProperty,
+                       PointerProperty, StringProperty)
+
+from blender_addon.constants import MAX_LAYERS
+
+COLOUR_MODE_ITEMS = [
+    ("RGB", "Colour", "The Gaussians' own colours", 0),
+    ("LAYER", "Split Layer", "One colour per split layer (grey: not a split Gaussian)", 1),
+    ("MASK", "Soft Mask", "Soft-mask value, blue (0) to orange (1)", 2),
+    ("REGION", "Region", "Head, split expression Gaussians, shoulders/hair", 3),
+]
+
+
+def _redraw(self, context):
+    # drivers re-evaluate by themselves; redraw so the viewport engine picks the change up
+    screen = getattr(context, "screen", None)
+    if screen is not None:
+        for area in screen.areas:
+            if area.type == "VIEW_3D":
+                area.tag_redraw()
+
+
+class HeadSplatObjectProps(bpy.types.PropertyGroup):
+    is_avatar: BoolProperty(name="Is HeadSplat Avatar", default=False, options={"HIDDEN"})
+    rig: PointerProperty(name="Rig", type=bpy.types.Object, description="The avatar's FLAME armature")
+    lod: IntProperty(name="LOD", min=0, max=2, default=2, update=_redraw,
+                     description="Level of detail shown (0 coarse .. 2 fine); switching does not rebuild the mesh")
+    mask_threshold: FloatProperty(name="Mask Threshold", min=0.0, max=1.0, default=0.5, update=_redraw,
+                                  description="Split Gaussians whose soft mask (ANDed with their parents') is below "
+                                              "this are hidden")
+    layers: BoolVectorProperty(name="Layers", size=MAX_LAYERS, default=(True,) * MAX_LAYERS, update=_redraw,
+                               description="Show or hide each split layer")
+    colour_mode: EnumProperty(name="Colour By", items=COLOUR_MODE_ITEMS, default="RGB", update=_redraw)
+    point_size: FloatProperty(name="Point Size", min=0.01, max=10.0, default=1.0, update=_redraw,
+                              description="Display radius of the points relative to the Gaussians' size")
+    # bookkeeping (set by the scene builder)
+    num_layers: IntProperty(name="Split Layers", default=0, options={"HIDDEN"})
+    lod_levels: StringProperty(name="LOD Levels", default="0,1,2", options={"HIDDEN"})
+    num_gaussians: IntProperty(name="Gaussians", default=0, options={"HIDDEN"})
+    head_name: StringProperty(name="Head Model", default="", options={"HIDDEN"})
+    avatar_path: StringProperty(name="Avatar File", subtype="FILE_PATH", default="",
+                                description="The avatar file (relative to the .blend when saved)")
+    data_key: StringProperty(name="Data Key", default="", options={"HIDDEN"},
+                             description="Content hash of the avatar data this object was built from")
+    data_missing: BoolProperty(name="Avatar Data Missing", default=False, options={"HIDDEN"})
+
+
+class HeadSplatSceneProps(bpy.types.PropertyGroup):
+    use_refiner: BoolProperty(name="Neural Refiner", default=True,
+                              description="Pass the rasterised features through the avatar's refiner (when it has one)")
+    viewport_use_refiner: BoolProperty(name="Viewport Refiner", default=False,
+                                       description="Use the refiner in the viewport too (slower)")
+    viewport_scale: IntProperty(name="Viewport Resolution", min=5, max=100, default=50, subtype="PERCENTAGE",
+                                description="Viewport rendering resolution in percent of the region")
+    navigate_divider: IntProperty(name="Navigation Divider", min=1, max=16, default=4,
+                                  description="While navigating on CPU, render at 1/N of the viewport resolution")
+    inspect_in_viewport: BoolProperty(name="Inspection Colours in Viewport", default=True,
+                                      description="Rendered viewport shows each avatar's inspection colours")
+    render_lod: EnumProperty(name="Render LOD", default="OBJECT",
+                             items=[("OBJECT", "Per Object", "Each avatar's LOD property"),
+                                    ("0", "0", ""), ("1", "1", ""), ("2", "2", "")],
+                             description="LOD used for final renders")
+
+
+classes = (HeadSplatObjectProps, HeadSplatSceneProps)
+_register_classes, _unregister_classes = bpy.utils.register_classes_factory(classes)
+
+
+def register():
+    _register_classes()
+    bpy.types.Object.headsplat = PointerProperty(type=HeadSplatObjectProps)
+    bpy.types.Scene.headsplat = PointerProperty(type=HeadSplatSceneProps)
+
+
+def unregister():
+    del bpy.types.Scene.headsplat
+    del bpy.types.Object.headsplat
+    _unregister_classes()

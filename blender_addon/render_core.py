@@ -1,0 +1,226 @@
+"""The render engine's per-frame work, without bpy: animate -> rasterise -> refine -> composite.
+
+The engine (``engine.py``) reads Blender's state into ``AvatarView`` objects and an OpenCV
+camera, and calls ``render_views``. Everything here is avatar_core calls plus compositing:
+
+* each avatar: ``Avatar.animate(expression, pose, translation, index=select(...))``, means
+  and scales multiplied by the object's uniform scale, rendered with the camera moved into
+  the avatar's head space (``convert.head_camera``), then its refiner when it has one;
+* several avatars: composited front to back per pixel by depth (premultiplied "over");
+* output: premultiplied RGBA in **scene-linear** (Blender's render results are linear; the
+  avatar's colours are sRGB, so a Standard view transform shows them unchanged) and a
+  camera-z depth map (``FAR_DEPTH`` where nothing was drawn), rows top to bottom.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from blender_addon import convert
+
+log = logging.getLogger(__name__)
+
+FAR_DEPTH = 1.0e10  # Blender's depth-pass value for empty pixels
+
+
+@dataclasses.dataclass
+class AvatarView:
+    """One avatar at one frame, seen through one camera (numpy inputs, head space)."""
+
+    key: str                        # cache key of the avatar data
+    avatar: object                  # avatar_core Avatar on the render device
+    expression: np.ndarray          # [E]
+    pose: np.ndarray                # [J, 3]
+    translation: np.ndarray         # [3]
+    viewmat_head: np.ndarray        # [4, 4] world-to-camera (OpenCV) in this avatar's head space
+    scale: float = 1.0              # uniform object scale
+    lod: int = 2
+    layers: Optional[Tuple[int, ...]] = None
+    mask_threshold: float = 0.5
+    colour_mode: str = "RGB"
+    use_refiner: bool = True
+
+
+@dataclasses.dataclass
+class FrameImage:
+    rgba: np.ndarray        # [H, W, 4] float32 premultiplied, scene-linear, top row first
+    depth: np.ndarray       # [H, W] float32 camera z (metres), FAR_DEPTH where empty
+    seconds: Dict[str, float] = dataclasses.field(default_factory=dict)
+
+
+_index_cache: Dict[tuple, torch.Tensor] = {}
+_refiner_cache: Dict[tuple, object] = {}
+
+
+def clear_caches() -> None:
+    _index_cache.clear()
+    _refiner_cache.clear()
+
+
+def resolve_device(choice: str) -> str:
+    """'AUTO' | 'CUDA' | 'CPU' -> a torch device string."""
+    choice = (choice or "AUTO").upper()
+    if choice == "CPU":
+        return "cpu"
+    if torch.cuda.is_available():
+        return "cuda"
+    if choice == "CUDA":
+        log.warning("CUDA was asked for but torch sees no CUDA device; rendering on the CPU")
+    return "cpu"
+
+
+def selection(view: AvatarView) -> torch.Tensor:
+    lods = view.avatar.available_lods()
+    lod = view.lod if view.lod in lods else min(lods, key=lambda k: abs(k - view.lod))
+    key = (view.key, str(view.avatar.device), lod, view.layers, round(float(view.mask_threshold), 6))
+    idx = _index_cache.get(key)
+    if idx is None:
+        idx = view.avatar.select(lod, view.layers, float(view.mask_threshold))
+        if len(_index_cache) > 64:
+            _index_cache.clear()
+        _index_cache[key] = idx
+    return idx
+
+
+def refiner_for(view: AvatarView):
+    if not view.use_refiner or not view.avatar.refiner_state:
+        return None
+    key = (view.key, str(view.avatar.device))
+    if key not in _refiner_cache:
+        from avatar_core.motion.playback import load_refiner
+        _refiner_cache[key] = load_refiner(view.avatar, view.avatar.device)
+    return _refiner_cache[key]
+
+
+@torch.no_grad()
+def gaussians(view: AvatarView):
+    """The avatar's GaussianFrame for this view (batch 1), scaled by the object scale."""
+    av = view.avatar
+    dev, dt = av.device, av.offset.dtype
+    frame = av.animate(expression=torch.as_tensor(view.expression, device=dev, dtype=dt)[None],
+                       pose=torch.as_tensor(view.pose, device=dev, dtype=dt)[None],
+                       translation=torch.as_tensor(view.translation, device=dev, dtype=dt)[None],
+                       index=selection(view))
+    if view.colour_mode != "RGB":
+        from blender_addon.avatar_data import inspection_rgb
+        idx = selection(view)
+        rgb = inspection_rgb(view.colour_mode, av.split_layer[idx], av.soft_mask[idx], av.region[idx],
+                             frame.features[0, :, :3])
+        feats = frame.features.clone()
+        feats[0, :, :3] = rgb
+        frame.features = feats
+    if view.scale != 1.0:
+        frame.means = frame.means * view.scale
+        frame.scales = frame.scales * view.scale
+    return frame
+
+
+@torch.no_grad()
+def render_view(view: AvatarView, K: np.ndarray, width: int, height: int, background_srgb=None):
+    """One avatar: (rgb [H, W, 3] sRGB premultiplied (over black), alpha [H, W], depth [H, W])
+    as torch tensors on the avatar's device. ``background_srgb`` only matters to a refiner,
+    which sees the features composited over it, as in training."""
+    from avatar_core.render import Camera, render
+    av = view.avatar
+    dev, dt = av.device, av.offset.dtype
+    frame = gaussians(view)
+    cam = Camera(torch.as_tensor(K, device=dev, dtype=dt), torch.as_tensor(view.viewmat_head, device=dev, dtype=dt),
+                 width, height)
+    refiner = refiner_for(view) if view.colour_mode == "RGB" else None
+    bg = None
+    if refiner is not None and background_srgb is not None:
+        bg = torch.as_tensor(background_srgb, device=dev, dtype=dt)
+    out = render(frame, cam, background=bg, with_depth=True)
+    alpha = out.alpha[0, ..., 0]
+    if refiner is None:
+        rgb = out.image[0, ..., :3]
+    else:
+        rgb = refiner(out.image)[0].clamp(0, 1)
+        if bg is not None:
+            rgb = rgb - (1 - alpha[..., None]) * bg[:3]
+        rgb = torch.minimum(rgb.clamp_min(0), alpha[..., None])
+    return rgb.clamp(0, 1), alpha, out.depth[0, ..., 0]
+
+
+@torch.no_grad()
+def render_views(views: Sequence[AvatarView], K: np.ndarray, width: int, height: int,
+                 background_srgb: Optional[Sequence[float]] = None) -> FrameImage:
+    """Render and composite several avatars (see module docstring).
+
+    Args:
+        views: the avatars; K: [3, 3] OpenCV intrinsics; width, height: pixels.
+        background_srgb: [3] opaque background (sRGB) or None for a transparent film.
+    """
+    import time
+    t0 = time.perf_counter()
+    H, W = int(height), int(width)
+    if not views:
+        rgba = np.zeros((H, W, 4), np.float32)
+        if background_srgb is not None:
+            rgba[..., :3] = convert.srgb_to_linear(np.asarray(background_srgb, np.float32))
+            rgba[..., 3] = 1.0
+        return FrameImage(rgba, np.full((H, W), FAR_DEPTH, np.float32))
+    layers = []
+    for v in views:
+        rgb, a, d = render_view(v, K, W, H, background_srgb)
+        layers.append((rgb.float().cpu(), a.float().cpu(), d.float().cpu()))
+    t1 = time.perf_counter()
+    if len(layers) == 1:
+        premult, alpha, depth = layers[0]
+    else:
+        # front-to-back "over" by per-pixel depth; empty pixels sort last
+        rgbs = torch.stack([l[0] for l in layers])                 # [K, H, W, 3] premultiplied
+        alphas = torch.stack([l[1] for l in layers])               # [K, H, W]
+        depths = torch.stack([torch.where(l[1] > 1e-4, l[2], torch.full_like(l[2], FAR_DEPTH)) for l in layers])
+        order = torch.argsort(depths, dim=0)
+        rgbs = torch.gather(rgbs, 0, order[..., None].expand_as(rgbs))
+        alphas = torch.gather(alphas, 0, order)
+        premult = torch.zeros(H, W, 3)
+        alpha = torch.zeros(H, W)
+        for k in range(len(layers)):
+            premult = premult + (1 - alpha)[..., None] * rgbs[k]
+            alpha = alpha + (1 - alpha) * alphas[k]
+        depth = torch.gather(depths, 0, order)[0]
+    premult = premult.clamp_min(0).numpy()
+    alpha_np = alpha.clamp(0, 1).numpy()
+    lin = convert.premultiplied_srgb_to_linear(premult, alpha_np)
+    if background_srgb is not None:
+        bg_lin = convert.srgb_to_linear(np.asarray(background_srgb, np.float32))
+        lin = lin + (1 - alpha_np[..., None]) * bg_lin
+        alpha_out = np.ones_like(alpha_np)
+    else:
+        alpha_out = alpha_np
+    depth_np = depth.numpy().astype(np.float32)
+    depth_np = np.where((alpha_np > 1e-4) & (depth_np > 0), depth_np, FAR_DEPTH).astype(np.float32)
+    rgba = np.concatenate([lin, alpha_out[..., None]], -1).astype(np.float32)
+    t2 = time.perf_counter()
+    return FrameImage(rgba, depth_np, {"render": t1 - t0, "composite": t2 - t1})
+
+
+def reference_image(view: AvatarView, K: np.ndarray, width: int, height: int,
+                    background_srgb=None) -> np.ndarray:
+    """avatar_core's own render of one view, converted exactly as the engine converts it
+    ([H, W, 4] linear premultiplied, or opaque over the background) - for tests and benchmarks."""
+    from avatar_core.render import Camera, render
+    av = view.avatar
+    dev, dt = av.device, av.offset.dtype
+    with torch.no_grad():
+        frame = av.animate(expression=torch.as_tensor(view.expression, dtype=dt)[None].to(dev),
+                           pose=torch.as_tensor(view.pose, dtype=dt)[None].to(dev),
+                           translation=torch.as_tensor(view.translation, dtype=dt)[None].to(dev),
+                           lod=view.lod, layers=view.layers, mask_threshold=view.mask_threshold)
+        cam = Camera(torch.as_tensor(K, dtype=dt).to(dev), torch.as_tensor(view.viewmat_head, dtype=dt).to(dev),
+                     width, height)
+        out = render(frame, cam, background=None)
+    rgb = out.image[0, ..., :3].clamp(0, 1).cpu().numpy()
+    a = out.alpha[0, ..., 0].clamp(0, 1).cpu().numpy()
+    lin = convert.premultiplied_srgb_to_linear(rgb, a)
+    if background_srgb is not None:
+        lin = lin + (1 - a[..., None]) * convert.srgb_to_linear(np.asarray(background_srgb, np.float32))
+        a = np.ones_like(a)
+    return np.concatenate([lin, a[..., None]], -1)

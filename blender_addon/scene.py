@@ -1,0 +1,193 @@
+"""Building the Blender scene representation of an avatar.
+
+``build_avatar(context, avatar)`` adds:
+
+* an armature object "FLAME rig" (bones root, neck, jaw, eye_L, eye_R, heads at the rig's
+  rest joints) whose object rotation is ``convert.HEAD_TO_BLENDER``, so its data is head space;
+* a point mesh parented to it: one vertex per Gaussian at its neutral rest position, with
+  the attributes opacity, scale, rotation, color, lod, split_layer, soft_mask, mask_chain,
+  region; a vertex group per joint holding the Gaussians' skin weights; one shape key per
+  expression; an Armature modifier and the geometry-nodes points modifier (LOD / mask /
+  layer filter and display colour, driven by ``Object.headsplat``).
+
+Points therefore move natively (Solid mode, no HeadSplat code running) when shape keys or
+bones change. The maths is in the bpy-free ``avatar_data`` and ``convert`` modules.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Optional
+
+import bpy
+import numpy as np
+from mathutils import Matrix
+
+from blender_addon import convert, lookup, nodes, storage
+from blender_addon.avatar_data import expression_deltas, quantise_weights, scene_arrays, slider_range, bone_tails
+
+log = logging.getLogger(__name__)
+
+RIG_NAME = "FLAME rig"
+
+
+@contextlib.contextmanager
+def object_mode(context):
+    """Leave edit/pose/... mode for the duration, restoring the active object afterwards."""
+    view_layer = context.view_layer
+    prev_active = view_layer.objects.active
+    prev_mode = context.mode
+    if prev_active is not None and prev_active.mode != "OBJECT":
+        bpy.ops.object.mode_set(mode="OBJECT")
+    try:
+        yield
+    finally:
+        if prev_active is not None and prev_active.name in view_layer.objects:
+            view_layer.objects.active = prev_active
+
+
+def build_avatar(context, avatar, name: str = "HeadSplat Avatar", source_path: str = "",
+                 pack: bool = True, collection: Optional[bpy.types.Collection] = None,
+                 data: Optional[bytes] = None, progress=None) -> bpy.types.Object:
+    """Add ``avatar`` to the scene; returns the point object (its ``headsplat.rig`` is the armature).
+
+    Args:
+        avatar: avatar_core Avatar (any device; read only).
+        source_path: the avatar file it came from ("" = none).
+        pack: keep the avatar data inside the .blend (see ``storage``).
+        data: the avatar file's bytes, when already at hand (saves re-serialising).
+        progress: optional ``progress(fraction, message)``.
+    """
+    report = progress or (lambda f, m: None)
+    collection = collection or context.collection or context.scene.collection
+    avatar = avatar.to("cpu")
+    report(0.0, "computing point data")
+    arr = scene_arrays(avatar)
+    with object_mode(context):
+        rig = _build_rig(context, collection, arr, avatar)
+        report(0.2, "building the point mesh")
+        ob = _build_points(collection, name, arr, rig)
+        report(0.4, "adding shape keys")
+        _add_shape_keys(ob, avatar, arr, lambda f: report(0.4 + 0.5 * f, "adding shape keys"))
+        mod_arm = ob.modifiers.new(nodes.ARMATURE_MODIFIER_NAME, "ARMATURE")
+        mod_arm.object = rig
+        mod_arm.use_vertex_groups = True
+        mod_arm.use_deform_preserve_volume = False
+        hs = ob.headsplat
+        hs.is_avatar = True
+        hs.rig = rig
+        hs.num_gaussians = avatar.num_gaussians
+        hs.num_layers = int(avatar.split_levels) + 1 if int((avatar.split_layer >= 0).sum()) else 0
+        levels = avatar.available_lods()
+        hs.lod_levels = ",".join(str(k) for k in levels)
+        hs.lod = max(levels)
+        hs.head_name = avatar.head_name
+        nodes.add_modifier(ob)
+        report(0.92, "storing the avatar data")
+        storage.set_source(ob, avatar=avatar, path=source_path, pack_data=pack, data=data)
+        for o in context.view_layer.objects:
+            o.select_set(False)
+        ob.select_set(True)
+        context.view_layer.objects.active = ob
+    report(1.0, "done")
+    return ob
+
+
+def _build_rig(context, collection, arr, avatar) -> bpy.types.Object:
+    arm = bpy.data.armatures.new(RIG_NAME)
+    arm.display_type = "STICK"
+    rig = bpy.data.objects.new(RIG_NAME, arm)
+    collection.objects.link(rig)
+    rig.matrix_world = Matrix(convert.head_to_blender_matrix().tolist())
+    rig.show_in_front = True
+    tails = bone_tails(arr.joints, arr.joint_names, avatar.rig_template.cpu().numpy())
+    view_layer = context.view_layer
+    view_layer.objects.active = rig
+    with context.temp_override(active_object=rig, object=rig, selected_objects=[rig], edit_object=rig):
+        bpy.ops.object.mode_set(mode="EDIT")
+        try:
+            bones = []
+            for j, jname in enumerate(arr.joint_names):
+                eb = arm.edit_bones.new(jname)
+                eb.head = arr.joints[j].tolist()
+                eb.tail = tails[j].tolist()
+                eb.roll = 0.0
+                eb.use_deform = True
+                bones.append(eb)
+            for j, p in enumerate(arr.parents):
+                if p >= 0:
+                    bones[j].parent = bones[p]
+                    bones[j].use_connect = False
+        finally:
+            bpy.ops.object.mode_set(mode="OBJECT")
+    for pb in rig.pose.bones:
+        pb.rotation_mode = "QUATERNION"
+    return rig
+
+
+def _build_points(collection, name, arr, rig) -> bpy.types.Object:
+    n = arr.rest.shape[0]
+    me = bpy.data.meshes.new(name)
+    me.vertices.add(n)
+    me.vertices.foreach_set("co", arr.rest.astype(np.float32).ravel())
+    _attr(me, "opacity", "FLOAT", "value", arr.opacity)
+    _attr(me, "scale", "FLOAT_VECTOR", "vector", arr.scales)
+    _attr(me, "rotation", "QUATERNION", "value", arr.quats)
+    rgba = np.concatenate([arr.rgb, arr.opacity[:, None]], 1)
+    _attr(me, "color", "FLOAT_COLOR", "color", rgba)
+    _attr(me, "lod", "INT8", "value", arr.lod.astype(np.int8))
+    _attr(me, "split_layer", "INT8", "value", arr.split_layer.astype(np.int8))
+    _attr(me, "region", "INT8", "value", arr.region.astype(np.int8))
+    _attr(me, "soft_mask", "FLOAT", "value", arr.soft_mask)
+    _attr(me, "mask_chain", "FLOAT", "value", arr.mask_chain)
+    me.color_attributes.active_color_name = "color"
+    me.update()
+    ob = bpy.data.objects.new(name, me)
+    collection.objects.link(ob)
+    ob.parent = rig
+    ob.matrix_parent_inverse = Matrix.Identity(4)
+    ob.matrix_basis = Matrix.Identity(4)
+    me.materials.append(nodes.ensure_material())
+    groups = quantise_weights(arr.weights)
+    for j, jname in enumerate(arr.joint_names):
+        vg = ob.vertex_groups.new(name=jname)
+        for w, idx in groups[j]:
+            vg.add(idx.tolist(), w, "REPLACE")
+    return ob
+
+
+def _attr(me, name, data_type, key, values):
+    a = me.attributes.new(name, data_type, "POINT")
+    a = me.attributes[name]  # references go stale once another attribute is added
+    a.data.foreach_set(key, np.ascontiguousarray(values).ravel())
+
+
+def _add_shape_keys(ob, avatar, arr, report) -> None:
+    basis = ob.shape_key_add(name="Basis", from_mix=False)
+    basis.interpolation = "KEY_LINEAR"
+    lo, hi = slider_range(arr.expr_names)
+    E = len(arr.expr_names)
+    for i, delta in expression_deltas(avatar, arr.rest):
+        kb = ob.shape_key_add(name=arr.expr_names[i], from_mix=False)
+        kb.slider_min, kb.slider_max = lo, hi
+        kb.data.foreach_set("co", (arr.rest + delta).astype(np.float32).ravel())
+        kb.value = 0.0
+        report((i + 1) / max(E, 1))
+    ob.data.shape_keys.use_relative = True
+    ob.active_shape_key_index = 0
+
+
+# --------------------------------------------------------------------------------- helpers
+def remove_avatar(ob) -> None:
+    """Delete an avatar's objects and their data (used to undo a failed build)."""
+    rig = lookup.rig_of(ob)
+    me = ob.data
+    bpy.data.objects.remove(ob)
+    if me is not None and me.users == 0:
+        bpy.data.meshes.remove(me)
+    if rig is not None:
+        arm = rig.data
+        bpy.data.objects.remove(rig)
+        if arm.users == 0:
+            bpy.data.armatures.remove(arm)
