@@ -128,7 +128,6 @@ def contact_sheet(head, res: int = 256):
     """The preview picture (a PIL image)."""
     from PIL import Image, ImageDraw
 
-    from avatar_core.head.lod import subdivide_head
     from avatar_core.render.mesh import project_points
 
     head = head.to(dtype=torch.float32)
@@ -146,14 +145,12 @@ def contact_sheet(head, res: int = 256):
     panels: List[Tuple[torch.Tensor, str]] = []
     # row 1: LOD close-ups around the left eye (image right) and nose
     closeup = eyes + torch.tensor([0.25, -0.35, 0.1]) * (joints[3] - joints[4]).norm()
+    K, view = _camera(closeup, yaw=20.0, distance=0.35 * dist_full, fov=fov, res=res)
     for lod in range(3):
-        h = subdivide_head(head, lod)
-        c = torch.cat([cols, cols.new_zeros(h.num_vertices - head.num_vertices, 3)])
-        if lod:  # colours of new vertices: averages, like every per-vertex array
-            c = _carry_colours(cols, head.faces, head.num_vertices, lod)
-        K, view = _camera(closeup, yaw=20.0, distance=0.35 * dist_full, fov=fov, res=res)
-        img = render_panel(h.v_template, h.faces, c, K, view, res, wire=True)
-        panels.append((img, f"LOD {lod}: {h.num_vertices:,} v, {h.num_faces:,} f"))
+        # only positions and colours are needed: carry them like subdivide_head carries arrays
+        v, c, f = _subdivide(head.v_template, cols, head.faces, lod)
+        img = render_panel(v, f, c, K, view, res, wire=True)
+        panels.append((img, f"LOD {lod}: {v.shape[0]:,} v, {f.shape[0]:,} f"))
     # profile with joints
     K, view = _camera(centre, yaw=90.0, distance=dist_full, fov=fov, res=res)
     img = render_panel(head.v_template, head.faces, cols, K, view, res, light=(1.0, 0.4, 0.3))
@@ -195,13 +192,14 @@ def contact_sheet(head, res: int = 256):
     return sheet
 
 
-def _carry_colours(cols, faces, num_vertices, lod):
+def _subdivide(verts, cols, faces, lod):
+    """Positions [V, 3] and colours [V, 3] at LOD ``lod`` (the same edge averaging as
+    ``subdivide_head``, without carrying the blend shapes)."""
     from avatar_core.head.lod import subdivide_array, subdivide_once
-    f, c = faces, cols
     for _ in range(lod):
-        f, edges = subdivide_once(f, c.shape[0])
-        c = subdivide_array(c, edges)
-    return c
+        faces, edges = subdivide_once(faces, verts.shape[0])
+        verts, cols = subdivide_array(verts, edges), subdivide_array(cols, edges)
+    return verts, cols, faces
 
 
 def _draw_joints(img, joints, K, view, res, project_points):
