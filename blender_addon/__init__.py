@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import os
 
-import bpy
-
-_modules = None
+_modules = None  # bpy is imported only by register(): the bpy-free helpers import without it
 
 
 def _submodules():
@@ -27,6 +25,8 @@ def _submodules():
 def deps_target() -> str:
     """Where "Install dependencies" puts packages: the extension's user folder, or a folder
     in the user's scripts directory for a legacy install."""
+    import bpy
+
     from blender_addon import prefs
     if prefs.ADDON_ID.startswith("bl_ext.") and hasattr(bpy.utils, "extension_path_user"):
         try:

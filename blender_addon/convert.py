@@ -124,7 +124,7 @@ def camera_intrinsics(lens: float, sensor_width: float, sensor_height: float, se
     Follows Blender's viewplane (BKE_camera_params_compute_viewplane): the sensor spans the
     image width (HORIZONTAL), height (VERTICAL) or the larger side (AUTO, measured with the
     pixel aspect); shift is a fraction of that spanned side; non-square pixels keep the
-    width's focal and stretch the height's.
+    width's focal and divide the height's by ``aspy / aspx``.
 
     Args:
         lens: focal length in mm; sensor_width / sensor_height in mm; sensor_fit 'AUTO',
@@ -145,8 +145,8 @@ def camera_intrinsics(lens: float, sensor_width: float, sensor_height: float, se
         sensor = sensor_height
     else:
         raise ValueError(f"unknown sensor fit {sensor_fit!r}")
-    viewfac = aspx * winx if fit == "HORIZONTAL" else aspy * winy
     ycor = aspy / aspx
+    viewfac = winx if fit == "HORIZONTAL" else ycor * winy
     fx = lens / sensor * viewfac
     fy = fx / ycor
     cx = 0.5 * winx - shift_x * viewfac - 0.5
@@ -174,12 +174,14 @@ def orthographic_as_perspective(window_matrix: np.ndarray, view_matrix_gl: np.nd
     """A far perspective camera approximating an orthographic viewport: (K [3, 3], viewmat [4, 4]).
 
     The camera is moved back by D = max(10 m, 20 x the view distance) and its focal length
-    scaled by D, so the image of the scene around the view centre matches to within ~depth / D.
+    scaled so the plane through the view's pivot (``view_distance`` ahead) is imaged exactly;
+    elsewhere the scale is off by (depth from that plane) / (D + view_distance).
     """
     p = np.asarray(window_matrix, dtype=np.float64)
     d = max(10.0, 20.0 * float(view_distance))
-    K = np.array([[0.5 * width * p[0, 0] * d, 0.0, 0.5 * width * (1.0 + p[0, 3]) - 0.5],
-                  [0.0, 0.5 * height * p[1, 1] * d, 0.5 * height * (1.0 - p[1, 3]) - 0.5],
+    f = d + float(view_distance)
+    K = np.array([[0.5 * width * p[0, 0] * f, 0.0, 0.5 * width * (1.0 + p[0, 3]) - 0.5],
+                  [0.0, 0.5 * height * p[1, 1] * f, 0.5 * height * (1.0 - p[1, 3]) - 0.5],
                   [0.0, 0.0, 1.0]])
     back = np.eye(4)
     back[2, 3] = -d  # GL camera looks down -Z: moving it back subtracts d from every point's z

@@ -1,0 +1,98 @@
+"""Helpers for the add-on's tests, benchmark and batch script (bpy module, headless)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+_registered = False
+
+
+def ensure_registered():
+    """Import bpy and register the add-on once per process (idempotent)."""
+    global _registered
+    os.environ.setdefault("BLENDER_USER_RESOURCES", tempfile.mkdtemp(prefix="headsplat-blender-"))
+    import bpy
+    import blender_addon
+    if not _registered:
+        if not hasattr(bpy.types.Object, "headsplat"):
+            blender_addon.register()
+        _registered = True
+    return bpy
+
+
+def mark_unregistered():
+    global _registered
+    _registered = False
+
+
+def fresh_scene():
+    """An empty scene (factory settings, no objects); the add-on stays registered."""
+    import bpy
+    bpy.ops.wm.read_factory_settings(use_empty=True)
+    from blender_addon import render_core, storage
+    storage.forget()
+    render_core.clear_caches()
+    return bpy.context.scene
+
+
+def add_avatar(avatar, name="Test Avatar", pack=True, source_path="", engine=True, camera=True):
+    """build_avatar in the current context (+ HeadSplat engine and a framing camera)."""
+    import bpy
+
+    from blender_addon import scene
+    from operators.common import frame_camera, use_engine
+    ob = scene.build_avatar(bpy.context, avatar, name=name, source_path=source_path, pack=pack)
+    if engine:
+        use_engine(bpy.context)
+    if camera:
+        frame_camera(bpy.context, ob)
+    return ob
+
+
+def evaluated_points(ob):
+    """[n, 3] positions of the avatar's evaluated point cloud (local = head space)."""
+    import bpy
+    import numpy as np
+    dg = bpy.context.evaluated_depsgraph_get()
+    dg.update()
+    geo = ob.evaluated_get(dg).evaluated_geometry()
+    pc = geo.pointcloud
+    if pc is None:
+        return np.zeros((0, 3), np.float32)
+    out = np.empty(len(pc.points) * 3, np.float32)
+    pc.attributes["position"].data.foreach_get("vector", out)
+    return out.reshape(-1, 3)
+
+
+def render_still(width, height, path=None, transparent=True, depth=False):
+    """F12 into an OpenEXR file (32-bit, linear) and read it back: ([H, W, 4] top row first, path)."""
+    import bpy
+    import numpy as np
+    scene = bpy.context.scene
+    scene.render.resolution_x, scene.render.resolution_y = int(width), int(height)
+    scene.render.resolution_percentage = 100
+    scene.render.film_transparent = transparent
+    scene.view_layers[0].use_pass_z = depth
+    settings = scene.render.image_settings
+    if hasattr(settings, "media_type"):
+        settings.media_type = "IMAGE"
+    settings.file_format = "OPEN_EXR"
+    settings.color_depth = "32"
+    path = path or os.path.join(tempfile.mkdtemp(prefix="headsplat-f12-"), "f12.exr")
+    scene.render.filepath = path
+    bpy.ops.render.render(write_still=True)
+    return read_exr(path), path
+
+
+def read_exr(path):
+    import bpy
+    import numpy as np
+    img = bpy.data.images.load(path, check_existing=False)
+    try:
+        w, h = img.size
+        px = np.empty(w * h * 4, np.float32)
+        img.pixels.foreach_get(px)
+        return px.reshape(h, w, 4)[::-1].copy()
+    finally:
+        bpy.data.images.remove(img)

@@ -1,0 +1,157 @@
+"""The one conversion module (blender_addon/convert.py): head space <-> Blender, Blender cameras
+-> OpenCV K/viewmat, pose bones <-> avatar_core pose. Checked against Blender's own maths."""
+
+import math
+import sys
+
+import numpy as np
+import pytest
+
+from blender_addon import convert
+
+
+def test_convert_imports_without_bpy():
+    import subprocess
+    code = ("import sys; import blender_addon.convert, blender_addon.deps, blender_addon.jobs; "
+            "assert 'bpy' not in sys.modules, 'bpy imported'")
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=root)
+
+
+def test_head_to_blender_axes():
+    up_head, face_head = np.array([0.0, 1.0, 0.0]), np.array([0.0, 0.0, 1.0])
+    assert np.allclose(convert.head_to_blender_points(up_head), [0, 0, 1])       # Y up -> Z up
+    assert np.allclose(convert.head_to_blender_points(face_head), [0, -1, 0])   # face -> -Y (front view)
+    p = np.random.default_rng(0).normal(size=(10, 3))
+    assert np.allclose(convert.blender_to_head_points(convert.head_to_blender_points(p)), p)
+    assert np.isclose(np.linalg.det(convert.HEAD_TO_BLENDER), 1.0)
+
+
+def test_rotation_round_trips():
+    rng = np.random.default_rng(1)
+    aa = rng.normal(size=(50, 3))
+    aa *= rng.uniform(0, 3.1, size=(50, 1)) / np.linalg.norm(aa, axis=1, keepdims=True)  # angles < pi
+    aa[0] = 0.0
+    aa[1] = [1e-9, 0, 0]
+    R = convert.axis_angle_to_matrix(aa)
+    assert np.allclose(R @ np.swapaxes(R, -1, -2), np.eye(3), atol=1e-12)
+    assert np.allclose(convert.matrix_to_axis_angle(R), aa, atol=1e-7)
+    q = convert.axis_angle_to_quaternion(aa)
+    assert np.allclose(convert.quaternion_to_matrix(q), R, atol=1e-9)
+    assert np.allclose(convert.quaternion_to_axis_angle(q), aa, atol=1e-7)
+    # agrees with avatar_core's Rodrigues
+    import torch
+    from avatar_core.head.lbs import axis_angle_to_matrix
+    assert np.allclose(axis_angle_to_matrix(torch.tensor(aa)).numpy(), R, atol=1e-7)
+
+
+def test_bone_basis_pose_round_trip():
+    rng = np.random.default_rng(2)
+    rest = convert.axis_angle_to_matrix(rng.normal(size=(5, 3)))      # arbitrary bone rest frames
+    pose = rng.normal(size=(7, 5, 3)) * 0.5
+    q = convert.pose_to_bone_basis(rest[None], pose)
+    back = convert.bone_basis_to_pose(rest[None], convert.quaternion_to_matrix(q))
+    assert np.allclose(back, pose, atol=1e-7)
+    t = rng.normal(size=(7, 3))
+    loc = convert.translation_to_root_location(rest[0], t)
+    assert np.allclose(convert.root_location_to_translation(rest[0], loc), t)
+
+
+def test_srgb_round_trip():
+    x = np.linspace(0, 1, 101, dtype=np.float32)
+    assert np.allclose(convert.linear_to_srgb(convert.srgb_to_linear(x)), x, atol=1e-5)
+    assert np.isclose(convert.srgb_to_linear(np.float32(0.5)), 0.21404, atol=1e-4)
+
+
+CAMERAS = [
+    # lens, sensor w, sensor h, fit, shift x, shift y, W, H, pixel aspect x, y
+    (50.0, 36.0, 24.0, "AUTO", 0.0, 0.0, 64, 48, 1.0, 1.0),
+    (85.0, 36.0, 24.0, "AUTO", 0.1, -0.05, 40, 64, 1.0, 1.0),
+    (35.0, 36.0, 24.0, "HORIZONTAL", -0.2, 0.15, 80, 60, 1.0, 1.0),
+    (35.0, 30.0, 20.0, "VERTICAL", 0.05, 0.1, 80, 60, 1.0, 1.0),
+    (60.0, 36.0, 24.0, "AUTO", 0.1, 0.1, 64, 64, 2.0, 1.0),
+    (60.0, 36.0, 24.0, "VERTICAL", 0.0, 0.2, 50, 70, 1.0, 1.5),
+]
+
+
+@pytest.fixture(scope="module")
+def bpy_scene():
+    from blender_addon import testing
+    bpy = testing.ensure_registered()
+    testing.fresh_scene()
+    return bpy
+
+
+@pytest.mark.parametrize("cam", CAMERAS)
+def test_camera_matches_blender(bpy_scene, cam):
+    """K/viewmat from lens/sensor/shift/resolution project points where Blender's own
+    world_to_camera_view and its projection matrix put them."""
+    bpy = bpy_scene
+    from bpy_extras.object_utils import world_to_camera_view
+    from mathutils import Euler, Vector
+    lens, sw, sh, fit, sx, sy, W, H, ax, ay = cam
+    scene = bpy.context.scene
+    scene.render.resolution_x, scene.render.resolution_y, scene.render.resolution_percentage = W, H, 100
+    scene.render.pixel_aspect_x, scene.render.pixel_aspect_y = ax, ay
+    data = bpy.data.cameras.new("c")
+    data.lens, data.sensor_width, data.sensor_height, data.sensor_fit = lens, sw, sh, fit
+    data.shift_x, data.shift_y = sx, sy
+    ob = bpy.data.objects.new("c", data)
+    scene.collection.objects.link(ob)
+    scene.camera = ob
+    ob.location = (0.3, -2.0, 0.4)
+    ob.rotation_euler = Euler((math.radians(80), math.radians(5), math.radians(10)))
+    bpy.context.view_layer.update()
+    K = convert.camera_intrinsics(lens, sw, sh, fit, sx, sy, W, H, ax, ay)
+    view = convert.opencv_viewmat(np.array(ob.matrix_world))
+    rng = np.random.default_rng(3)
+    pts = rng.uniform([-0.3, -0.3, 0.0], [0.6, 0.4, 0.8], size=(20, 3))
+    uv, z = convert.project(K, view, pts)
+    assert (z > 0).all()
+    for p, (u, v), d in zip(pts, uv, z):
+        ndc = world_to_camera_view(scene, ob, Vector(p))   # (0, 0) bottom-left, (1, 1) top-right
+        assert u == pytest.approx(ndc.x * W - 0.5, abs=1e-3)
+        assert v == pytest.approx((1.0 - ndc.y) * H - 0.5, abs=1e-3)
+        assert d == pytest.approx(ndc.z, abs=1e-5)
+    # the same intrinsics from Blender's projection matrix (the viewport's path)
+    P = np.array(ob.calc_matrix_camera(bpy.context.evaluated_depsgraph_get(), x=W, y=H, scale_x=ax, scale_y=ay))
+    assert np.allclose(convert.projection_intrinsics(P, W, H), K, atol=1e-3)
+    bpy.data.objects.remove(ob)
+    scene.render.pixel_aspect_x = scene.render.pixel_aspect_y = 1.0
+
+
+def test_head_camera_moves_with_the_avatar():
+    """A head-space point seen through head_camera projects like its Blender world position."""
+    rng = np.random.default_rng(4)
+    R = convert.axis_angle_to_matrix(rng.normal(size=3))
+    M = np.eye(4)
+    M[:3, :3] = 1.7 * R @ convert.HEAD_TO_BLENDER
+    M[:3, 3] = [0.2, -0.5, 1.0]
+    cam = np.eye(4)
+    cam[:3, :3] = convert.axis_angle_to_matrix(np.array([math.pi / 2, 0, 0]))
+    cam[:3, 3] = [0.0, -3.0, 1.0]
+    view = convert.opencv_viewmat(cam)
+    vh, s = convert.head_camera(view, M)
+    assert s == pytest.approx(1.7)
+    p_head = rng.normal(size=(8, 3)) * 0.1
+    p_world = p_head @ M[:3, :3].T + M[:3, 3]
+    K = convert.camera_intrinsics(50, 36, 24, "AUTO", 0, 0, 64, 64)
+    uv1, z1 = convert.project(K, vh, s * p_head)
+    uv2, z2 = convert.project(K, view, p_world)
+    assert np.allclose(uv1, uv2) and np.allclose(z1, z2)
+
+
+def test_orthographic_viewport_approximation():
+    W, H = 100, 80
+    P = np.array([[0.5, 0, 0, 0.1], [0, 0.625, 0, -0.05], [0, 0, -0.1, -1.0], [0, 0, 0, 1.0]])
+    view_gl = np.eye(4)
+    K, view = convert.orthographic_as_perspective(P, view_gl, W, H, view_distance=1.0)
+    pts = np.array([[0.3, 0.2, -1.0], [-0.5, -0.1, -1.2]])  # GL camera space = world here
+    uv, _ = convert.project(K, view, pts)
+    ndc = pts @ P[:3, :3].T + P[:3, 3]
+    u_ref = (ndc[:, 0] + 1) * W / 2 - 0.5
+    v_ref = (1 - ndc[:, 1]) * H / 2 - 0.5
+    assert np.allclose(uv[:, 0], u_ref, atol=0.2) and np.allclose(uv[:, 1], v_ref, atol=0.2)
+    with pytest.raises(ValueError):
+        convert.projection_intrinsics(P, W, H)
