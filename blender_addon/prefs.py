@@ -11,6 +11,7 @@ import bpy
 from bpy.props import EnumProperty, StringProperty
 
 from blender_addon import deps
+from blender_addon.props import PATH_OPTIONS
 
 # set by the extension's root __init__ (e.g. "bl_ext.user_default.headsplat"); a legacy
 # add-on install keeps the package name
@@ -41,7 +42,7 @@ def _prefs_class():
 
         device: EnumProperty(name="Device", items=DEVICE_ITEMS, default="AUTO")
         head_model: EnumProperty(name="Head Model", items=HEAD_ITEMS, default="OPEN")
-        flame_path: StringProperty(name="FLAME File", subtype="FILE_PATH", default="",
+        flame_path: StringProperty(name="FLAME File", subtype="FILE_PATH", default="", options=PATH_OPTIONS,
                                    description="generic_model.pkl / flame2023*.pkl / .npz")
         quality: EnumProperty(name="Reconstruction Quality", default="default",
                               items=[("fast", "Fast", "Fewer optimisation steps"),

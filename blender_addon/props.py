@@ -22,6 +22,10 @@ COLOUR_MODE_ITEMS = [
 ]
 
 
+# Blender 4.1+ warns unless a path property declares that it takes "//" (blend-relative) paths
+PATH_OPTIONS = {"PATH_SUPPORTS_BLEND_RELATIVE"} if bpy.app.version >= (4, 1, 0) else set()
+
+
 def _redraw(self, context):
     # drivers re-evaluate by themselves; redraw so the viewport engine picks the change up
     screen = getattr(context, "screen", None)
@@ -49,7 +53,7 @@ class HeadSplatObjectProps(bpy.types.PropertyGroup):
     lod_levels: StringProperty(name="LOD Levels", default="0,1,2", options={"HIDDEN"})
     num_gaussians: IntProperty(name="Gaussians", default=0, options={"HIDDEN"})
     head_name: StringProperty(name="Head Model", default="", options={"HIDDEN"})
-    avatar_path: StringProperty(name="Avatar File", subtype="FILE_PATH", default="",
+    avatar_path: StringProperty(name="Avatar File", subtype="FILE_PATH", default="", options=PATH_OPTIONS,
                                 description="The avatar file (relative to the .blend when saved)")
     data_key: StringProperty(name="Data Key", default="", options={"HIDDEN"},
                              description="Content hash of the avatar data this object was built from")

@@ -11,6 +11,7 @@ from bpy.props import BoolProperty, IntProperty, StringProperty
 from bpy_extras.io_utils import ImportHelper
 
 from blender_addon import lookup
+from blender_addon.props import PATH_OPTIONS
 from operators.common import CORE_MODULES, PHOTO_MODULES, JobOperatorMixin, report_exception, require
 
 VIDEO_EXTS = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".m4v")
@@ -54,7 +55,7 @@ class HEADSPLAT_OT_import_motion(JobOperatorMixin, bpy.types.Operator, ImportHel
     match_fps: BoolProperty(name="Match Scene FPS", default=True,
                             description="Resample the motion to the scene's frame rate")
     set_frame_range: BoolProperty(name="Set Frame Range", default=True)
-    motion_head: StringProperty(name="Motion Head Model", subtype="FILE_PATH", default="",
+    motion_head: StringProperty(name="Motion Head Model", subtype="FILE_PATH", default="", options=PATH_OPTIONS,
                                 description="For retargeting between head models: the head the motion was "
                                             "captured with ('open' or a FLAME file); empty = guess from names")
 
