@@ -16,7 +16,7 @@ OMG-Avatar's pipeline with SplitAvatar's expression branch, sizes from ``Network
 7. expression branch (SplitAvatar): G0 on the expression-region vertices, L graph splitting
    layers, soft masks with straight-through gates;
 8. everything becomes an ``Avatar`` (the type the optimisation path produces), animated with
-   the driving frame's parameters, rasterised, and refined by a U-Net.
+   the driving frame's parameters, rasterised, and refined by the rendering's U-Net refiner.
 
 ``forward(batch, lod)`` does 1-8 for training; ``predict`` + ``to_avatar`` give the avatar
 file for inference (every LOD, masked Gaussians dropped).
@@ -46,12 +46,13 @@ from avatar_core.gaussians.split import split_graph
 from avatar_core.head.model import HeadModel
 from avatar_core.recon.encoder import EncoderConfig, build_encoder
 from avatar_core.recon.network_blocks import (ATTR_BASE, ATTR_OFFSET, ATTR_OPAC, ATTR_ROT, ATTR_SCALE, MLP,
-                                              GaussianHead, GlobalBranch, LocalHead, ShoulderBranch, UNetRefiner)
+                                              GaussianHead, GlobalBranch, LocalHead, ShoulderBranch)
 from avatar_core.recon.network_geometry import (HeadRig, project, resolve_head, sample_map, shoulder_plane,
                                                 visibility)
 from avatar_core.recon.network_split import ExpressionBranch
 from avatar_core.render import render
 from avatar_core.render.camera import Camera
+from avatar_core.render.refiner import Refiner, RefinerConfig
 
 log = logging.getLogger(__name__)
 
@@ -90,9 +91,8 @@ class NetworkConfig:
     split_dim: int = 128
     split_gat_heads: int = 4
     split_gat_layers: int = 1
-    refiner: bool = True
-    refiner_base: int = 32
-    refiner_depth: int = 3
+    refiner: bool = True               # the rendering issue's U-Net (avatar_core.render.refiner)
+    refiner_widths: tuple = (32, 64, 96)
     background: float = 1.0
 
     @classmethod
@@ -105,12 +105,14 @@ class NetworkConfig:
                     global_layers=1, global_heads=2, local_dim=16, local_size=32, local_upsample=2,
                     max_lod=2, channels=8, head_hidden=32, zbuffer_size=32, shoulder_size=16,
                     split_levels=2, split_k=2, split_fraction=0.1, split_dim=32, split_gat_heads=2,
-                    refiner_base=8, refiner_depth=2)
+                    refiner_widths=(8, 8, 8))
         base.update(kw)
         return cls(**base)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        d["refiner_widths"] = list(self.refiner_widths)
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "NetworkConfig":
@@ -127,6 +129,8 @@ class NetworkConfig:
             if bad:
                 raise CheckpointError(f"Unknown encoder configuration keys {bad}; expected keys among {sorted(enames)}.")
             enc = EncoderConfig(**enc)
+        if "refiner_widths" in d:
+            d["refiner_widths"] = tuple(d["refiner_widths"])
         return cls(encoder=enc or EncoderConfig.vitb14(), **d)
 
 
@@ -187,7 +191,8 @@ class FeedForwardNet(nn.Module):
                                                cfg.split_gat_layers, self.rig.mean_edge[0])
         else:
             self.expression = None
-        self.refiner = UNetRefiner(cfg.channels, cfg.refiner_base, cfg.refiner_depth) if cfg.refiner else None
+        self.refiner = Refiner(RefinerConfig(in_channels=cfg.channels, widths=tuple(cfg.refiner_widths))) \
+            if cfg.refiner else None
         self.amp_dtype: Optional[torch.dtype] = None  # set by the trainer (bf16 on CUDA)
         self.register_buffer("_background", torch.tensor(float(cfg.background)), persistent=False)
 
@@ -343,7 +348,10 @@ class FeedForwardNet(nn.Module):
         with torch.no_grad():
             f = self._fields(pred, b, lods)
             n_head = self.head_slices[-1][1]
-            av = dataclasses.replace(self._template.to(device=self.device),
+            key = ("full", str(self.device))
+            if key not in self._subsets:
+                self._subsets[key] = self._template.to(device=self.device)
+            av = dataclasses.replace(self._subsets[key],
                                      rig_template=pred["rest"][b].detach(),
                                      **{n: t.detach() for n, t in f.items()},
                                      soft_mask=self._soft_mask(pred, b, n_head).detach())
@@ -353,7 +361,7 @@ class FeedForwardNet(nn.Module):
                 av = av.subset(torch.nonzero(keep)[:, 0])
         if self.refiner is not None:
             av.refiner_state = {k: v.detach().cpu().clone() for k, v in self.refiner.state_dict().items()}
-            av.refiner_config = dict(self.refiner.config)
+            av.refiner_config = self.refiner.config.to_dict()
         av.source = dict(source or {})
         av.info = dict(info or {})
         return av.to(device="cpu")
@@ -377,12 +385,11 @@ class FeedForwardNet(nn.Module):
         bg = torch.zeros(frame.channels, device=self.device)
         bg[:3] = self._background
         out = render(frame, cam, background=bg, with_depth=False)
-        feat = out.image.permute(0, 3, 1, 2)
-        coarse = feat[:, :3]
+        coarse = out.image[..., :3].permute(0, 3, 1, 2)
         refined = None
         if self.refiner is not None:
             with self._autocast():
-                refined = self.refiner(feat).float()
+                refined = self.refiner(out.image).float().permute(0, 3, 1, 2)
         return dict(coarse=coarse, refined=refined, alpha=out.alpha.permute(0, 3, 1, 2), means=frame.means,
                     gate=gate)
 

@@ -8,14 +8,11 @@
 * ``GaussianHead``: fused features -> raw Gaussian attributes (Eq. 7).
 * ``ShoulderBranch``: convolutions on the local map -> an image-plane grid of raw Gaussian
   attributes and offsets along the rays (Eq. 9).
-* ``UNetRefiner``: the feature image -> RGB (used until the rendering issue's refiner lands).
 
 Shapes: B batch, V0 vertices, T tokens, d feature width, C Gaussian channels.
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 import torch.nn as nn
@@ -198,40 +195,3 @@ class ShoulderBranch(nn.Module):
                           antialias=local_map.shape[-1] > self.size)
         x = self.out(self.block(x))
         return x.flatten(2).transpose(1, 2)
-
-
-class UNetRefiner(nn.Module):
-    """A small U-Net: feature image [B, C, H, W] -> RGB [B, 3, H, W] = coarse RGB + residual.
-
-    The last convolution starts near zero, so an untrained refiner returns about the coarse image.
-    """
-
-    def __init__(self, channels: int, base: int = 32, depth: int = 3):
-        super().__init__()
-        self.config = {"type": "headsplat-unet-ff", "channels": channels, "base": base, "depth": depth}
-        widths = [base * 2 ** i for i in range(depth + 1)]
-        self.inp = ConvBlock(channels, widths[0])
-        self.down = nn.ModuleList(ConvBlock(widths[i], widths[i + 1]) for i in range(depth))
-        self.up = nn.ModuleList(ConvBlock(widths[i + 1] + widths[i], widths[i]) for i in reversed(range(depth)))
-        self.out = nn.Conv2d(widths[0], 3, 3, padding=1)
-        nn.init.normal_(self.out.weight, std=1e-3)
-        nn.init.zeros_(self.out.bias)
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        H, W = features.shape[-2:]
-        m = 2 ** len(self.down)
-        ph, pw = (-H) % m, (-W) % m
-        x = F.pad(features, (0, pw, 0, ph), mode="replicate") if ph or pw else features
-        skips = [self.inp(x)]
-        for blk in self.down:
-            skips.append(blk(F.avg_pool2d(skips[-1], 2)))
-        y = skips.pop()
-        for blk in self.up:
-            s = skips.pop()
-            y = blk(torch.cat([F.interpolate(y, size=s.shape[-2:], mode="bilinear", align_corners=False), s], 1))
-        return features[:, :3] + self.out(y)[..., :H, :W]
-
-
-def log_range(x: torch.Tensor, centre: float, spread: float = 1.0) -> torch.Tensor:
-    """log(centre) + spread * tanh(x): a bounded log-scale around ``centre``."""
-    return math.log(max(centre, 1e-9)) + spread * torch.tanh(x)

@@ -45,6 +45,8 @@ def run(args) -> int:
     if not cfg.data:
         raise AvatarError("No training data: give --data FOLDER (clips made with --prepare) or set \"data\" in "
                           "the configuration.")
+    if cfg.data != "synthetic" and not Path(cfg.data).is_dir():
+        raise AvatarError(f"The training data folder {cfg.data!r} does not exist; make it with --prepare.")
     rank = int(os.environ.get("RANK", "0"))
     progress = None
     if rank == 0:
@@ -55,6 +57,9 @@ def run(args) -> int:
         last = result.history[-1] if result.history else {}
         print(f"trained to step {result.step}: loss {last.get('loss', float('nan')):.4f}, "
               f"{result.samples_per_second:.2f} samples/s; run folder {result.out}")
+        if result.ranks_in_step is not None:
+            world = os.environ.get("WORLD_SIZE", "?")
+            print(f"DDP: {world} ranks, weights identical on every rank: {result.ranks_in_step}")
     return 0
 
 

@@ -394,5 +394,6 @@ def untracked_pair(video, src: int, drv: int, image_size: int, num_shape: int, n
     s = frame(portrait.image.astype(np.float32), portrait.alpha)
     d_rgb = crop_with(frames[drv], portrait.transform)
     d_rgb = d_rgb.astype(np.float32) / 255.0 if d_rgb.dtype == np.uint8 else d_rgb.astype(np.float32)
-    d = frame(d_rgb, portrait_matte(d_rgb))
+    inside = np.asarray(getattr(portrait, "inside", np.ones(d_rgb.shape[:2], bool)), np.float32)
+    d = frame(d_rgb, portrait_matte(d_rgb) * inside)  # the crop's padding is background, as in the source
     return pair_sample(s, d, torch.zeros(num_shape), num_shape)

@@ -44,6 +44,7 @@ class TrainResult:
     history: List[Dict[str, float]]  # per step of this run: step, lod, loss, parts, lr, time
     out: Path
     samples_per_second: float        # global (all ranks), median over this run's steps after the first
+    ranks_in_step: Optional[bool] = None  # DDP: every rank ended with the same weights (None: one process)
 
 
 @dataclasses.dataclass
@@ -241,7 +242,25 @@ class Trainer:
                 self.save()
             p((self.step - start_step) / max(1, end - start_step), f"step {self.step}")
         rate = float(np.median([cfg.batch_size * self.dist.world / t for t in times[1:]])) if len(times) > 1 else 0.0
-        return TrainResult(self.step, history, self.out, rate)
+        return TrainResult(self.step, history, self.out, rate, self.ranks_in_step())
+
+    def ranks_in_step(self) -> Optional[bool]:
+        """DDP check: gather a float64 fingerprint of the weights from every rank and compare."""
+        if self.dist.world <= 1:
+            return None
+        with torch.no_grad():
+            fp = torch.zeros(3, dtype=torch.float64, device=self.device)
+            for i, p in enumerate(self.net.parameters()):
+                q = p.detach().double()
+                fp[0] += q.sum()
+                fp[1] += q.abs().sum()
+                fp[2] += (q * ((i % 7) + 1)).square().sum()
+            allfp = [torch.zeros_like(fp) for _ in range(self.dist.world)]
+            dist.all_gather(allfp, fp)
+        same = all(torch.equal(allfp[0], f) for f in allfp[1:])
+        if self.dist.main:
+            log.info("DDP weight fingerprints %s", [f.tolist() for f in allfp])
+        return same
 
     def close(self) -> None:
         self.loader.close()
