@@ -96,3 +96,73 @@ def read_exr(path):
         return px.reshape(h, w, 4)[::-1].copy()
     finally:
         bpy.data.images.remove(img)
+
+
+def read_exr_channels(path):
+    """{channel name: [H, W] float32} of an uncompressed scanline OpenEXR file (top row first).
+
+    A minimal reader for tests (Blender's EXR / multilayer EXR with codec 'NONE', single- or
+    multi-part): no OpenImageIO or OpenEXR module is needed.
+    """
+    import struct
+
+    import numpy as np
+    with open(path, "rb") as f:
+        data = f.read()
+    if data[:4] != b"\x76\x2f\x31\x01":
+        raise ValueError(f"{path} is not an OpenEXR file")
+    flags = struct.unpack_from("<I", data, 4)[0]
+    multipart = bool(flags & 0x1000)
+    if flags & 0x200:
+        raise ValueError("tiled EXR files are not supported by this reader")
+    pos = 8
+    headers = []
+    while True:
+        attrs = {}
+        while data[pos] != 0:
+            end = data.index(b"\0", pos)
+            name = data[pos:end].decode()
+            pos = end + 1
+            end = data.index(b"\0", pos)
+            typ = data[pos:end].decode()
+            pos = end + 1
+            size = struct.unpack_from("<i", data, pos)[0]
+            pos += 4
+            attrs[name] = (typ, data[pos:pos + size])
+            pos += size
+        pos += 1
+        headers.append(attrs)
+        if not multipart or data[pos] == 0:
+            break
+    if multipart:
+        pos += 1
+    parts = []
+    for attrs in headers:
+        if attrs["compression"][1][0] != 0:
+            raise ValueError("only uncompressed EXR files are supported (set exr_codec = 'NONE')")
+        xmin, ymin, xmax, ymax = struct.unpack("<4i", attrs["dataWindow"][1])
+        chans, raw, p = [], attrs["channels"][1], 0
+        while raw[p] != 0:
+            end = raw.index(b"\0", p)
+            chans.append((raw[p:end].decode(), struct.unpack_from("<i", raw, end + 1)[0]))
+            p = end + 1 + 16
+        parts.append((xmin, ymin, xmax - xmin + 1, ymax - ymin + 1, chans))
+    sizes = {0: 4, 1: 2, 2: 4}  # UINT, HALF, FLOAT
+    dtypes = {0: np.uint32, 1: np.float16, 2: np.float32}
+    out = {}
+    for _, _, w, h, chans in parts:
+        for c, _ in chans:
+            out[c] = np.zeros((h, w), np.float32)
+    pos += 8 * sum(p[3] for p in parts)  # offset tables: one chunk per scanline when uncompressed
+    for _ in range(sum(p[3] for p in parts)):
+        part = 0
+        if multipart:
+            part = struct.unpack_from("<i", data, pos)[0]
+            pos += 4
+        y, _size = struct.unpack_from("<ii", data, pos)
+        pos += 8
+        xmin, ymin, w, h, chans = parts[part]
+        for cname, ptype in chans:
+            out[cname][y - ymin] = np.frombuffer(data, dtypes[ptype], w, pos).astype(np.float32)
+            pos += sizes[ptype] * w
+    return out
