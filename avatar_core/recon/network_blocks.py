@@ -191,7 +191,8 @@ class ShoulderBranch(nn.Module):
             self.out.bias.zero_()
 
     def forward(self, local_map: torch.Tensor) -> torch.Tensor:
-        x = F.interpolate(local_map, size=(self.size, self.size), mode="bilinear", align_corners=False,
-                          antialias=local_map.shape[-1] > self.size)
+        shrink = local_map.shape[-1] > self.size
+        x = F.interpolate(local_map.float() if shrink else local_map, size=(self.size, self.size), mode="bilinear",
+                          align_corners=False, antialias=shrink).to(local_map.dtype)
         x = self.out(self.block(x))
         return x.flatten(2).transpose(1, 2)
