@@ -15,7 +15,7 @@ from typing import Optional
 
 import torch
 
-from cuda_backend.static_binning import bin_static, tile_grid
+from cuda_backend.static_binning import bin_static, compiled_bin_static, tile_grid
 
 DEFAULT_TILE = 16
 
@@ -37,7 +37,8 @@ def rasterize(means: torch.Tensor, quats: torch.Tensor, scales: torch.Tensor, op
               colors: torch.Tensor, viewmats: torch.Tensor, Ks: torch.Tensor, width: int, height: int,
               background: Optional[torch.Tensor] = None, with_depth: bool = False,
               near: float = 0.01, far: float = 1e10, eps2d: float = 0.3, tile_size: int = DEFAULT_TILE,
-              binning: str = "sort", capacity: Optional[int] = None, overflow_out: Optional[list] = None):
+              binning: str = "sort", capacity: Optional[int] = None, overflow_out: Optional[list] = None,
+              compile_binning: bool = False):
     """Rasterise B sets of N Gaussians, each seen by V views.
 
     Args:
@@ -48,7 +49,8 @@ def rasterize(means: torch.Tensor, quats: torch.Tensor, scales: torch.Tensor, op
         with_depth: append camera z as one more composited channel.
         binning: "sort" (gsplat's isect_tiles; reads the count back to the host) or "static"
             (fixed ``capacity``, no host sync; CUDA-graph safe). ``overflow_out`` (a list) receives
-            the static binning's overflow flag tensor.
+            the static binning's overflow flag tensor. ``compile_binning`` runs the static binning
+            through torch.compile (fewer kernels; compiles on first use).
     Returns:
         colors [B, V, H, W, Cc (+1)] composited over the background, alphas [B, V, H, W, 1].
     """
@@ -71,7 +73,8 @@ def rasterize(means: torch.Tensor, quats: torch.Tensor, scales: torch.Tensor, op
     elif binning == "static":
         if capacity is None:
             raise ValueError("static binning needs a capacity")
-        offsets, flatten_ids, overflow = bin_static(means2d.reshape(B * V, N, 2), radii.reshape(B * V, N, 2),
+        fn = compiled_bin_static() if compile_binning else bin_static
+        offsets, flatten_ids, overflow = fn(means2d.reshape(B * V, N, 2), radii.reshape(B * V, N, 2),
                                                     depths.reshape(B * V, N), width, height, tile_size, capacity)
         offsets = offsets.reshape(B, V, ty, tx)
         if overflow_out is not None:

@@ -24,7 +24,7 @@ def test_refiner_learns():
     r = Refiner(RefinerConfig(in_channels=6, widths=(8, 8, 8)))
     opt = torch.optim.Adam(r.parameters(), lr=1e-2)
     first = None
-    for _ in range(40):
+    for _ in range(80):
         loss = (r(feats) - target).abs().mean()
         first = first if first is not None else loss.item()
         opt.zero_grad()

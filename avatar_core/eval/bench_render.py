@@ -41,6 +41,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--cuda-graph", choices=("auto", "full", "render", "none"), default="auto",
                         help="CUDA graph capture of the frame (default auto)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--compile", choices=("on", "off"), default=None,
+                        help="CUDA: torch.compile animate and the tile binning (default on for cuda)")
 
 
 def _load_head(spec: str):
@@ -152,7 +154,7 @@ def _time_backward(avatar, lod: int, camera, refiner, params, repeats: int, devi
 
 def run_bench(device: str, lods: List[int], res: int, refiner_settings: List[bool], frames: int, warmup: int,
               head_spec: str = "open", channels: int = 32, backward: bool = False, cuda_graph: str = "auto",
-              progress=None) -> Dict:
+              compile: bool = False, progress=None) -> Dict:
     """Run the benchmark; returns a dict with one row per (LOD, refiner) and the environment."""
     import torch
     from avatar_core.gaussians.avatar import Avatar
@@ -176,11 +178,13 @@ def run_bench(device: str, lods: List[int], res: int, refiner_settings: List[boo
             if dev.type == "cuda":
                 torch.cuda.reset_peak_memory_stats()
             t_setup = time.perf_counter()
-            pipe = FramePipeline(avatar, camera, lod=lod, refiner=refiner, background=1.0, cuda_graph=cuda_graph)
+            pipe = FramePipeline(avatar, camera, lod=lod, refiner=refiner, background=1.0, cuda_graph=cuda_graph,
+                                 compile=compile)
             setup_s = time.perf_counter() - t_setup
             timer = _time_cuda if dev.type == "cuda" else _time_cpu
             row = {"lod": lod, "gaussians": pipe.num_gaussians, "res": res, "refiner": "on" if use_ref else "off",
-                   "backend": pipe.backend, "mode": pipe.mode, "setup_s": setup_s}
+                   "backend": pipe.backend, "mode": pipe.mode + ("+compile" if pipe.compiled else ""),
+                   "setup_s": setup_s}
             row.update(timer(pipe, params, frames, warmup))
             if pipe.fallback_reason:
                 row["fallback_reason"] = pipe.fallback_reason
@@ -219,16 +223,17 @@ def format_table(result: Dict) -> str:
     head = (f"bench render on {env.get('gpu', 'CPU')} ({env['device']}, torch {env['torch']}, "
             f"{env['threads']} threads, head {env['head']}, {env['channels']} channels)")
     cols = ["LOD", "Gaussians", "res", "refiner", "mode", "ms/frame", "FPS"]
+    width = max([10] + [len(r["mode"]) for r in result["rows"]])
     has_bw = any("fwd_bwd_ms" in r for r in result["rows"])
     if has_bw:
         cols.append("fwd+bwd ms")
-    lines = [head, " | ".join(f"{c:>10}" for c in cols)]
+    lines = [head, " | ".join(f"{c:>{width}}" for c in cols)]
     for r in result["rows"]:
         vals = [str(r["lod"]), str(r["gaussians"]), str(r["res"]), r["refiner"], r["mode"],
                 f"{r['ms_per_frame']:.3f}", f"{r['fps']:.1f}"]
         if has_bw:
             vals.append(f"{r['fwd_bwd_ms']:.1f}" if "fwd_bwd_ms" in r else "-")
-        lines.append(" | ".join(f"{v:>10}" for v in vals))
+        lines.append(" | ".join(f"{v:>{width}}" for v in vals))
     for r in result["rows"]:
         if r.get("fallback_reason"):
             lines.append(f"note: LOD {r['lod']} refiner {r['refiner']}: {r['fallback_reason']}")
@@ -256,11 +261,13 @@ def run(args) -> int:
     frames = args.frames or (1000 if cuda else 5)
     warmup = args.warmup if args.warmup is not None else (50 if cuda else 1)
     backward = (args.backward or ("off" if cuda else "on")) == "on"
+    compile_ = (args.compile or ("on" if cuda else "off")) == "on"
 
     from avatar_core.cli_util import ProgressBar
     bar = ProgressBar("bench render")
     result = run_bench(device, lods, args.res, settings, frames, warmup, head_spec=args.head,
-                       channels=args.channels, backward=backward, cuda_graph=args.cuda_graph, progress=bar)
+                       channels=args.channels, backward=backward, cuda_graph=args.cuda_graph, compile=compile_,
+                       progress=bar)
     print(format_table(result))
     if args.json:
         tmp = args.json + ".tmp"

@@ -154,6 +154,13 @@ def _rows(table: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return table.index_select(0, idx.reshape(-1) % table.shape[0]).view(*idx.shape, table.shape[1])
 
 
+def _weights(Ta: torch.Tensor, T_in: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """w_k = T_before_k - T_after_k for [T, K, P] transmittances (T_before_0 = T_in [T, P]), into ``out``."""
+    torch.sub(Ta[:, :-1], Ta[:, 1:], out=out[:, 1:])
+    torch.sub(T_in, Ta[:, 0], out=out[:, 0])
+    return out
+
+
 def _stop_columns(Ta: torch.Tensor, stop: torch.Tensor):
     """Pixels that reach T <= 1e-4 inside this step: (t, p) indices and keep [S, K] (a prefix)."""
     st, sp = torch.nonzero(stop, as_tuple=True)
@@ -227,7 +234,7 @@ def _composite_forward(params, feats, b: Binning, inside, chunk, step_elements):
         T_in = Tc.masked_fill(d, 0.0)
         alpha = torch.nn.functional.threshold_(raw, ALPHA_THRESHOLD, 0.0).clamp_max_(MAX_ALPHA)
         Ta = torch.rsub(alpha, 1.0).cumprod_(1).mul_(T_in[:, None, :])  # T after each splat
-        w = torch.cat([T_in[:, None, :], Ta[:, :-1]], 1).sub_(Ta)  # alpha_k T_k = T_before - T_after
+        w = _weights(Ta, T_in, out=alpha)  # alpha_k T_k = T_before - T_after (alpha is not needed again)
         Fk = _rows(F, idx)  # [T, K, Cf]
         # acc[t, p, c] = sum_k w[t, k, p] F[t, k, c]
         acc = torch.bmm(w.transpose(1, 2), Fk)
@@ -279,12 +286,9 @@ def _composite_backward(params, feats, accum, T_final, inside, b: Binning, chunk
         a_t = torch.nn.functional.threshold_(raw, ALPHA_THRESHOLD, 0.0)  # 0 where skipped
         alpha = a_t.clamp_max(MAX_ALPHA)
         a_u = a_t.masked_fill_(a_t > MAX_ALPHA, 0.0)  # o exp(-sigma) where alpha is not clamped, else 0
-        if bool(d.any()):
-            a_u.masked_fill_(d[:, None, :], 0.0)  # finished pixels: no gradient
         om = torch.rsub(alpha, 1.0)  # 1 - alpha
         Ta = om.cumprod(1).mul_(T_in[:, None, :])
-        Tb = torch.cat([T_in[:, None, :], Ta[:, :-1]], 1)
-        w = Tb - Ta
+        w = _weights(Ta, T_in, out=alpha)
         T_last = Ta[:, -1]
         stop = (T_last <= T_THRESHOLD) & ~d
         if bool(stop.any()):
@@ -298,16 +302,21 @@ def _composite_backward(params, feats, accum, T_final, inside, b: Binning, chunk
         gdf = torch.bmm(Fk, ga.transpose(1, 2))
         # feature gradient: gfk[t, k, c] = sum_p w[t, k, p] g[t, p, c]
         gfk = torch.bmm(w, ga)
-        pre = (gdf * w).cumsum_(1).add_(prefix[tiles][:, None, :])
+        pre_in = prefix[tiles]
+        pre = (gdf * w).cumsum_(1).add_(pre_in[:, None, :])
         prefix[tiles] = pre[:, -1]
-        suffix = pre.neg_().add_(total[tiles][:, None, :])
-        dA = gdf.mul_(Tb).sub_(suffix.div_(om))  # dL/dalpha per (splat, pixel)
-        q = a_u.mul_(dA)  # = -dL/dsigma where alpha is live and unclamped
+        # finished pixels get suffix 0 (and w = T = 0), hence no gradient
+        tot = torch.where(d, pre_in, total[tiles])
+        suffix = pre.neg_().add_(tot[:, None, :])
+        gdf[:, 1:].mul_(Ta[:, :-1])  # (g.f) T_before
+        gdf[:, 0].mul_(T_in)
+        dA = gdf.sub_(suffix.div_(om))  # dL/dalpha per (splat, pixel)
+        q = a_u.mul_(dA).view(T, K, ts, ts)  # = -dL/dsigma where alpha is live and unclamped
         # reductions over the tile's pixels, separable in rows (dy) and columns (dx):
-        # R[t, k, r, :] = sum_c q[t, k, r, c] * (1, dx_c, dx_c^2)
-        rhs = torch.stack([torch.ones_like(dx), dx, dx * dx], -1)  # [T, K, ts, 3]
-        R = torch.matmul(q.view(T * K, ts, ts), rhs.view(T * K, ts, 3)).view(T, K, ts, 3)
-        row, rdx, rdxx = R.unbind(-1)  # [T, K, ts] each
+        # row/rdx/rdxx[t, k, r] = sum_c q[t, k, r, c] * (1, dx_c, dx_c^2)
+        row = q.sum(-1)
+        rdx = torch.einsum("tkrc,tkc->tkr", q, dx)
+        rdxx = torch.einsum("tkrc,tkc->tkr", q, dx * dx)
         S0, Sx, Sxx = row.sum(-1), rdx.sum(-1), rdxx.sum(-1)
         Sy, Sxy, Syy = (row * dy).sum(-1), (rdx * dy).sum(-1), (row * dy * dy).sum(-1)
         ca, cb, cc = g[..., 2], g[..., 3], g[..., 4]

@@ -47,12 +47,15 @@ class FramePipeline:
         cuda_graph: "auto" (full, else render-only, else eager), "full", "render" or "none".
         refiner_dtype: weights/activations dtype of the refiner on CUDA (bf16 by default).
         capacity: intersection buffer size for static binning (None: measured at setup x 1.5).
+        compile: on CUDA, run ``Avatar.animate`` and the tile binning through ``torch.compile``
+            (fuses their many small kernels; the first frame then takes tens of seconds to compile,
+            later processes reuse the on-disk cache). Falls back to eager if compiling fails.
     """
 
     def __init__(self, avatar, camera: Camera, lod: int = 2, refiner: Optional[Refiner] = None,
                  background=1.0, backend: str = "auto", cuda_graph: str = "auto",
                  refiner_dtype: torch.dtype = torch.bfloat16, capacity: Optional[int] = None,
-                 tile_size: int = 16):
+                 tile_size: int = 16, compile: bool = False):
         from avatar_core.render import resolve_backend
 
         self.avatar = avatar
@@ -90,15 +93,19 @@ class FramePipeline:
         self.fallback_reason: Optional[str] = None
         self._graph = None
         self._out = None
+        self._animate_fn = avatar.animate
+        self.compiled = False
         if self.backend == "gsplat":
             with torch.no_grad():
+                if compile:
+                    self._try_compile()
                 if self.capacity is None:
                     self.capacity = self._measure_capacity()
                 self._setup_cuda(cuda_graph)
 
     # ------------------------------------------------------------------ steps
     def _animate(self):
-        return self.avatar.animate(expression=self._expr, pose=self._pose, translation=self._trans,
+        return self._animate_fn(expression=self._expr, pose=self._pose, translation=self._trans,
                                    lod=self.lod, index=self.index)
 
     def _raster(self, frame) -> torch.Tensor:
@@ -112,7 +119,7 @@ class FramePipeline:
                 frame.means, frame.quats, frame.scales, frame.opacities, feats,
                 cam.viewmat[:, None], cam.K[:, None], cam.width, cam.height,
                 background=self.background[None, None], tile_size=self.tile_size, binning="static",
-                capacity=self.capacity, overflow_out=flags)
+                capacity=self.capacity, overflow_out=flags, compile_binning=self.compiled)
             self._overflow |= flags[0]
             return img[:, 0]
         from avatar_core.gaussians.frame import GaussianFrame
@@ -130,6 +137,18 @@ class FramePipeline:
         return self._refine(self._raster(self._animate()))
 
     # ------------------------------------------------------------------ CUDA setup
+    def _try_compile(self):
+        try:
+            fn = torch.compile(self.avatar.animate, dynamic=False)
+            fn(expression=self._expr, pose=self._pose, translation=self._trans, lod=self.lod, index=self.index)
+            self._animate_fn = fn
+            self.compiled = True
+        except Exception as exc:  # no Triton, no compiler, an unsupported construct...
+            self._animate_fn = self.avatar.animate
+            self.compiled = False
+            self.fallback_reason = f"torch.compile failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
+            log.warning("FramePipeline: %s; running eagerly", self.fallback_reason)
+
     def _measure_capacity(self) -> int:
         from cuda_backend.gsplat_backend import opencv_to_gsplat_K
         from cuda_backend.static_binning import count_intersections
@@ -170,7 +189,16 @@ class FramePipeline:
     def _setup_cuda(self, cuda_graph: str):
         if cuda_graph not in ("auto", "full", "render", "none"):
             raise ParameterError(f"cuda_graph must be auto, full, render or none; got {cuda_graph!r}.")
-        reasons = []
+        try:
+            self._full()  # first run outside the checks: compiles, loads kernels
+        except Exception as exc:
+            if not self.compiled:
+                raise
+            self.fallback_reason = f"torch.compile failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
+            log.warning("FramePipeline: %s; running eagerly", self.fallback_reason)
+            self._animate_fn, self.compiled = self.avatar.animate, False
+            self._full()
+        reasons = [self.fallback_reason] if self.fallback_reason else []
         if cuda_graph in ("auto", "full"):
             why = self._sync_free(self._full)
             if why is None:

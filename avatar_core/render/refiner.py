@@ -1,7 +1,8 @@
 """The neural refiner: a small U-Net from the rasterised feature image to RGB.
 
 In the spirit of the StyleUNet-light refiners of Gaussian head avatars: a 3-level
-encoder-decoder with skip connections that turns the C-channel feature image (first three
+encoder-decoder (3x3 convolutions, LeakyReLU, stride-2 downsampling, 2x2 transposed-convolution
+upsampling, skip connections by concatenation) that turns the C-channel feature image (first three
 channels RGB) into the final RGB. It predicts a residual on top of the splatted RGB and its
 last layer starts at zero, so an untrained refiner is exactly "refiner off".
 
@@ -48,7 +49,7 @@ def _conv(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
 
 
 class _Block(nn.Sequential):
-    """conv3x3 -> LeakyReLU(0.2), twice; the first conv may downsample."""
+    """conv3x3 -> LeakyReLU(0.2), twice; the first conv may downsample (stride 2)."""
 
     def __init__(self, cin: int, cout: int, stride: int = 1):
         super().__init__(_conv(cin, cout, stride), nn.LeakyReLU(0.2, inplace=True),
@@ -67,9 +68,11 @@ class Refiner(nn.Module):
         self.enc0 = _Block(config.in_channels, w0)
         self.enc1 = _Block(w0, w1, stride=2)
         self.enc2 = _Block(w1, w2, stride=2)
-        self.up2 = _conv(w2, w1)
+        # learned 2x upsampling (a 2x2 transposed convolution computed at the coarse resolution:
+        # far cheaper at full resolution than nearest-upsample + 3x3 conv)
+        self.up2 = nn.ConvTranspose2d(w2, w1, 2, stride=2)
         self.dec1 = _Block(2 * w1, w1)
-        self.up1 = _conv(w1, w0)
+        self.up1 = nn.ConvTranspose2d(w1, w0, 2, stride=2)
         self.dec0 = _Block(2 * w0, w0)
         self.head = nn.Conv2d(w0, config.out_channels, 1)
         nn.init.zeros_(self.head.weight)
@@ -100,8 +103,8 @@ class Refiner(nn.Module):
         e0 = self.enc0(x)
         e1 = self.enc1(e0)
         e2 = self.enc2(e1)
-        d1 = self.dec1(torch.cat([F.leaky_relu(self.up2(F.interpolate(e2, scale_factor=2.0, mode="nearest")), 0.2), e1], 1))
-        d0 = self.dec0(torch.cat([F.leaky_relu(self.up1(F.interpolate(d1, scale_factor=2.0, mode="nearest")), 0.2), e0], 1))
+        d1 = self.dec1(torch.cat([F.leaky_relu(self.up2(e2), 0.2), e1], 1))
+        d0 = self.dec0(torch.cat([F.leaky_relu(self.up1(d1), 0.2), e0], 1))
         residual = self.head(d0)[:, :, :H, :W]
         out = features[..., :3].float() + residual.permute(0, 2, 3, 1).float()
         return out
