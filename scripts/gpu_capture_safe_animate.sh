@@ -13,8 +13,8 @@ if ! python3 -c "import gsplat" 2>/dev/null; then
 fi
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
 export HEADSPLAT_CACHE_DIR=$PWD/.device/cache
-python3 - "$OUT" <<'PY'
-import json, sys
+timeout ${EXP_TIMEOUT:-300} python3 - "$OUT" "${COMPILE:-on}" <<'PY'
+import json, os, sys
 import torch
 import avatar_core.head.lbs as lbs
 import avatar_core.head.model as model
@@ -24,7 +24,7 @@ _index = {}
 
 
 def rigid_transforms(rot_mats, joints, parents):  # same maths as lbs.rigid_transforms, no host reads
-    key = (parents.data_ptr(), str(parents.device))
+    key = (int(parents.shape[0]), str(parents.device))
     if key not in _index:
         par = parents.tolist()
         _index[key] = (par, torch.tensor([p if p >= 0 else 0 for p in par[1:]], device=joints.device))
@@ -53,12 +53,13 @@ from avatar_core.head import load_head
 head = load_head("open")
 a = Avatar.synthetic(head, channels=32).to("cuda")
 with torch.no_grad():
-    ref = a.animate(lod=2)
-    lbs_ok = True
+    a.animate(lod=2)
 from avatar_core.eval.bench_render import format_table, run_bench
-res = run_bench("cuda", [0, 1, 2], 512, [False, True], frames=2000, warmup=100, head_spec="open")
+lods = [int(x) for x in os.environ.get("EXP_LODS", "2").split(",")]
+res = run_bench("cuda", lods, 512, [False, True], frames=2000, warmup=100, head_spec="open",
+                compile=sys.argv[2] == "on")
 print(format_table(res))
 for r in res["rows"]:
     print({k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()})
-json.dump(res, open(sys.argv[1] + "/bench_cuda_capture_safe.json", "w"), indent=1)
+json.dump(res, open(sys.argv[1] + f"/bench_cuda_capture_safe_compile_{sys.argv[2]}.json", "w"), indent=1)
 PY

@@ -19,5 +19,5 @@ from gsplat.cuda._backend import _C  # JIT-compiles gsplat's kernels on first im
 print(f"gsplat kernels ready in {time.time() - t:.1f} s, torch {torch.__version__}, {torch.cuda.get_device_name()}")
 PY
 HEADSPLAT_PARITY_JSON=$OUT/parity.json python3 -m pytest -q -s -rs tests/test_parity_cuda.py 2>&1 | tee "$OUT/parity.log"
-python3 -m avatar_core bench render --device cuda --lod ${LODS:-0,1,2} --res ${RES:-512} --refiner both \
+timeout ${BENCH_TIMEOUT:-300} python3 -m avatar_core bench render --device cuda --lod ${LODS:-0,1,2} --res ${RES:-512} --refiner both \
     --json "$OUT/bench_cuda.json" ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench.log"
