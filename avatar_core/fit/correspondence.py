@@ -24,7 +24,7 @@ from avatar_core.errors import HeadModelError
 from avatar_core.head.model import HeadModel
 
 log = logging.getLogger(__name__)
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 VIEWS_YAW = (0.0, -25.0, 25.0)
 SKIN = np.array([0.80, 0.62, 0.52])
 
@@ -60,22 +60,29 @@ def load_embedding_file(path) -> Embedding:
                              f"and landmark_indices ({exc}).") from None
 
 
-def closest_points_on_mesh(points: np.ndarray, vertices: np.ndarray, faces: np.ndarray, candidates: int = 24):
+def closest_points_on_mesh(points: np.ndarray, vertices: np.ndarray, faces: np.ndarray, candidates: int = 24,
+                           allowed_vertices: Optional[np.ndarray] = None):
     """Closest surface point to each query: returns face_idx [K], bary [K, 3].
 
     Searches the faces around the ``candidates`` nearest vertices (enough for points that are
-    already near the surface, as back-projected landmarks are).
+    already near the surface, as back-projected landmarks are). ``allowed_vertices`` [K, V]
+    bool restricts, per query, which vertices (and so faces) may be used.
     """
     vt = torch.as_tensor(vertices, dtype=torch.float64)
     q = torch.as_tensor(points, dtype=torch.float64)
     d = torch.cdist(q, vt)
+    if allowed_vertices is not None:
+        d = torch.where(torch.as_tensor(allowed_vertices), d, torch.full_like(d, float("inf")))
     near = torch.topk(d, min(candidates, vt.shape[0]), largest=False).indices  # [K, c]
     f = torch.as_tensor(faces)
     # faces touching any candidate vertex
     best_face = np.zeros(len(points), dtype=np.int64)
     best_bary = np.zeros((len(points), 3), dtype=np.float32)
     for k in range(len(points)):
-        cand = torch.nonzero(torch.isin(f, near[k]).any(1))[:, 0]
+        touch = torch.isin(f, near[k])
+        cand = torch.nonzero(touch.all(1) if allowed_vertices is not None else touch.any(1))[:, 0]
+        if cand.numel() == 0:
+            cand = torch.nonzero(touch.any(1))[:, 0]
         a, b, c = (vt[f[cand, i]] for i in range(3))
         bary = _closest_bary(q[k].expand_as(a), a, b, c)
         p = bary[:, :1] * a + bary[:, 1:2] * b + bary[:, 2:] * c
@@ -193,8 +200,32 @@ def compute_embedding(head: HeadModel, size: int = 512) -> Embedding:
                              f"(only {int(found.sum())} of 478 found on its renders).")
     ids = np.nonzero(found)[0]
     pts = sums[ids] / wsum[ids, None]
-    face_idx, bary = closest_points_on_mesh(pts, v.numpy(), faces.numpy())
+    allowed = _allowed_vertices(head, ids)
+    face_idx, bary = closest_points_on_mesh(pts, v.numpy(), faces.numpy(), allowed_vertices=allowed)
     return Embedding(ids.astype(np.int64), face_idx, bary)
+
+
+def _allowed_vertices(head: HeadModel, landmark_ids: np.ndarray) -> Optional[np.ndarray]:
+    """Which vertices each landmark may snap to: irises onto the eyeballs, every other landmark
+    onto the skin (not the eyeballs, teeth or tongue behind it). Only the open head records
+    these regions; other heads allow every vertex."""
+    if head.name != "open":
+        return None
+    try:
+        from avatar_core.head.open_head import open_head_metadata
+        regions = open_head_metadata().get("regions", {})
+    except Exception:  # noqa: BLE001 - an older cache without regions: no restriction
+        return None
+    V = head.num_vertices
+    eyes = np.zeros(V, bool)
+    inner = np.zeros(V, bool)
+    for key in ("eye_L", "eye_R"):
+        eyes[np.asarray(regions.get(key, []), dtype=np.int64)] = True
+    for key in ("tongue", "teeth_upper", "teeth_lower"):
+        inner[np.asarray(regions.get(key, []), dtype=np.int64)] = True
+    skin = ~(eyes | inner)
+    is_iris = np.asarray(landmark_ids) >= 468
+    return np.where(is_iris[:, None], eyes[None], skin[None])
 
 
 def landmark_embedding(head: HeadModel, embedding_file: Optional[str] = None) -> Embedding:
