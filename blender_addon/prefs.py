@@ -36,6 +36,9 @@ class _Defaults:
     quality = "default"
 
 
+_DEFAULTS = _Defaults()  # one instance, so scripts can change it (batch_render --device)
+
+
 def _prefs_class():
     class HeadSplatPreferences(bpy.types.AddonPreferences):
         bl_idname = ADDON_ID
@@ -83,7 +86,7 @@ def get():
     addon = bpy.context.preferences.addons.get(ADDON_ID)
     if addon is not None and addon.preferences is not None:
         return addon.preferences
-    return _Defaults()
+    return _DEFAULTS
 
 
 def head_spec(p=None) -> str:
