@@ -16,7 +16,6 @@ bones change. The maths is in the bpy-free ``avatar_data`` and ``convert`` modul
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from typing import Optional
 
@@ -32,19 +31,11 @@ log = logging.getLogger(__name__)
 RIG_NAME = "FLAME rig"
 
 
-@contextlib.contextmanager
-def object_mode(context):
-    """Leave edit/pose/... mode for the duration, restoring the active object afterwards."""
-    view_layer = context.view_layer
-    prev_active = view_layer.objects.active
-    prev_mode = context.mode
-    if prev_active is not None and prev_active.mode != "OBJECT":
+def leave_edit_modes(context) -> None:
+    """Back to Object mode (the builder needs it for the armature's edit bones)."""
+    active = context.view_layer.objects.active
+    if active is not None and active.mode != "OBJECT":
         bpy.ops.object.mode_set(mode="OBJECT")
-    try:
-        yield
-    finally:
-        if prev_active is not None and prev_active.name in view_layer.objects:
-            view_layer.objects.active = prev_active
 
 
 def build_avatar(context, avatar, name: str = "HeadSplat Avatar", source_path: str = "",
@@ -64,32 +55,32 @@ def build_avatar(context, avatar, name: str = "HeadSplat Avatar", source_path: s
     avatar = avatar.to("cpu")
     report(0.0, "computing point data")
     arr = scene_arrays(avatar)
-    with object_mode(context):
-        rig = _build_rig(context, collection, arr, avatar)
-        report(0.2, "building the point mesh")
-        ob = _build_points(collection, name, arr, rig)
-        report(0.4, "adding shape keys")
-        _add_shape_keys(ob, avatar, arr, lambda f: report(0.4 + 0.5 * f, "adding shape keys"))
-        mod_arm = ob.modifiers.new(nodes.ARMATURE_MODIFIER_NAME, "ARMATURE")
-        mod_arm.object = rig
-        mod_arm.use_vertex_groups = True
-        mod_arm.use_deform_preserve_volume = False
-        hs = ob.headsplat
-        hs.is_avatar = True
-        hs.rig = rig
-        hs.num_gaussians = avatar.num_gaussians
-        hs.num_layers = int(avatar.split_levels) + 1 if int((avatar.split_layer >= 0).sum()) else 0
-        levels = avatar.available_lods()
-        hs.lod_levels = ",".join(str(k) for k in levels)
-        hs.lod = max(levels)
-        hs.head_name = avatar.head_name
-        nodes.add_modifier(ob)
-        report(0.92, "storing the avatar data")
-        storage.set_source(ob, avatar=avatar, path=source_path, pack_data=pack, data=data)
-        for o in context.view_layer.objects:
-            o.select_set(False)
-        ob.select_set(True)
-        context.view_layer.objects.active = ob
+    leave_edit_modes(context)
+    rig = _build_rig(context, collection, arr, avatar)
+    report(0.2, "building the point mesh")
+    ob = _build_points(collection, name, arr, rig)
+    report(0.4, "adding shape keys")
+    _add_shape_keys(ob, avatar, arr, lambda f: report(0.4 + 0.5 * f, "adding shape keys"))
+    mod_arm = ob.modifiers.new(nodes.ARMATURE_MODIFIER_NAME, "ARMATURE")
+    mod_arm.object = rig
+    mod_arm.use_vertex_groups = True
+    mod_arm.use_deform_preserve_volume = False
+    hs = ob.headsplat
+    hs.is_avatar = True
+    hs.rig = rig
+    hs.num_gaussians = avatar.num_gaussians
+    hs.num_layers = int(avatar.split_levels) + 1 if int((avatar.split_layer >= 0).sum()) else 0
+    levels = avatar.available_lods()
+    hs.lod_levels = ",".join(str(k) for k in levels)
+    hs.lod = max(levels)
+    hs.head_name = avatar.head_name
+    nodes.add_modifier(ob)
+    report(0.92, "storing the avatar data")
+    storage.set_source(ob, avatar=avatar, path=source_path, pack_data=pack, data=data)
+    for o in context.view_layer.objects:
+        o.select_set(False)
+    ob.select_set(True)
+    context.view_layer.objects.active = ob
     report(1.0, "done")
     return ob
 
