@@ -132,6 +132,29 @@ class Trainer:
         self.loader = BatchLoader(dataset, self.sampler, workers=cfg.workers)
         self._csv = None
         self._tb = None
+        self._warm_renderer()
+
+    def _warm_renderer(self) -> None:
+        """Render one Gaussian on rank 0 before the others: gsplat JIT-compiles its CUDA kernels on
+        first use, and builds started by several processes at once can race."""
+        if self.device.type != "cuda":
+            return
+        from avatar_core.gaussians.frame import GaussianFrame
+        from avatar_core.render import orbit_camera, render
+
+        def one():
+            d = self.device
+            frame = GaussianFrame(torch.zeros(1, 1, 3, device=d), torch.tensor([[[1.0, 0, 0, 0]]], device=d),
+                                  torch.full((1, 1, 3), 0.01, device=d), torch.full((1, 1), 0.5, device=d),
+                                  torch.ones(1, 1, 3, device=d))
+            render(frame, orbit_camera(distance=1.0, width=16, height=16, device=d), with_depth=False)
+            torch.cuda.synchronize(d)
+
+        if self.dist.world > 1 and not self.dist.main:
+            dist.barrier()
+        one()
+        if self.dist.world > 1 and self.dist.main:
+            dist.barrier()
 
     # ------------------------------------------------------------------ logging
     def _log(self, row: Dict[str, float]) -> None:
