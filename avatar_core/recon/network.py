@@ -153,7 +153,6 @@ class FeedForwardNet(nn.Module):
                                       split_levels=cfg.split_levels, split_k=cfg.split_k, split_vertices=sv,
                                       shoulder_points=torch.zeros(P2, 3) if P2 else None,
                                       num_identity=self.rig.num_shape).to(dtype=torch.float32)
-        self._template.rig_template = self._template.rig_template.clone()
         counts = self.rig.counts
         starts = [sum(counts[:k]) for k in range(len(counts))]
         self.head_slices = [(s, s + c) for s, c in zip(starts, counts)]
