@@ -29,7 +29,7 @@ import torch
 from avatar_core.errors import ParameterError
 from avatar_core.gaussians.frame import GaussianFrame
 from avatar_core.head import lbs
-from avatar_core.head.model import JOINT_NAMES, check_param
+from avatar_core.head.model import JOINT_NAMES, check_param, expression_vector
 
 REGION_HEAD, REGION_SPLIT, REGION_SHOULDER = 0, 1, 2
 REGION_NAMES = ("head", "split", "shoulder")
@@ -199,18 +199,8 @@ class Avatar:
 
     # ------------------------------------------------------------------ animation
     def expression_vector(self, expression, batch: Optional[int]) -> torch.Tensor:
-        dev, dt = self.device, self.offset.dtype
-        if isinstance(expression, dict):
-            index = {n: i for i, n in enumerate(self.expr_names)}
-            out = torch.zeros(batch or 1, self.num_expr, device=dev, dtype=dt)
-            for name, value in expression.items():
-                if name not in index:
-                    raise ParameterError(
-                        f"Unknown expression name {name!r}: this avatar's head ({self.head_name}) uses "
-                        f"names such as {', '.join(self.expr_names[:4])}.")
-                out[:, index[name]] = float(value)
-            return out
-        return check_param("expression", expression, (self.num_expr,), batch, dev, dt)
+        return expression_vector(expression, self.expr_names, batch, self.device, self.offset.dtype,
+                                 f"this avatar's head ({self.head_name})")
 
     def deform_rig(self, expression=None, pose=None, translation=None, shape=None):
         """Deform the LOD-0 rig.  Returns (vertices [B, V0, 3], transforms [B, J, 4, 4])."""
@@ -219,22 +209,14 @@ class Avatar:
         e = self.expression_vector(expression, B)
         J = self.rig_weights.shape[1]
         theta = check_param("pose", pose, (J, 3), B, dev, dt)
-        v = self.rig_template[None] + lbs.blend_shapes(e, self.rig_exprdirs)
+        v = self.rig_template[None]
         if shape is not None:
             s = check_param("shape", shape, (self.rig_shapedirs.shape[-1],), B, dev, dt)
             v = v + lbs.blend_shapes(s, self.rig_shapedirs)
-        # joints[b, j, i] = sum_v R[j, v] * v[b, v, i]
-        joints = torch.einsum("jv,bvi->bji", self.rig_j_regressor, v)
-        rot = lbs.axis_angle_to_matrix(theta)
-        if self.rig_posedirs.shape[-1] > 0:
-            v = v + lbs.blend_shapes(lbs.pose_features(rot), self.rig_posedirs)
-        _, transforms = lbs.rigid_transforms(rot, joints, self.rig_parents)
-        verts, _ = lbs.skin(v, self.rig_weights, transforms)
-        if translation is not None:
-            t = check_param("translation", translation, (3,), B, dev, dt)
-            verts = verts + t[:, None]
-            transforms = transforms.clone()
-            transforms[..., :3, 3] = transforms[..., :3, 3] + t[:, None]
+        v = v.expand(B if B is not None else 1, -1, -1)
+        t = None if translation is None else check_param("translation", translation, (3,), B, dev, dt)
+        verts, _, transforms = lbs.deform(v, e, self.rig_exprdirs, self.rig_j_regressor, self.rig_posedirs,
+                                          self.rig_weights, self.rig_parents, theta, t)
         return verts, transforms
 
     def animate(self, expression=None, pose=None, translation=None, lod: int = 2,

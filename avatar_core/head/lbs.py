@@ -127,3 +127,32 @@ def skin(points: torch.Tensor, weights: torch.Tensor, transforms: torch.Tensor):
     T = torch.einsum("vj,bjrc->bvrc", weights, transforms[:, :, :3, :])
     posed = (T[..., :3] @ points[..., None])[..., 0] + T[..., 3]
     return posed, T
+
+
+def deform(v_rest: torch.Tensor, expression: torch.Tensor, exprdirs: torch.Tensor, j_regressor: torch.Tensor,
+           posedirs: torch.Tensor, weights: torch.Tensor, parents: torch.Tensor, pose: torch.Tensor,
+           translation: torch.Tensor = None):
+    """The whole FLAME-style deformation after identity: expression blend shapes, joint
+    regression, pose correctives, forward kinematics and skinning, then translation.
+
+    Args:
+        v_rest: [B, V, 3] template with identity applied; expression [B, E]; exprdirs [V, 3, E];
+        j_regressor [J, V]; posedirs [V, 3, P] (P may be 0); weights [V, J]; parents [J];
+        pose [B, J, 3] axis-angle; translation [B, 3] or None.
+    Returns:
+        vertices [B, V, 3], posed joints [B, J, 3], rest->posed transforms [B, J, 4, 4].
+    """
+    v = v_rest + blend_shapes(expression, exprdirs)
+    # joints[b, j, i] = sum_v R[j, v] * v[b, v, i]
+    joints = torch.einsum("jv,bvi->bji", j_regressor, v)
+    rot = axis_angle_to_matrix(pose)
+    if posedirs.shape[-1] > 0:
+        v = v + blend_shapes(pose_features(rot), posedirs)
+    posed_joints, transforms = rigid_transforms(rot, joints, parents)
+    verts, _ = skin(v, weights, transforms)
+    if translation is not None:
+        verts = verts + translation[:, None]
+        posed_joints = posed_joints + translation[:, None]
+        transforms = transforms.clone()
+        transforms[..., :3, 3] = transforms[..., :3, 3] + translation[:, None]
+    return verts, posed_joints, transforms

@@ -100,20 +100,8 @@ class HeadModel:
     # ---------------------------------------------------------------- parameters
     def expression_vector(self, expression, batch: Optional[int] = None) -> torch.Tensor:
         """Accepts a [B, E] / [E] tensor or a {name: value} dict; returns [B, E]."""
-        dev, dt = self.v_template.device, self.v_template.dtype
-        if expression is None:
-            return torch.zeros(batch or 1, self.num_expr, device=dev, dtype=dt)
-        if isinstance(expression, dict):
-            index = {n: i for i, n in enumerate(self.expr_names)}
-            out = torch.zeros(batch or 1, self.num_expr, device=dev, dtype=dt)
-            for name, value in expression.items():
-                if name not in index:
-                    raise ParameterError(
-                        f"Unknown expression name {name!r}: this head model ({self.name}) has "
-                        f"{self.num_expr} expressions such as {', '.join(list(self.expr_names)[:4])}.")
-                out[:, index[name]] = float(value)
-            return out
-        return check_param("expression", expression, (self.num_expr,), batch, dev, dt)
+        return expression_vector(expression, self.expr_names, batch, self.v_template.device,
+                                 self.v_template.dtype, f"this head model ({self.name})")
 
     # ---------------------------------------------------------------- forward
     def forward(self, shape=None, expression=None, pose=None, translation=None) -> HeadOutput:
@@ -133,21 +121,10 @@ class HeadModel:
         expr = self.expression_vector(expression, B)
         pose = check_param("pose", pose, (self.num_joints, 3), B, dev, dt)
         v = self.v_template[None] + lbs.blend_shapes(beta, self.shapedirs[..., : beta.shape[1]])
-        v = v + lbs.blend_shapes(expr, self.exprdirs)
-        # joints[b, j, i] = sum_v j_regressor[j, v] * v[b, v, i]
-        joints = torch.einsum("jv,bvi->bji", self.j_regressor, v)
-        rot = lbs.axis_angle_to_matrix(pose)  # [B, J, 3, 3]
-        if self.posedirs.shape[-1] > 0:
-            v = v + lbs.blend_shapes(lbs.pose_features(rot), self.posedirs)
-        posed_joints, transforms = lbs.rigid_transforms(rot, joints, self.parents)
-        verts, _ = lbs.skin(v, self.lbs_weights, transforms)
-        if translation is not None:
-            t = check_param("translation", translation, (3,), B, dev, dt)
-            verts = verts + t[:, None]
-            posed_joints = posed_joints + t[:, None]
-            transforms = transforms.clone()
-            transforms[..., :3, 3] = transforms[..., :3, 3] + t[:, None]
-        return HeadOutput(verts, posed_joints, transforms)
+        t = None if translation is None else check_param("translation", translation, (3,), B, dev, dt)
+        verts, joints, transforms = lbs.deform(v, expr, self.exprdirs, self.j_regressor, self.posedirs,
+                                               self.lbs_weights, self.parents, pose, t)
+        return HeadOutput(verts, joints, transforms)
 
     __call__ = forward
 
@@ -165,6 +142,24 @@ class HeadModel:
             shape = shape.expand(batch, -1)
         check_finite("shape", shape)
         return shape
+
+
+def expression_vector(expression, names: Sequence[str], batch: Optional[int], device, dtype,
+                      owner: str = "this head model") -> torch.Tensor:
+    """Expression coefficients [B, E] from a [B, E] / [E] tensor, a {name: value} dict or None."""
+    E = len(names)
+    if expression is None:
+        return torch.zeros(batch or 1, E, device=device, dtype=dtype)
+    if isinstance(expression, dict):
+        index = {n: i for i, n in enumerate(names)}
+        out = torch.zeros(batch or 1, E, device=device, dtype=dtype)
+        for name, value in expression.items():
+            if name not in index:
+                raise ParameterError(f"Unknown expression name {name!r}: {owner} has {E} expressions "
+                                     f"such as {', '.join(list(names)[:4])}.")
+            out[:, index[name]] = float(value)
+        return out
+    return check_param("expression", expression, (E,), batch, device, dtype)
 
 
 def batch_size(*params) -> int:

@@ -78,17 +78,8 @@ class HeadRig(nn.Module):
              translation: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """rest [B, V0, 3], expression [B, E], pose [B, J, 3], translation [B, 3]
         -> posed vertices [B, V0, 3], rest->posed joint transforms [B, J, 4, 4]."""
-        v = rest + lbs.blend_shapes(expression, self.exprdirs)
-        # joints[b, j, i] = sum_v R[j, v] * v[b, v, i]
-        joints = torch.einsum("jv,bvi->bji", self.j_regressor, v)
-        rot = lbs.axis_angle_to_matrix(pose)
-        if self.posedirs.shape[-1] > 0:
-            v = v + lbs.blend_shapes(lbs.pose_features(rot), self.posedirs)
-        _, transforms = lbs.rigid_transforms(rot, joints, self.parents)
-        verts, _ = lbs.skin(v, self.lbs_weights, transforms)
-        verts = verts + translation[:, None]
-        transforms = transforms.clone()
-        transforms[..., :3, 3] = transforms[..., :3, 3] + translation[:, None]
+        verts, _, transforms = lbs.deform(rest, expression, self.exprdirs, self.j_regressor, self.posedirs,
+                                          self.lbs_weights, self.parents, pose, translation)
         return verts, transforms
 
     def edges(self, level: int) -> torch.Tensor:
