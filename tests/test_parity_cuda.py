@@ -75,7 +75,7 @@ def _compare(name, frame, camera):
         loss.backward()
         outs[backend] = out
         grads[backend] = [t.grad for t in leaves]
-    a, b = outs["torch"], outs["gsplat"]
+    a, b = (type(o)(*(t.detach() for t in (o.image, o.alpha, o.depth))) for o in (outs["torch"], outs["gsplat"]))
     cover = (a.alpha > 0.5) & (b.alpha > 0.5)
     row = {
         "scene": name, "gaussians": frame.num, "channels": frame.channels,

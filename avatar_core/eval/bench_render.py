@@ -112,13 +112,16 @@ def _time_cpu(pipe, params, frames: int, warmup: int) -> Dict:
     n = expr.shape[0]
     for i in range(warmup):
         pipe(expr[i % n], pose[i % n], trans[i % n])
-    times = []
+    times, cpu = [], []
     for i in range(frames):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         pipe(expr[(warmup + i) % n], pose[(warmup + i) % n], trans[(warmup + i) % n])
         times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
     ms = statistics.median(times) * 1000.0
-    return {"ms_per_frame": ms, "fps": 1000.0 / ms, "ms_min": min(times) * 1000.0}
+    # cpu_ms: CPU time of this process per frame (all threads); less sensitive to other load
+    return {"ms_per_frame": ms, "fps": 1000.0 / ms, "ms_min": min(times) * 1000.0,
+            "cpu_ms": statistics.median(cpu) * 1000.0}
 
 
 def _time_backward(avatar, lod: int, camera, refiner, params, repeats: int, device) -> float:
@@ -221,7 +224,8 @@ def run_bench(device: str, lods: List[int], res: int, refiner_settings: List[boo
 def format_table(result: Dict) -> str:
     env = result["env"]
     head = (f"bench render on {env.get('gpu', 'CPU')} ({env['device']}, torch {env['torch']}, "
-            f"{env['threads']} threads, head {env['head']}, {env['channels']} channels)")
+            f"{env['threads']} threads, head {env['head']}, {env['channels']} channels"
+            + (f", load average {env['load_average'][0]:.1f}" if "load_average" in env else "") + ")")
     cols = ["LOD", "Gaussians", "res", "refiner", "mode", "ms/frame", "FPS"]
     width = max([10] + [len(r["mode"]) for r in result["rows"]])
     has_bw = any("fwd_bwd_ms" in r for r in result["rows"])

@@ -6,9 +6,19 @@ tile's list is sorted front to back, and the lists are composited in chunks of `
 splats for a group of tiles at a time, all pixels of a tile at once (tensors
 [tiles, K, pixels]). Per pixel, as in 3DGS/gsplat:
 
-    alpha_i = min(0.999, o_i exp(-sigma_i)),   skipped if sigma_i < 0 or alpha_i < 1/255
+    alpha_i = min(0.999, o_i exp(-sigma_i)),   skipped if alpha_i < 1/255
     T_i     = prod_{j<i} (1 - alpha_j);       stop (exclusive) once T_i (1 - alpha_i) <= 1e-4
     out     = sum_i f_i alpha_i T_i + T_final * background
+
+(gsplat also skips sigma_i < 0, which a positive-definite conic only produces by rounding at
+the very centre; we keep those.) Which tiles a splat is listed in does not change the result
+(its footprint rectangle covers every pixel where alpha >= 1/255), so the tile size is a speed
+knob only: 8x8 is fastest on CPUs, gsplat uses 16x16.
+
+Performance notes (one CPU thread, 512x512, 24k-Gaussian avatar: forward ~0.4 s, backward ~0.6 s
+of CPU time): sigma is evaluated as two broadcast [K, ts] terms plus one product per pixel;
+w_k = T_before - T_after avoids a multiply; pixel reductions in the backward are separable in
+rows and columns; everything per step is O(tiles x K x pixels), bounded by ``step_elements``.
 
 The backward pass is hand-written (:class:`_Composite`): it replays the forward chunks
 (so memory stays bounded, nothing per chunk is kept) and uses
@@ -32,7 +42,7 @@ log = logging.getLogger(__name__)
 DEFAULT_TILE = 8
 DEFAULT_CHUNK = 16
 # elements (tiles x K x pixels) of one compositing step; bounds the working memory
-# (about 15 float tensors of this size are live: 1M elements ~ 60 MB)
+# (about 10 float tensors of this size are live: 1M elements ~ 40 MB)
 DEFAULT_STEP_ELEMENTS = 1 << 20
 
 

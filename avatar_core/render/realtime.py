@@ -126,7 +126,7 @@ class FramePipeline:
         from avatar_core.render import render
         f = GaussianFrame(frame.means, frame.quats, frame.scales, frame.opacities, feats)
         return render(f, cam, background=self.background, backend="torch", with_depth=False,
-                      check_finite=False, tile_size=8, chunk=16).image
+                      check_finite=False).image
 
     def _refine(self, img: torch.Tensor) -> torch.Tensor:
         if self.refiner is None:
