@@ -305,3 +305,51 @@ def test_gradients_match_finite_differences():
 
     inputs = tuple(t.clone().requires_grad_(True) for t in (f.means, f.quats, f.scales, f.opacities, f.features))
     assert torch.autograd.gradcheck(fn, inputs, eps=1e-7, atol=1e-6, rtol=1e-4)
+
+
+# ------------------------------------------------------------------------------------------
+# pieces of the real-time path that run on the CPU too
+# ------------------------------------------------------------------------------------------
+def test_static_binning_matches_sorted_tile_lists():
+    """cuda_backend's fixed-capacity binning (pure torch) lists the same splats per tile, front to back."""
+    from avatar_core.render.rasterize_torch import bin_splats
+    from cuda_backend.static_binning import bin_static, count_intersections
+    f = random_cloud(300, batch=2, seed=11, dtype=torch.float32)
+    cam = orbit_camera(distance=0.5, yaw_deg=[0.0, 30.0], fov_deg=20, width=70, height=50)
+    sp = project_gaussians(f.means, f.quats, f.scales, f.opacities, cam.viewmat, cam.K, 70, 50)
+    total = int(count_intersections(sp.means2d, sp.radii, 70, 50, 16))
+    offsets, flat_ids, overflow = bin_static(sp.means2d, sp.radii, sp.depths, 70, 50, 16, total + 50)
+    assert not bool(overflow)
+    bi, ni = torch.nonzero(sp.visible, as_tuple=True)
+    ref = bin_splats(sp.means2d[bi, ni], sp.radii[bi, ni], sp.depths[bi, ni], bi, 2, 70, 50, 16)
+    ends = torch.cat([offsets.reshape(-1)[1:].long(), torch.tensor([flat_ids.numel()])])
+    for t, start in enumerate(offsets.reshape(-1).long().tolist()):
+        mine = flat_ids[start:ends[t]].long()
+        theirs = (bi * 300 + ni)[ref.gauss[ref.starts[t]:ref.starts[t] + ref.counts[t]]]
+        assert torch.equal(mine, theirs)
+    assert bool(bin_static(sp.means2d, sp.radii, sp.depths, 70, 50, 16, total - 1)[2])  # overflow flagged
+
+
+def test_frame_pipeline_cpu_matches_render_and_refine():
+    from avatar_core.gaussians.avatar import Avatar
+    from avatar_core.head.synthetic import make_test_head
+    from avatar_core.render.realtime import FramePipeline
+    from avatar_core.render.refiner import Refiner, RefinerConfig, refine
+    avatar = Avatar.synthetic(make_test_head(subdivisions=2), channels=8, lods=(0,))
+    cam = orbit_camera(distance=0.9, focal=60.0, width=24, height=24)
+    e = torch.full((1, avatar.num_expr), 0.3)
+    frame = avatar.animate(expression=e, lod=0)
+    refiner = Refiner(RefinerConfig(in_channels=8, widths=(8, 8, 8)))
+    torch.nn.init.normal_(refiner.head.weight, std=0.1)
+    for ref in (None, refiner):
+        pipe = FramePipeline(avatar, cam, lod=0, refiner=ref, background=1.0)
+        assert pipe.mode == "eager" and pipe.backend == "torch"
+        rgb = pipe(e)
+        bg = torch.zeros(8)
+        bg[:3] = 1.0
+        with torch.no_grad():
+            expected = refine(render(frame, cam, background=bg).image, ref)
+        assert rgb.shape == (1, 24, 24, 3)
+        assert torch.allclose(rgb, expected, atol=1e-5)
+    with pytest.raises(ParameterError, match="expression"):
+        pipe(torch.full((1, avatar.num_expr), float("nan")))
