@@ -1,0 +1,506 @@
+"""Initialising an avatar's Gaussians from the photo, before any optimisation.
+
+* **Head and split Gaussians (OAFF's idea, without a network).** Each Gaussian is placed on
+  the fitted mesh and projected into the source camera. The mesh's depth buffer says
+  whether the photo sees it; seen ones take the photo's colour (blurred to the Gaussian's
+  footprint), weighted by how squarely the surface faces the camera. Unseen ones take the
+  colour of their mirror image across the head's symmetry plane when that is seen, and
+  otherwise the colour of the nearest seen Gaussian, smoothed over their neighbours (a
+  harmonic-style fill: the back of the head continues the hair and neck it meets).
+* **Shoulder/hair plane (OMG's multi-region idea).** Pixels of the person matte that the
+  head mesh does not cover get one Gaussian per ``stride`` x ``stride`` cell, on the cell's
+  viewing ray. The depth along the ray comes from the nearest head depth close to the head
+  (hair) and a plane through the head centre, curved back at the sides, far from it
+  (shoulders), smoothed so that neighbouring Gaussians never tear apart in a turned view.
+  Plane Gaussians above the chin are bound to the head (they turn with it); the rest to
+  the root joint.
+
+Shapes: S crop size, N Gaussians, V0/F0 LOD-0 vertices/faces.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from typing import Dict, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from avatar_core.gaussians.avatar import REGION_HEAD, REGION_SHOULDER, Avatar, face_frames
+from avatar_core.head import lbs
+from avatar_core.head.model import HeadModel
+from avatar_core.render.camera import Camera
+from avatar_core.render.mesh import MeshRaster, rasterize_mesh
+
+log = logging.getLogger(__name__)
+
+EYE_MOUTH_WORDS = ("eye", "mouth", "brow", "cheek", "lip", "smile", "blink", "squint")
+
+
+@dataclasses.dataclass
+class SourceView:
+    """The photo as the optimisation sees it.
+
+    image [S, S, 3] and alpha [S, S] float tensors in [0, 1]; camera batch 1 at S x S;
+    params: expression [1, E], pose [1, J, 3], translation [1, 3] reproducing the fitted head.
+    """
+
+    image: torch.Tensor
+    alpha: torch.Tensor
+    camera: Camera
+    params: Dict[str, torch.Tensor]
+
+    @property
+    def size(self) -> int:
+        return int(self.image.shape[0])
+
+    def resized(self, size: int):
+        """(image [s, s, 3], alpha [s, s], camera) at another resolution (area-filtered)."""
+        if size == self.size:
+            return self.image, self.alpha, self.camera
+        x = torch.cat([self.image, self.alpha[..., None]], -1).permute(2, 0, 1)[None]
+        y = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        y = y[0].permute(1, 2, 0).clamp(0.0, 1.0)
+        return y[..., :3].contiguous(), y[..., 3].contiguous(), self.camera.scaled(size, size)
+
+
+def split_vertices(head: HeadModel, fraction: float) -> torch.Tensor:
+    """LOD-0 vertex ids of the eyes/mouth region for the split layers (SplitAvatar's G0).
+
+    Each eye, brow, cheek and mouth expression's displacement is normalised by its largest
+    one (so a blink counts as much as a smile), a vertex's activity is its largest normalised
+    displacement, and the ``fraction`` of vertices with the highest activity is returned.
+    Jaw expressions move the whole chin rigidly and are left out; for FLAME's unnamed
+    expressions every expression counts.
+    """
+    names = [n.lower() for n in head.expr_names]
+    pick = [i for i, n in enumerate(names) if any(w in n for w in EYE_MOUTH_WORDS) and not n.startswith("jaw")]
+    if len(pick) < 4:
+        pick = list(range(len(names)))
+    disp = head.exprdirs[..., pick].norm(dim=1)  # [V, E']
+    act = (disp / disp.amax(0).clamp_min(1e-12)).amax(1)  # [V]
+    k = max(1, int(round(fraction * head.num_vertices)))
+    return torch.topk(act, k).indices.sort().values
+
+
+def source_raster(avatar: Avatar, view: SourceView) -> tuple:
+    """The fitted LOD-0 mesh at the source pose, rasterised at the crop size.
+
+    Returns (vertices [V0, 3], raster MeshRaster [S, S]).
+    """
+    with torch.no_grad():
+        verts, _ = avatar.deform_rig(**view.params)
+    v = verts[0]
+    cam = view.camera
+    ras = rasterize_mesh(v, avatar.rig_faces, cam.K[0], cam.viewmat[0], cam.width, cam.height)
+    return v, ras
+
+
+def _blurred(image: torch.Tensor, sigma: float) -> torch.Tensor:
+    """[S, S, C] Gaussian-blurred (reflect borders)."""
+    if sigma < 0.3:
+        return image
+    r = max(1, int(math.ceil(2.5 * sigma)))
+    x = torch.arange(-r, r + 1, dtype=image.dtype)
+    w = torch.exp(-0.5 * (x / sigma) ** 2)
+    w = w / w.sum()
+    C = image.shape[-1]
+    t = image.permute(2, 0, 1)[None]
+    t = F.pad(t, (r, r, r, r), mode="reflect")
+    t = F.conv2d(t, w.view(1, 1, 1, -1).expand(C, 1, 1, -1), groups=C)
+    t = F.conv2d(t, w.view(1, 1, -1, 1).expand(C, 1, -1, 1), groups=C)
+    return t[0].permute(1, 2, 0)
+
+
+def sample_image(image: torch.Tensor, uv: torch.Tensor) -> torch.Tensor:
+    """Bilinear samples of [H, W, C] at pixel coordinates uv [N, 2] (integer = pixel centre)."""
+    H, W = image.shape[:2]
+    gx = uv[:, 0] / max(W - 1, 1) * 2 - 1
+    gy = uv[:, 1] / max(H - 1, 1) * 2 - 1
+    grid = torch.stack([gx, gy], -1)[None, None]
+    out = F.grid_sample(image.permute(2, 0, 1)[None], grid, mode="bilinear", padding_mode="border",
+                        align_corners=True)
+    return out[0, :, 0].T
+
+
+@dataclasses.dataclass
+class Visibility:
+    """Per Gaussian, at the source pose: facing [N] = cos(normal, direction to the camera)
+    (1 for non-surface Gaussians), seen [N] bool (the depth buffer agrees), uv [N, 2], z [N]."""
+
+    facing: torch.Tensor
+    seen: torch.Tensor
+    uv: torch.Tensor
+    z: torch.Tensor
+
+
+def gaussian_visibility(avatar: Avatar, view: SourceView, raster: MeshRaster,
+                        verts: torch.Tensor, tolerance: float = 0.004) -> Visibility:
+    """Which Gaussians the photo sees (depth buffer), and how squarely (face normal)."""
+    N = avatar.num_gaussians
+    with torch.no_grad():
+        frame = avatar.animate(**view.params, index=torch.arange(N, device=avatar.device))
+        p = frame.means[0]
+        cam = view.camera
+        uv, z = cam.project(p[None])
+        uv, z = uv[0], z[0]
+        frames = face_frames(verts[None], avatar.rig_faces)[0]  # [F0, 3, 3]
+        has_face = avatar.frame_face >= 0
+        n = frames[avatar.frame_face.clamp_min(0), :, 2]
+        to_cam = cam.position[0][None] - p
+        to_cam = to_cam / to_cam.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        facing = torch.where(has_face, (n * to_cam).sum(-1), torch.ones_like(z))
+        S = cam.width
+        j = torch.round(uv[:, 0]).long()
+        i = torch.round(uv[:, 1]).long()
+        inside = (j >= 0) & (j < S) & (i >= 0) & (i < cam.height) & (z > 1e-3)
+        zb = torch.full_like(z, float("inf"))
+        zb[inside] = raster.depth.float()[i[inside], j[inside]]
+        seen = inside & (z <= zb + tolerance) & (facing > 0.0)
+    return Visibility(facing, seen, uv, z)
+
+
+def _knn_tree(points: np.ndarray):
+    from scipy.spatial import cKDTree
+    return cKDTree(points)
+
+
+def _rest_positions(avatar: Avatar, idx: torch.Tensor) -> torch.Tensor:
+    """Rest-space surface points of face-bound Gaussians idx: [n, 3]."""
+    ids = avatar.bind_ids[idx]
+    b = avatar.bind_bary[idx]
+    return (avatar.rig_template[ids] * b[..., None]).sum(1)
+
+
+def init_colours(avatar: Avatar, view: SourceView, vis: Visibility, groups: Dict[str, torch.Tensor],
+                 footprint_px: Dict[str, float], fill_from: Optional[str] = None) -> Dict[str, torch.Tensor]:
+    """Set RGB of face-bound Gaussian groups from the photo (direct, mirrored, filled).
+
+    Args:
+        groups: name -> Gaussian indices (e.g. "lod0", "lod1", "lod2", "split").
+        footprint_px: name -> blur sigma in crop pixels matching the Gaussians' size.
+        fill_from: the group whose final colours fill Gaussians no view sees (for groups
+            without a meaningful mirror, e.g. split layers); None = each group fills itself.
+    Returns:
+        name -> confidence [n] in [0, 1] of the photo evidence used.
+    """
+    confidence = {}
+    pyramid = {}
+    for name, idx in groups.items():
+        if idx.numel() == 0:
+            continue
+        sigma = round(footprint_px.get(name, 0.0) * 2) / 2
+        if sigma not in pyramid:
+            pyramid[sigma] = _blurred(view.image, sigma)
+        img = pyramid[sigma]
+        col = sample_image(img, vis.uv[idx])
+        conf = vis.seen[idx].float() * ((vis.facing[idx] - 0.05) / 0.35).clamp(0.0, 1.0)
+        # a Gaussian seen where the matte says "background" is a mesh part outside the person
+        a = sample_image(view.alpha[..., None], vis.uv[idx])[:, 0]
+        conf = conf * (a > 0.5).float()
+        rest = _rest_positions(avatar, idx).cpu().numpy()
+        tree = _knn_tree(rest)
+        if name.startswith("lod"):
+            # mirror across x = 0 (the head model's symmetry plane)
+            mirrored = rest * np.array([-1.0, 1.0, 1.0])
+            dist, mi = tree.query(mirrored, k=1)
+            mi = torch.as_tensor(mi, device=idx.device)
+            conf_m = conf[mi] * 0.8 * (1.0 - conf)
+            col_m = col[mi]
+        else:
+            conf_m = torch.zeros_like(conf)
+            col_m = col
+        wsum = conf + conf_m
+        out = (col * conf[:, None] + col_m * conf_m[:, None]) / wsum.clamp_min(1e-6)[:, None]
+        known = wsum > 0.15
+        if fill_from is not None and not name.startswith("lod") and fill_from in groups:
+            src = groups[fill_from]
+            src_rest = _rest_positions(avatar, src).cpu().numpy()
+            _, nn = _knn_tree(src_rest).query(rest[~known.cpu().numpy()], k=1)
+            out[~known] = avatar.features[src[torch.as_tensor(nn, device=idx.device)], :3]
+        elif bool(known.any()) and not bool(known.all()):
+            out = _fill(rest, out, known)
+        elif not bool(known.any()):
+            out[:] = torch.tensor([0.6, 0.45, 0.38], dtype=out.dtype)
+        avatar.features[idx, :3] = out.clamp(0.0, 1.0).to(avatar.features.dtype)
+        confidence[name] = wsum.clamp(0.0, 1.0)
+    return confidence
+
+
+def _fill(rest: np.ndarray, colours: torch.Tensor, known: torch.Tensor, iterations: int = 12) -> torch.Tensor:
+    """Nearest-known colour for unknown points, then smoothed among unknown neighbours."""
+    kn = known.cpu().numpy()
+    tree_known = _knn_tree(rest[kn])
+    _, nn = tree_known.query(rest[~kn], k=4)
+    known_idx = torch.as_tensor(np.nonzero(kn)[0])
+    out = colours.clone()
+    out[~known] = colours[known_idx[torch.as_tensor(nn)]].mean(1)
+    # a few Jacobi sweeps over the 6 nearest neighbours of each unknown point
+    _, nb = _knn_tree(rest).query(rest[~kn], k=7)
+    nb = torch.as_tensor(nb[:, 1:]).reshape(-1)
+    unk = torch.nonzero(~known)[:, 0]
+    vals = out[unk]
+    for _ in range(iterations):
+        out[unk] = vals
+        vals = 0.5 * vals + 0.5 * out.index_select(0, nb).view(-1, 6, out.shape[1]).mean(1)
+    out[unk] = vals
+    return out
+
+
+def unique_edges(faces: torch.Tensor) -> torch.Tensor:
+    """Unique undirected edges [E, 2] (rows sorted, lexicographic order), the same as
+    ``head.lod.edges_of`` but through a 1-D unique on a packed key (much faster)."""
+    e = torch.cat([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]], 0)
+    e = torch.sort(e, dim=1).values
+    n = int(faces.max()) + 1 if faces.numel() else 1
+    key = torch.unique(e[:, 0] * n + e[:, 1])
+    return torch.stack([torch.div(key, n, rounding_mode="floor"), key % n], 1)
+
+
+def subdivide_faces(faces: torch.Tensor, num_vertices: int):
+    """One midpoint subdivision step, vertex numbering as ``head.lod.subdivide_once``:
+    returns (faces [4F, 3], edges [E, 2]); new vertex ``num_vertices + e`` splits edge e."""
+    edges = unique_edges(faces)
+    V = num_vertices
+    key = edges[:, 0] * (V + 1) + edges[:, 1]  # sorted, since edges are in lexicographic order
+
+    def mid(a, b):
+        k = torch.minimum(a, b) * (V + 1) + torch.maximum(a, b)
+        return V + torch.searchsorted(key, k)
+
+    a, b, c = faces.unbind(1)
+    ab, bc, ca = mid(a, b), mid(b, c), mid(c, a)
+    new_faces = torch.stack([torch.stack([a, ab, ca], 1), torch.stack([ab, b, bc], 1),
+                             torch.stack([ca, bc, c], 1), torch.stack([ab, bc, ca], 1)], 1).reshape(-1, 3)
+    return new_faces, edges
+
+
+@dataclasses.dataclass
+class LodChain:
+    """Faces of every LOD and the edges each subdivision step splits: faces[k] [F_k, 3],
+    edges[k] [E_k, 2] (LOD k -> k+1), counts[k] vertices of LOD k."""
+
+    faces: list
+    edges: list
+    counts: list
+
+
+def lod_chain(faces0: torch.Tensor, num_vertices0: int, max_lod: int) -> LodChain:
+    faces, edges, counts = [faces0.cpu()], [], [num_vertices0]
+    for _ in range(max_lod):
+        f, e = subdivide_faces(faces[-1], counts[-1])
+        faces.append(f)
+        edges.append(e)
+        counts.append(counts[-1] + e.shape[0])
+    return LodChain(faces, edges, counts)
+
+
+def local_edge_length(rest: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
+    """Mean length of the edges at each vertex: rest [V, 3], faces [F, 3] -> [V]."""
+    e = unique_edges(faces)
+    ln = (rest[e[:, 0]] - rest[e[:, 1]]).norm(dim=-1)
+    V = rest.shape[0]
+    s = torch.zeros(V, dtype=rest.dtype).index_add_(0, e[:, 0], ln).index_add_(0, e[:, 1], ln)
+    c = torch.zeros(V, dtype=rest.dtype).index_add_(0, e[:, 0], torch.ones_like(ln)) \
+        .index_add_(0, e[:, 1], torch.ones_like(ln))
+    return s / c.clamp_min(1)
+
+
+def init_head_scales(avatar: Avatar, chain: LodChain, lods) -> Dict[int, float]:
+    """Disc-shaped head Gaussians sized to their LOD's local edge length.
+
+    Returns the median edge length (metres) of each LOD.
+    """
+    med = {}
+    for k in lods:
+        idx = torch.nonzero((avatar.lod == k) & (avatar.region == REGION_HEAD))[:, 0]
+        assert idx.numel() == chain.counts[k], "head Gaussians of an LOD must follow its vertex order"
+        rest = _rest_positions(avatar, idx).cpu()
+        edge = local_edge_length(rest, chain.faces[k])
+        s = (0.55 * edge).clamp_min(1e-4).to(avatar.log_scale)
+        avatar.log_scale[idx, 0] = s.log()
+        avatar.log_scale[idx, 1] = s.log()
+        avatar.log_scale[idx, 2] = (0.25 * s).log()
+        med[k] = float(edge.median())
+    return med
+
+
+# ------------------------------------------------------------------------------------ plane
+@dataclasses.dataclass
+class PlanePoints:
+    """Shoulder/hair Gaussians in world space at the source pose.
+
+    points [M, 3]; colours [M, 3]; opacity [M]; scale [M] in-plane sigma (metres);
+    normal [M, 3] unit viewing-ray directions; head_bound [M] bool (hair: follows the head).
+    """
+
+    points: torch.Tensor
+    colours: torch.Tensor
+    opacity: torch.Tensor
+    scale: torch.Tensor
+    normal: torch.Tensor
+    head_bound: torch.Tensor
+
+    @property
+    def count(self) -> int:
+        return int(self.points.shape[0])
+
+
+def plane_points(view: SourceView, raster: MeshRaster, verts: torch.Tensor, chin_y: float,
+                 stride: int, face_width_px: float) -> PlanePoints:
+    """Gaussians for the matte pixels outside the head mesh, on an image-aligned plane.
+
+    Args:
+        raster: the LOD-0 mesh at the source pose (crop size).
+        verts: [V0, 3] posed LOD-0 vertices (world).
+        chin_y: world y below which plane Gaussians count as shoulders (bound to the root).
+        stride: cell size in crop pixels.
+        face_width_px: the face's width in crop pixels (sets how far "near the head" reaches).
+    """
+    from scipy import ndimage
+
+    cam = view.camera
+    S = cam.width
+    s = int(stride)
+    n = S // s
+    crop = n * s
+    img = view.image[:crop, :crop]
+    alpha = view.alpha[:crop, :crop]
+    head = raster.mask[:crop, :crop].cpu().numpy()
+    depth = raster.depth[:crop, :crop].float().cpu().numpy()
+    # cell averages
+    cell_rgb = img.reshape(n, s, n, s, 3).mean((1, 3))
+    cell_a = alpha.reshape(n, s, n, s).mean((1, 3))
+    head_eroded = ndimage.binary_erosion(head, iterations=max(1, s // 2))
+    cell_head = head_eroded.reshape(n, s, n, s).mean((1, 3)) > 0.5
+    keep = (cell_a.cpu().numpy() > 0.15) & ~cell_head
+    # camera-space z of the head centre: the median depth of the visible head pixels, pushed back
+    # by a third of the head's depth extent (visible surface -> centre)
+    with torch.no_grad():
+        pc = cam.world_to_camera(verts[None])[0]
+    z_centre = float(0.5 * (pc[:, 2].min() + pc[:, 2].max()))
+    # nearest head pixel's depth, at full resolution
+    if head.any():
+        dist, (ii, jj) = ndimage.distance_transform_edt(~head, return_indices=True)
+        near_depth = depth[ii, jj]
+    else:
+        dist = np.full(head.shape, 1e6)
+        near_depth = np.full(head.shape, z_centre)
+    near_depth = np.minimum(near_depth, z_centre + 0.05)
+    reach = max(0.35 * face_width_px, 4.0)
+    w = np.exp(-dist / reach)
+    zmap = w * near_depth + (1 - w) * z_centre
+    # shoulders curve back at the sides (a cylinder of radius ~0.22 m about the body's axis)
+    fx = float(cam.fx[0])
+    cx, cy = float(cam.cx[0]), float(cam.cy[0])
+    u = np.arange(crop)[None, :].repeat(crop, 0).astype(np.float64)
+    v = np.arange(crop)[:, None].repeat(crop, 1).astype(np.float64)
+    head_u = float(pc[:, 0].mean() / pc[:, 2].mean() * fx + cx)
+    x_m = (u - head_u) * zmap / fx
+    zmap = zmap + (1 - w) * 0.5 * x_m ** 2 / 0.22
+    # smooth over the person (normalised convolution), so neighbouring cells never tear apart
+    person = (alpha.cpu().numpy() > 0.1) | head
+    sig = max(2.0, 0.03 * S)
+    num = ndimage.gaussian_filter(zmap * person, sig)
+    den = ndimage.gaussian_filter(person.astype(np.float64), sig)
+    zs = np.where(den > 1e-6, num / np.maximum(den, 1e-6), zmap)
+    zcell = zs.reshape(n, s, n, s).mean((1, 3))
+    ci, cj = np.nonzero(keep)
+    if ci.size == 0:
+        e = torch.zeros(0, 3)
+        return PlanePoints(e, e.clone(), torch.zeros(0), torch.zeros(0), e.clone(), torch.zeros(0, dtype=torch.bool))
+    uc = cj * s + (s - 1) / 2.0
+    vc = ci * s + (s - 1) / 2.0
+    z = zcell[ci, cj]
+    dt = verts.dtype
+    fy = float(cam.fy[0])
+    p_cam = torch.tensor(np.stack([(uc - cx) / fx * z, (vc - cy) / fy * z, z], -1), dtype=dt)
+    R = cam.viewmat[0, :3, :3].to(dt)
+    t = cam.viewmat[0, :3, 3].to(dt)
+    p_world = (p_cam - t) @ R  # R^T (p - t), row vectors
+    ray = p_world - cam.position[0].to(dt)
+    ray = ray / ray.norm(dim=-1, keepdim=True)
+    colours = cell_rgb[torch.as_tensor(ci), torch.as_tensor(cj)].to(dt)
+    opac = cell_a[torch.as_tensor(ci), torch.as_tensor(cj)].to(dt).clamp(0.05, 0.97)
+    scale = torch.tensor(0.62 * s * z / fx, dtype=dt)
+    # hair follows the head: cells above the chin and near the head (shoulders further out
+    # stay with the body even where they rise above the chin)
+    near_head = torch.as_tensor(dist[ci * s + s // 2, cj * s + s // 2] < 0.45 * face_width_px)
+    head_bound = (p_world[:, 1] > chin_y) & near_head
+    return PlanePoints(p_world, colours, opac, scale, ray, head_bound)
+
+
+def _frame_from_normal(normal: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+    """Rotation matrices [M, 3, 3] whose third column is ``normal`` and first is ``right``
+    made orthogonal to it."""
+    x = right - (right * normal).sum(-1, keepdim=True) * normal
+    x = x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    y = torch.cross(normal, x, dim=-1)
+    return torch.stack([x, y, normal], -1)
+
+
+def attach_plane(avatar: Avatar, plane: PlanePoints, view: SourceView, verts: torch.Tensor,
+                 bind_faces: torch.Tensor) -> None:
+    """Write the plane Gaussians' attributes into the avatar's region-2 Gaussians.
+
+    The avatar must have been built with ``plane.count`` shoulder points (in the same order);
+    head-bound ones are re-bound to the nearest of ``bind_faces`` (LOD-0 face ids).
+    """
+    idx = torch.nonzero(avatar.region == REGION_SHOULDER)[:, 0]
+    assert idx.numel() == plane.count
+    dt = avatar.offset.dtype
+    cam_right = view.camera.viewmat[0, 0, :3].to(dt)  # the camera's x axis in world coordinates
+    R_world = _frame_from_normal(plane.normal.to(dt), cam_right.expand(plane.count, 3))
+    # root-bound: the root frame is the identity at the source pose (root pose 0, no translation)
+    off = plane.points.to(dt).clone()
+    quat = lbs.matrix_to_quaternion(R_world)
+    hb = torch.nonzero(plane.head_bound)[:, 0]
+    if hb.numel() and bind_faces.numel():
+        faces = avatar.rig_faces[bind_faces]
+        centres = verts[faces].mean(1)  # [Fb, 3]
+        _, nn = _knn_tree(centres.cpu().numpy()).query(plane.points[hb].cpu().numpy(), k=1)
+        f = bind_faces[torch.as_tensor(nn)]
+        frames = face_frames(verts[None], avatar.rig_faces)[0][f]  # [h, 3, 3]
+        ids = avatar.rig_faces[f]
+        bary = torch.full((hb.numel(), 3), 1.0 / 3.0, dtype=dt)
+        surf = verts[ids].mean(1)
+        # offset in the face frame: R^T (p - surf); rotation: R^T R_world
+        off[hb] = (frames.transpose(1, 2) @ (plane.points[hb].to(dt) - surf)[..., None])[..., 0]
+        quat[hb] = lbs.matrix_to_quaternion(frames.transpose(1, 2) @ R_world[hb])
+        gi = idx[hb]
+        avatar.bind_ids[gi] = ids.to(avatar.bind_ids)
+        avatar.bind_bary[gi] = bary
+        avatar.frame_face[gi] = f.to(avatar.frame_face)
+    avatar.offset[idx] = off
+    avatar.rotation[idx] = quat
+    s = plane.scale.to(dt)
+    avatar.log_scale[idx] = torch.stack([s, s, 0.2 * s], -1).log()
+    avatar.opacity_logit[idx] = torch.logit(plane.opacity.to(dt))
+    avatar.features[idx, :3] = plane.colours.to(dt)
+
+
+def hair_bind_faces(head: HeadModel, verts: torch.Tensor) -> torch.Tensor:
+    """LOD-0 faces that hair may be bound to: skull faces (skinned to the neck joint, moved
+    little by expressions, not the eyes), so bound hair turns rigidly with the head."""
+    w = head.lbs_weights
+    skull_v = w[:, 1] > 0.9
+    act = head.exprdirs.norm(dim=1).sum(-1)
+    quiet_v = act <= torch.quantile(act, 0.5)
+    ok_v = skull_v & quiet_v
+    faces = head.faces
+    ok = ok_v[faces].all(1)
+    ids = torch.nonzero(ok)[:, 0]
+    if ids.numel() < 16:
+        ids = torch.nonzero(skull_v[faces].all(1))[:, 0]
+    return ids
+
+
+def chin_height(head: HeadModel, verts: torch.Tensor) -> float:
+    """World y of the chin at the source pose: the lowest vertex skinned mostly to the jaw."""
+    jaw = head.lbs_weights[:, 2] > 0.5
+    if not bool(jaw.any()):
+        return float(verts[:, 1].min())
+    return float(verts[jaw, 1].min())

@@ -1,0 +1,273 @@
+"""``reconstruct``: one photo -> an animatable multi-LOD Gaussian head avatar (optimisation).
+
+Stages (each timed in the report): head model, face (detect, landmarks, crop, matte), fit
+(camera, identity, expression, pose), init (Gaussians from the photo, see ``recon.init``),
+optimise (differentiable rendering coarse to fine, see ``recon.optimise``), refiner (trained
+jointly and kept only if it helps held-out pixels, see ``recon.refine``), evaluate, save.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Optional, Tuple, Union
+
+import numpy as np
+import torch
+
+from avatar_core.errors import AvatarError, ParameterError
+from avatar_core.eval.metrics import psnr, ssim
+from avatar_core.gaussians.avatar import REGION_HEAD, REGION_SHOULDER, Avatar
+from avatar_core.gaussians.build import build_avatar
+from avatar_core.head.model import HeadModel
+from avatar_core.progress import Progress, as_progress
+from avatar_core.recon.config import ReconConfig, get_config
+from avatar_core.recon.init import (SourceView, attach_plane, chin_height, gaussian_visibility, hair_bind_faces,
+                                    init_colours, init_head_scales, lod_chain, plane_points, split_vertices)
+from avatar_core.recon.optimise import BACKGROUND, PhotoFit, holdout_grid, transfer_lod
+from avatar_core.recon.report import ReconReport
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(name) -> torch.device:
+    if isinstance(name, torch.device):
+        return name
+    if name in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ParameterError("device 'cuda' was asked for, but no CUDA GPU is available to PyTorch; use 'cpu'.")
+    if name not in ("cpu", "cuda"):
+        raise ParameterError(f"device must be auto, cpu or cuda, not {name!r}.")
+    return torch.device(name)
+
+
+class _Timer:
+    def __init__(self, timings: dict):
+        self.timings = timings
+
+    @contextlib.contextmanager
+    def __call__(self, name: str):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - t0
+
+
+def _load_head(head) -> HeadModel:
+    if isinstance(head, HeadModel):
+        return head
+    from avatar_core.head import load_head
+    return load_head(head)
+
+
+def source_view(portrait, fit) -> SourceView:
+    """The portrait crop and the fitted camera/parameters as tensors."""
+    image = torch.as_tensor(np.ascontiguousarray(portrait.image), dtype=torch.float32)
+    alpha = torch.as_tensor(np.ascontiguousarray(portrait.alpha), dtype=torch.float32)
+    if hasattr(fit, "frame_params"):      # FitResult over T frames (T = 1 for a photo)
+        params, camera = fit.frame_params(0), fit.frame_camera(0)
+    else:
+        params, camera = fit.params(), fit.camera
+    params = {k: v.detach().float().reshape(1, *v.shape[-2 if k == "pose" else -1:]) for k, v in params.items()}
+    return SourceView(image, alpha, camera, params)
+
+
+def initial_avatar(head: HeadModel, fit, view: SourceView, cfg: ReconConfig):
+    """Build the avatar on the fitted head and initialise every Gaussian from the photo.
+
+    Returns (avatar, facing [N]: cosine between each Gaussian's surface normal and the
+    direction to the source camera, 1 for the plane ones; the LodChain of the head).
+    """
+    shape = fit.shape.float()
+    with torch.no_grad():
+        out = head(shape=shape[None], **view.params)
+    verts = out.vertices[0]
+    from avatar_core.render.mesh import rasterize_mesh
+    cam = view.camera
+    raster = rasterize_mesh(verts, head.faces, cam.K[0], cam.viewmat[0], cam.width, cam.height)
+    chain = lod_chain(head.faces, head.num_vertices, max(cfg.lods))
+    box = np.asarray(fit.face_size_px)
+    plane = plane_points(view, raster, verts, chin_height(head, verts), cfg.plane_stride, float(box))
+    avatar = build_avatar(head, shape=shape, lods=cfg.lods, channels=cfg.channels,
+                          split_levels=cfg.split_levels, split_k=cfg.split_k,
+                          split_vertices=split_vertices(head, cfg.split_fraction),
+                          shoulder_points=plane.points if plane.count else None)
+    attach_plane(avatar, plane, view, verts, hair_bind_faces(head, verts))
+    lod_edge = init_head_scales(avatar, chain, cfg.lods)
+    vis = gaussian_visibility(avatar, view, raster, verts)
+    f = float(cam.fx[0])
+    z = float(vis.z[avatar.region == REGION_HEAD].median())
+    groups, footprint = {}, {}
+    for k in cfg.lods:
+        groups[f"lod{k}"] = torch.nonzero((avatar.lod == k) & (avatar.region == REGION_HEAD))[:, 0]
+        footprint[f"lod{k}"] = 0.35 * lod_edge[k] * f / z
+    split = torch.nonzero(avatar.split_layer >= 0)[:, 0]
+    groups["split"] = split
+    footprint["split"] = 0.35 * lod_edge[max(cfg.lods)] * f / z
+    init_colours(avatar, view, vis, groups, footprint, fill_from=f"lod{max(cfg.lods)}")
+    # opacity: solid head, except where the photo sees the mesh outside the person's matte
+    with torch.no_grad():
+        from avatar_core.recon.init import sample_image
+        a = sample_image(view.alpha[..., None], vis.uv)[:, 0]
+        face_bound = (avatar.region != REGION_SHOULDER)
+        outside = vis.seen & (a < 0.3) & face_bound
+        avatar.opacity_logit[face_bound] = 3.0
+        avatar.opacity_logit[avatar.split_layer >= 0] = -1.0
+        avatar.opacity_logit[outside] = -3.0
+        avatar.soft_mask[avatar.split_layer >= 1] = 1.0
+    return avatar, vis.facing, chain
+
+
+def evaluate(fitter: PhotoFit, lods, size: int) -> Tuple[dict, dict]:
+    """Masked PSNR/SSIM per LOD at the source camera, ``size`` px."""
+    tgt = fitter.target(size)
+    mask = (tgt.alpha[..., 0] > 0.5)
+    ps, ss = {}, {}
+    with torch.no_grad():
+        for k in lods:
+            out = fitter.render(k, size)
+            img = out.image[..., :3].clamp(0, 1)
+            ps[k] = float(psnr(img, tgt.rgb, mask=mask)[0])
+            ss[k] = float(ssim(img, tgt.rgb, mask=mask)[0])
+    return ps, ss
+
+
+def reconstruct_from_fit(head_model: HeadModel, portrait, fit, cfg: ReconConfig, dev: torch.device,
+                         prog: Progress, report: ReconReport) -> Avatar:
+    """Everything after the head fit: init, optimisation, refiner, evaluation.
+
+    Fills ``report`` (metrics, timings) and returns the avatar on ``dev`` with its ``source``
+    set (camera and parameters).
+    """
+    timed = _Timer(report.timings)
+    with timed("init"):
+        prog(0.0, "initialising Gaussians from the photo")
+        view = source_view(portrait, fit)
+        avatar, facing, chain = initial_avatar(head_model, fit, view, cfg)
+    avatar = avatar.to(dev)
+    dview = SourceView(view.image, view.alpha, view.camera.to(device=dev),
+                       {k: v.to(dev) for k, v in view.params.items()})
+    fitter = PhotoFit(avatar, dview, holdout_grid(cfg.holdout_fraction), facing.to(dev), dev)
+    # progress weights: an Adam step, a CGLS iteration at colour_size (~2 renders, more pixels)
+    cg = 2.0 * (cfg.colour_size / max(cfg.opt_size, 1)) ** 2 / 4
+    total = sum(cfg.steps) + cg * sum(cfg.colour_iters) + cfg.refiner_steps
+    done = 0
+    span = (0.03, 0.93)
+
+    def sub(n):
+        a = span[0] + (span[1] - span[0]) * done / max(total, 1)
+        b = span[0] + (span[1] - span[0]) * (done + n) / max(total, 1)
+        return prog.sub(a, b)
+
+    lods = list(cfg.lods)
+    with timed("optimise"):
+        for i, k in enumerate(lods):
+            if i > 0:
+                transfer_lod(avatar, dview, chain, lods[i - 1], k)
+            n = cfg.steps[min(i, len(cfg.steps) - 1)]
+            fitter.run_stage(k, n, cfg.opt_size, train_shared=(i == 0), progress=sub(n),
+                             lr_scale=cfg.lr_scale, label=f"LOD {k}")
+            done += n
+            c = cfg.colour_iters[min(i, len(cfg.colour_iters) - 1)]
+            # the shared split Gaussians are fixed after stage 0 (they serve every LOD); the
+            # plane ones are re-solved with each finer head (the head/plane seams sharpen)
+            fitter.solve_colours(k, cfg.colour_size, c, fitter.trainable_mask(k, shared=(i == 0)),
+                                 progress=sub(cg * c), label=f"LOD {k}")
+            done += cg * c
+    if cfg.refiner and cfg.refiner_steps:
+        with timed("refiner"):
+            from avatar_core.recon.refine import train_refiner
+            report.refiner = train_refiner(fitter, lods[-1], cfg, progress=sub(cfg.refiner_steps))
+        done += cfg.refiner_steps
+    with timed("evaluate"):
+        prog(0.94, "measuring the source-view fidelity")
+        report.psnr, report.ssim = evaluate(fitter, lods, cfg.eval_size)
+        report.num_gaussians = avatar.lod_counts()
+    avatar.source = {
+        "K": view.camera.K[0].detach().cpu().clone(), "viewmat": view.camera.viewmat[0].detach().cpu().clone(),
+        "width": torch.tensor(view.camera.width), "height": torch.tensor(view.camera.height),
+        "expression": view.params["expression"][0].cpu().clone(), "pose": view.params["pose"][0].cpu().clone(),
+        "translation": view.params["translation"][0].cpu().clone(),
+    }
+    return avatar
+
+
+def reconstruct(photo, out_path: Optional[Union[str, os.PathLike]] = None, head="open",
+                quality: Union[str, ReconConfig] = "default", device="auto", face_index: Optional[int] = None,
+                progress=None, cancel=None) -> Tuple[Avatar, ReconReport]:
+    """Reconstruct an animatable Gaussian head avatar from one photo.
+
+    Args:
+        photo: image path, [H, W, 3] array or PIL image.
+        out_path: where to write the avatar file (checked before any work, written atomically
+            at the end; nothing is left there on error or cancel). None = do not write.
+        head: "open" (the built-in head), a FLAME file path, or a HeadModel.
+        quality: "fast", "default", "best" (or a ReconConfig).
+        device: "auto", "cpu" or "cuda".
+        face_index: which face when the photo has several (0 = largest, the default).
+        progress: ``progress(fraction, message)`` callback; cancel: threading.Event.
+    Returns:
+        (avatar, report). The avatar's ``source`` holds the fitted source camera ("K" [3, 3],
+        "viewmat" [4, 4], "width", "height") and parameters ("expression" [E], "pose" [J, 3],
+        "translation" [3]); its ``info`` holds the report's metrics.
+    Raises:
+        ImageError, FaceNotFoundError, FaceTooSmallError (bad photo), AvatarError (unwritable
+        output, bad options), Cancelled (the cancel event was set).
+    """
+    cfg = get_config(quality)
+    prog = as_progress(progress, cancel)
+    if cancel is not None and isinstance(progress, Progress):
+        prog = Progress(progress.callback, cancel, progress.start, progress.end)
+    if out_path is not None:
+        from avatar_core.io.atomic import check_writable
+        check_writable(out_path, "avatar file")
+    dev = resolve_device(device)
+    threads = cfg.threads or os.cpu_count() or 1
+    old_threads = torch.get_num_threads()
+    if dev.type == "cpu":
+        torch.set_num_threads(threads)
+    report = ReconReport(quality=cfg.name, device=str(dev))
+    timed = _Timer(report.timings)
+    try:
+        prog.check()
+        with timed("head"):
+            prog(0.0, "loading the head model")
+            head_model = _load_head(head).to(dtype=torch.float32)
+        with timed("face"):
+            from avatar_core.face import process_portrait
+            portrait = process_portrait(photo, size=cfg.crop_size, face_index=face_index,
+                                        progress=prog.sub(0.0, 0.04))
+            report.warnings.extend(portrait.warnings)
+        with timed("fit"):
+            from avatar_core.fit.correspondence import landmark_embedding
+            from avatar_core.fit.single import fit_portrait
+            prog(0.04, "landmark correspondences")
+            emb = landmark_embedding(head_model)
+            fit = fit_portrait(head_model, portrait, emb, steps=cfg.fit_steps, progress=prog.sub(0.04, 0.1))
+            report.landmark_error_px = float(fit.median_error_px)
+            report.landmark_error_frac = float(fit.median_error_frac)
+            report.face_size_px = float(fit.face_size_px)
+            if fit.median_error_frac > 0.05:
+                report.warnings.append(f"The head model fits the face loosely (landmark error "
+                                       f"{100 * fit.median_error_frac:.1f}% of the face); expect a weaker likeness.")
+        avatar = reconstruct_from_fit(head_model, portrait, fit, cfg, dev, prog.sub(0.1, 0.95), report)
+        avatar = avatar.to("cpu")
+        report.source_image = np.asarray(portrait.image)
+        report.source_alpha = np.asarray(portrait.alpha)
+        avatar.info = {"reconstruction": "optimisation", **report.as_dict()}
+        if out_path is not None:
+            with timed("save"):
+                prog(0.97, "writing the avatar file")
+                from avatar_core.io import save_avatar
+                save_avatar(avatar, out_path)
+                avatar.info["timings_s"] = {k: round(v, 2) for k, v in report.timings.items()}
+        prog(1.0, "done")
+        return avatar, report
+    finally:
+        if dev.type == "cpu":
+            torch.set_num_threads(old_threads)
