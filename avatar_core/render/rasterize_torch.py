@@ -40,7 +40,8 @@ from avatar_core.render.project import (ALPHA_THRESHOLD, MAX_ALPHA, T_THRESHOLD,
 log = logging.getLogger(__name__)
 
 DEFAULT_TILE = 8
-DEFAULT_CHUNK = 16
+DEFAULT_CHUNK = 16  # splats per tile per step, at least
+MAX_CHUNK = 256
 # elements (tiles x K x pixels) of one compositing step; bounds the working memory
 # (about 10 float tensors of this size are live: 1M elements ~ 40 MB)
 DEFAULT_STEP_ELEMENTS = 1 << 20
@@ -124,10 +125,10 @@ def _inside_mask(b: Binning, width: int, height: int, device) -> torch.Tensor:
     return inside.reshape(-1, ts * ts).repeat(b.images, 1)
 
 
-def _step_indices(b: Binning, tiles: torch.Tensor, j: int, K: int) -> torch.Tensor:
-    """idx [T, K]: slots j*K .. j*K+K-1 of each tile's list, as indices into the padded splat
+def _step_indices(b: Binning, tiles: torch.Tensor, start: int, K: int) -> torch.Tensor:
+    """idx [T, K]: slots start .. start+K-1 of each tile's list, as indices into the padded splat
     table (-1 = the dummy splat, which has opacity 0)."""
-    slot = j * K + torch.arange(K, device=tiles.device)  # [K]
+    slot = start + torch.arange(K, device=tiles.device)  # [K]
     valid = slot[None, :] < b.counts[tiles, None]
     pos = (b.starts[tiles, None] + slot[None, :]).clamp_max(b.gauss.numel() - 1)
     return torch.where(valid, b.gauss[pos], torch.full_like(pos, -1))
@@ -212,16 +213,24 @@ def _tables(params: torch.Tensor, feats: torch.Tensor):
 
 
 def _steps(b: Binning, chunk: int, step_elements: int, tile_done: torch.Tensor):
-    """Yield (j, tiles) for every compositing step, skipping finished tiles (checked lazily)."""
+    """Yield (start, K, tiles): slots start .. start+K-1 of the lists of a group of tiles.
+
+    K adapts to the work left: at least ``chunk``, larger (up to MAX_CHUNK) when few tiles are
+    still active, so that each step has about ``step_elements`` elements (few big steps rather
+    than many tiny ones for small images or the long lists of dense tiles). Finished tiles drop
+    out. Forward and backward replay exactly the same sequence.
+    """
     P = b.tile_size * b.tile_size
-    group = max(1, step_elements // (chunk * P))
-    n_chunks = (b.max_count + chunk - 1) // chunk
-    for j in range(n_chunks):
-        active = torch.nonzero((b.counts > j * chunk) & ~tile_done).flatten()
+    start, max_count = 0, b.max_count
+    while start < max_count:
+        active = torch.nonzero((b.counts > start) & ~tile_done).flatten()
         if active.numel() == 0:
             return
+        K = max(chunk, min(MAX_CHUNK, step_elements // (active.numel() * P)))
+        group = max(1, step_elements // (K * P))
         for tiles in active.split(group):
-            yield j, tiles
+            yield start, K, tiles
+        start += K
 
 
 def _composite_forward(params, feats, b: Binning, inside, chunk, step_elements):
@@ -236,8 +245,8 @@ def _composite_forward(params, feats, b: Binning, inside, chunk, step_elements):
     if b.gauss.numel() == 0:
         return accum, T_cur
     table, F = _tables(params, feats)
-    for j, tiles in _steps(b, chunk, step_elements, tile_done):
-        idx = _step_indices(b, tiles, j, chunk)
+    for start, K, tiles in _steps(b, chunk, step_elements, tile_done):
+        idx = _step_indices(b, tiles, start, K)
         _, _, _, raw = _splat_values(table, idx, tiles, b)
         d = done[tiles]
         Tc = T_cur[tiles]
@@ -286,8 +295,8 @@ def _composite_backward(params, feats, accum, T_final, inside, b: Binning, chunk
     T_cur = torch.ones(n_all, P, dtype=dtype, device=device)
     done = ~inside
     tile_done = done.all(-1)
-    for j, tiles in _steps(b, chunk, step_elements, tile_done):
-        idx = _step_indices(b, tiles, j, chunk)
+    for start, K, tiles in _steps(b, chunk, step_elements, tile_done):
+        idx = _step_indices(b, tiles, start, K)
         T, K = idx.shape
         g, dx, dy, raw = _splat_values(table, idx, tiles, b)
         d = done[tiles]
