@@ -3,8 +3,9 @@
 For each clip: the frames are cropped like the source photo would be (``track_frames`` crops
 every frame with the first face frame's head crop), an avatar is reconstructed from the
 source frame (frame 0, or the first frame with a face), the clip is tracked, and each frame is
-rendered through the avatar's fitted source camera at the tracked pose and expression. The
-tracked head motion is taken relative to the source frame (as ``track`` writes it); by default
+rendered at the tracked pose and expression through the avatar's fitted source camera moved
+by the tracked head motion since the source frame (re-expressed about the head's centre, see
+``drive_params``); by default
 (``--expression relative``) expressions and jaw/neck/eye rotations are also applied as changes
 from the source frame's tracked values, on top of the avatar's own source expression, so the
 source frame renders as reconstructed.
@@ -20,8 +21,10 @@ that frame itself).
 
 Writes to ``--out``: ``report.md``, ``summary.json``, ``per_frame.csv`` (all clips), and per
 clip ``<clip>/metrics.png`` (each metric per frame, avatar vs baseline), ``<clip>/strip.png``
-(real | render | error for a few frames) and ``<clip>/avatar.safetensors`` (reused with
-``--reuse``). The report files are rewritten after every clip, so a long run can be read
+(real | render | error for a few frames), ``<clip>/result.json`` (the clip's numbers; with
+``--reuse`` a later run with the same settings takes them instead of recomputing, so a long
+run can be resumed or clips evaluated elsewhere merged into one report) and, with
+``--keep-avatars``, ``<clip>/avatar.safetensors``. The report files are rewritten after every clip, so a long run can be read
 while it goes; a clip that cannot be evaluated (unreadable, empty, no face) is reported and
 skipped, and the exit status is 1 if any clip failed.
 """
@@ -71,7 +74,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--lpips-weights", default=None,
                         help="LPIPS-alex weights .npz (default ../shared/data/metrics/lpips_alexnet_flax_layout.npz)")
     parser.add_argument("--reuse", action="store_true",
-                        help="reuse <out>/<clip>/avatar.safetensors from an earlier run instead of reconstructing")
+                        help="resume: reuse each clip's results (<out>/<clip>/result.json) from an earlier run with the "
+                             "same settings, else its avatar.safetensors, instead of recomputing")
+    parser.add_argument("--keep-avatars", action="store_true",
+                        help="keep each clip's avatar as <out>/<clip>/avatar.safetensors (default: deleted after use)")
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -104,15 +110,23 @@ def run(args) -> int:
         "device": device, "track_steps": args.track_steps, "expression": args.expression,
         "background": BACKGROUND, "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
     }
+    key = {k: settings[k] for k in RESULT_KEY}
     results: List[ClipResult] = []
     failed = 0
     for i, (video, name) in enumerate(zip(videos, names)):
         print(f"[{i + 1}/{len(videos)}] {name}: {video}", file=sys.stderr, flush=True)
         try:
-            res = evaluate_clip(video, name, out / name, cfg, head, lpips_net, size=args.size,
-                                max_frames=args.frames, lod=args.lod, device=device, track_steps=args.track_steps,
-                                expression=args.expression, strip_frames=args.strip_frames, reuse=args.reuse,
-                                progress=_stage_printer(name))
+            res = load_result(out / name, key) if args.reuse else None
+            if res is not None:
+                res.video = str(video)
+                print(f"    {name}: results of an earlier run with the same settings", file=sys.stderr)
+            else:
+                res = evaluate_clip(video, name, out / name, cfg, head, lpips_net, size=args.size,
+                                    max_frames=args.frames, lod=args.lod, device=device,
+                                    track_steps=args.track_steps, expression=args.expression,
+                                    strip_frames=args.strip_frames, reuse=args.reuse,
+                                    keep_avatar=args.keep_avatars, progress=_stage_printer(name))
+                save_result(out / name, res, key)
         except AvatarError as exc:
             if len(videos) == 1:
                 raise
@@ -174,15 +188,51 @@ class ClipResult:
     error: Optional[str] = None
 
 
+RESULT_KEY = ("quality", "size", "frames", "lod", "head", "track_steps", "expression", "background")
+
+
+def save_result(clip_dir: Path, res: "ClipResult", key: Dict) -> None:
+    """The clip's result as <clip>/result.json (settings key, means, per-frame values)."""
+    from avatar_core.eval.report import write_json
+    d = dataclasses.asdict(res)
+    d["valid"] = None if res.valid is None else [bool(v) for v in res.valid]
+    write_json(clip_dir / "result.json", {"key": key, "result": d})
+
+
+def load_result(clip_dir: Path, key: Dict) -> Optional["ClipResult"]:
+    """A result saved by ``save_result`` with the same settings key, else None."""
+    import json
+    path = clip_dir / "result.json"
+    if not path.is_file():
+        return None
+    try:
+        d = json.loads(path.read_text())
+        if d.get("key") != json.loads(json.dumps(key)):
+            return None
+        r = d["result"]
+
+        def arr(v):
+            return np.array([np.nan if x is None else x for x in v], np.float64)
+        r["per"] = {m: {k: arr(v) for k, v in per.items()} for m, per in r["per"].items()}
+        r["means"] = {m: {k: (np.nan if v is None else v) for k, v in mm.items()} for m, mm in r["means"].items()}
+        r["valid"] = np.array(r["valid"], bool)
+        return ClipResult(**r)
+    except (ValueError, KeyError, TypeError) as exc:
+        log.warning("ignoring %s (%s)", path, exc)
+        return None
+
+
 def evaluate_clip(video, name: str, clip_dir: Path, cfg, head, lpips_net, size: int = 256,
                   max_frames: Optional[int] = None, lod: Optional[int] = None, device: str = "cpu",
                   track_steps: int = 150, expression: str = "relative", strip_frames: int = 4,
-                  reuse: bool = False, progress=None) -> ClipResult:
-    """Evaluate one clip (see the module docstring); writes the clip's plot, strip and avatar."""
+                  reuse: bool = False, keep_avatar: bool = True, progress=None) -> ClipResult:
+    """Evaluate one clip (see the module docstring); writes the clip's plot and strip, and its
+    avatar (deleted at the end unless ``keep_avatar``)."""
     import torch
 
     from avatar_core.eval.report import plot_series, write_png
     from avatar_core.fit.track import read_video, track_frames
+    from avatar_core.render.camera import Camera
 
     say = progress or (lambda m: None)
     timings: Dict[str, float] = {}
@@ -225,8 +275,10 @@ def evaluate_clip(video, name: str, clip_dir: Path, cfg, head, lpips_net, size: 
 
     say("rendering")
     t0 = time.perf_counter()
-    params = drive_params(track, avatar, src, expression)
-    renders = render_frames(avatar, params, size, lod=lod, device=device)
+    params, viewmats = drive_params(track, avatar, head, src, expression)
+    cams = source_camera(avatar, size)
+    cams = Camera(cams.K.expand(len(viewmats), 3, 3), viewmats, cams.width, cams.height)
+    renders = render_frames(avatar, params, size, lod=lod, device=device, cameras=cams)
     timings["render"] = time.perf_counter() - t0
 
     say("measuring")
@@ -251,6 +303,8 @@ def evaluate_clip(video, name: str, clip_dir: Path, cfg, head, lpips_net, size: 
                                               for k in METRICS},
                 title=f"{name}: avatar vs static source frame (frame {src}, not plotted)", better={LABELS[k]: v for k, v in BETTER.items()})
     write_png(clip_dir / "strip.png", strip(real, alpha, renders, per, extra, src, strip_frames))
+    if not keep_avatar:
+        avatar_path.unlink(missing_ok=True)
     timings["total"] = time.perf_counter() - t_start
     return res
 
@@ -261,35 +315,51 @@ def _nanmean(v) -> float:
 
 
 # ----------------------------------------------------------------------------- driving
-def drive_params(track, avatar, src: int = 0, expression: str = "relative") -> Dict[str, "torch.Tensor"]:
-    """Per-frame avatar parameters from a TrackResult: {"expression" [T, E], "pose" [T, J, 3],
-    "translation" [T, 3]} (float32, CPU).
+def drive_params(track, avatar, head, src: int = 0, expression: str = "relative"):
+    """Per-frame avatar parameters and cameras from a TrackResult.
 
-    Head motion: the tracked camera motion relative to frame ``src`` as root rotation R_h =
-    R_src^T R_t and translation t_h = R_src^T (t_t - t_src) scaled by the ratio of the avatar's
-    and the tracker's camera distances, about the avatar's root joint (``camera_motion_to_pose``).
+    Returns (params {"expression" [T, E], "pose" [T, J, 3] (root zero), "translation" [T, 3]
+    (zero)}, viewmats [T, 4, 4]: the avatar's world -> camera per frame), float32, CPU.
+
+    Head motion: the tracker models rigid head motion as per-frame cameras V_t. Its camera-frame
+    motion since frame ``src``, M_t = V_t V_src^-1, is re-expressed about the head's centre c
+    (the centroid of the tracked head mesh, in camera coordinates): a rotation R_t about c and a
+    shift of c by d_t = M_t c - c. The same rotation is applied about the avatar's own head
+    centre c_a, and the shift is carried over so it moves the head as far in the image
+    (x, y scaled by (f_trk z_a) / (f_a z_trk), z by z_a / z_trk, f in pixels per crop side):
+    A_t = [R_t, c_a + k d_t - R_t c_a] A_src. Re-expressing the motion about the head keeps
+    the tracker's near-ambiguity between a small head rotation and a sideways shift (both move
+    the face alike) from turning into a large drift when the motion is moved onto an avatar
+    whose fitted camera differs from the tracker's.
     ``expression="relative"``: expression and the other joints' rotations = the avatar's source
     values + (tracked value at t - tracked value at src), clamped to [0, 1] for ARKit-style
     expressions; ``"absolute"``: the tracked values.
     """
     import torch
 
-    from avatar_core.fit.single import camera_motion_to_pose, is_unit_range
+    from avatar_core.fit.single import is_unit_range
 
     fit = track.fit
-    V = fit.camera.viewmat.detach().float()                       # [T, 4, 4]
+    V = fit.camera.viewmat.detach().double()                       # [T, 4, 4]
     T = V.shape[0]
-    A = avatar.source.get("viewmat")
-    scale = 1.0
-    if A is not None and float(V[src, 2, 3]) > 0:
-        scale = float(torch.as_tensor(A).float().reshape(4, 4)[2, 3]) / float(V[src, 2, 3])
-    Vs = torch.cat([V[src:src + 1], V])
-    Vs = Vs.clone()
-    Vs[:, :3, 3] = Vs[:, :3, 3] * scale                           # tracker units -> avatar camera distance
-    rig = avatar.rig_template.detach().float().cpu()
-    root = (avatar.rig_j_regressor.detach().float().cpu() @ rig)[0]
-    root_aa, trans = camera_motion_to_pose(Vs, root)
-    root_aa, trans = root_aa[1:], trans[1:]
+    src_cam = source_camera(avatar, int(fit.camera.width))
+    A = src_cam.viewmat[0].double()
+    # head centres in the camera frames of the source frame
+    S = fit.shape.detach().float()
+    verts = head.v_template.float() + torch.einsum("k,vik->vi", S, head.shapedirs[..., : S.numel()].float())
+    c = (V[src, :3, :3] @ verts.double().mean(0) + V[src, :3, 3])
+    c_a = (A[:3, :3] @ avatar.rig_template.detach().double().cpu().mean(0) + A[:3, 3])
+    f_t = float(fit.camera.K[0, 0, 0]) / fit.camera.width
+    f_a = float(src_cam.K[0, 0, 0]) / src_cam.width
+    k = torch.tensor([f_t * float(c_a[2]) / (f_a * float(c[2]))] * 2 + [float(c_a[2]) / float(c[2])],
+                     dtype=torch.float64)
+    M = V @ torch.linalg.inv(V[src])                               # camera src -> camera t
+    R = M[:, :3, :3]
+    d = (R @ c + M[:, :3, 3]) - c                                  # [T, 3] shift of the head centre
+    Tm = torch.eye(4, dtype=torch.float64).repeat(T, 1, 1)
+    Tm[:, :3, :3] = R
+    Tm[:, :3, 3] = c_a + k * d - (R @ c_a)
+    viewmats = (Tm @ A).float()
 
     e_trk = fit.expression.detach().float()                        # [T, E]
     p_trk = fit.pose.detach().float()                              # [T, J, 3]
@@ -309,8 +379,9 @@ def drive_params(track, avatar, src: int = 0, expression: str = "relative") -> D
         e, pose = e_trk.clone(), p_trk.clone()
     else:
         raise EvalError(f"expression must be relative or absolute, not {expression!r}.")
-    pose[:, 0] = root_aa
-    return {"expression": e.contiguous(), "pose": pose.contiguous(), "translation": trans.float().contiguous()}
+    pose[:, 0] = 0.0
+    params = {"expression": e.contiguous(), "pose": pose.contiguous(), "translation": torch.zeros(T, 3)}
+    return params, viewmats
 
 
 def source_camera(avatar, size: int):
