@@ -106,18 +106,63 @@ def mask_chain(avatar) -> torch.Tensor:
 
 @torch.no_grad()
 def expression_deltas(avatar, rest: Optional[np.ndarray] = None, chunk: int = 8) -> Iterator[Tuple[int, np.ndarray]]:
-    """Yields (i, delta [N, 3] float32): the shape key of expression i, ``means(e_i = 1) - rest``."""
-    idx = all_index(avatar)
+    """Yields (i, delta [N, 3] float32): the shape key of expression i, ``means(e_i = 1) - rest``.
+
+    Exactly ``Avatar.animate``'s means, but computed only for the Gaussians an expression can
+    move: those whose binding vertices or frame face include a vertex with a non-zero
+    blend shape for it (expressions are local: ~20% of the open head's vertices each).
+    Every other Gaussian's delta is exactly zero at zero pose, so it is not computed, and only
+    means (not rotations) are evaluated. tests/test_blender_scene.py checks the keys
+    against ``animate``.
+    """
+    from avatar_core.gaussians.avatar import face_frames
+    N, E = avatar.num_gaussians, avatar.num_expr
     if rest is None:
-        rest = avatar.animate(index=idx).means[0].float().cpu().numpy()
-    E = avatar.num_expr
+        rest = avatar.animate(index=all_index(avatar)).means[0].float().cpu().numpy()
+    rest_t = torch.as_tensor(rest)
+    faces = avatar.rig_faces
+    has_face = avatar.frame_face >= 0
+    moving = avatar.rig_exprdirs.abs().amax(1) > 0                            # [V, E]
+    # hit[n, i]: a binding vertex or a frame-face vertex of Gaussian n moves under expression i
+    hit_all = moving[avatar.bind_ids].any(1)                                  # [N, E]
+    face_hit = moving[faces[avatar.frame_face.clamp_min(0)]].any(1)           # [N, E]
+    hit_all |= has_face[:, None] & face_hit
+    del face_hit
+    dt = avatar.offset.dtype
     for start in range(0, E, chunk):
         stop = min(E, start + chunk)
-        e = torch.zeros(stop - start, E, device=avatar.device, dtype=avatar.offset.dtype)
+        e = torch.zeros(stop - start, E, device=avatar.device, dtype=dt)
         e[torch.arange(stop - start), torch.arange(start, stop)] = 1.0
-        means = avatar.animate(expression=e, index=idx).means.float().cpu().numpy()
+        verts, transforms = avatar.deform_rig(expression=e)                   # [B, V, 3], [B, J, 4, 4]
+        frames = face_frames(verts, faces)                                    # [B, F, 3, 3]
         for k in range(stop - start):
-            yield start + k, means[k] - rest
+            i = start + k
+            idx = torch.nonzero(hit_all[:, i])[:, 0]
+            delta = np.zeros((N, 3), np.float32)
+            if idx.numel():
+                means = _means(avatar, verts[k], frames[k], transforms[k], idx).float().cpu()
+                idx_cpu = idx.cpu()
+                delta[idx_cpu.numpy()] = (means - rest_t[idx_cpu]).numpy()
+            yield i, delta
+
+
+def _means(avatar, verts: torch.Tensor, frames: torch.Tensor, transforms: torch.Tensor,
+           idx: torch.Tensor) -> torch.Tensor:
+    """``Avatar.animate``'s Gaussian centres for one deformed rig (verts [V, 3], face frames
+    [F, 3, 3], joint transforms [J, 4, 4]) at the Gaussians ``idx`` -> [n, 3]."""
+    ids, bary = avatar.bind_ids[idx], avatar.bind_bary[idx]
+    face = avatar.frame_face[idx]
+    on_face = face >= 0
+    # surface point: sum_j bary_j * verts[ids_j]
+    surf = (verts[ids] * bary[..., None]).sum(1)
+    off = avatar.offset[idx]
+    if bool(on_face.all()):
+        # offset in the face frame: R[n] @ off[n]
+        return surf + (frames[face] * off[:, None, :]).sum(-1)
+    # root-bound Gaussians (shoulders) sit at the root transform, rotated with it
+    R = torch.where(on_face[:, None, None], frames[face.clamp_min(0)], transforms[0, :3, :3][None])
+    base = torch.where(on_face[:, None], surf, transforms[0, :3, 3][None])
+    return base + (R * off[:, None, :]).sum(-1)
 
 
 def bone_tails(joints: np.ndarray, joint_names: Sequence[str], template: np.ndarray) -> np.ndarray:

@@ -8,7 +8,7 @@ extension or a legacy add-on) and a defaults object otherwise (tests and scripts
 from __future__ import annotations
 
 import bpy
-from bpy.props import EnumProperty, StringProperty
+from bpy.props import EnumProperty, IntProperty, StringProperty
 
 from blender_addon import deps
 from blender_addon.props import PATH_OPTIONS
@@ -34,6 +34,7 @@ class _Defaults:
     flame_path = ""
     deps_dir = ""
     quality = "default"
+    cpu_threads = 0
 
 
 _DEFAULTS = _Defaults()  # one instance, so scripts can change it (batch_render --device)
@@ -47,6 +48,9 @@ def _prefs_class():
         head_model: EnumProperty(name="Head Model", items=HEAD_ITEMS, default="OPEN")
         flame_path: StringProperty(name="FLAME File", subtype="FILE_PATH", default="", options=PATH_OPTIONS,
                                    description="generic_model.pkl / flame2023*.pkl / .npz")
+        cpu_threads: IntProperty(name="CPU Threads", default=0, min=0, max=256,
+                                 description="Threads torch may use on the CPU (0 = torch's default). Blender "
+                                             "renders in its own thread, so this is applied there too")
         quality: EnumProperty(name="Reconstruction Quality", default="default",
                               items=[("fast", "Fast", "Fewer optimisation steps"),
                                      ("default", "Default", ""),
@@ -56,6 +60,7 @@ def _prefs_class():
             layout = self.layout
             col = layout.column()
             col.prop(self, "device")
+            col.prop(self, "cpu_threads")
             col.prop(self, "head_model")
             if self.head_model == "FLAME":
                 col.prop(self, "flame_path")

@@ -35,6 +35,13 @@ def _redraw(self, context):
                 area.tag_redraw()
 
 
+def _modifiers_render(self, context):
+    ob = self.id_data
+    for m in ob.modifiers:
+        if m.type in {"ARMATURE", "NODES"}:
+            m.show_render = self.points_in_renders
+
+
 class HeadSplatObjectProps(bpy.types.PropertyGroup):
     is_avatar: BoolProperty(name="Is HeadSplat Avatar", default=False, options={"HIDDEN"})
     rig: PointerProperty(name="Rig", type=bpy.types.Object, description="The avatar's FLAME armature")
@@ -48,6 +55,11 @@ class HeadSplatObjectProps(bpy.types.PropertyGroup):
     colour_mode: EnumProperty(name="Colour By", items=COLOUR_MODE_ITEMS, default="RGB", update=_redraw)
     point_size: FloatProperty(name="Point Size", min=0.01, max=10.0, default=1.0, update=_redraw,
                               description="Display radius of the points relative to the Gaussians' size")
+    points_in_renders: BoolProperty(
+        name="Deform Points in Final Renders", default=False, update=_modifiers_render,
+        description="Evaluate the Armature and point modifiers for final renders too. HeadSplat's engine "
+                    "does not need them (it animates the Gaussians itself), so they are off to save time; "
+                    "turn on to render the points with Cycles or EEVEE")
     # bookkeeping (set by the scene builder)
     num_layers: IntProperty(name="Split Layers", default=0, options={"HIDDEN"})
     lod_levels: StringProperty(name="LOD Levels", default="0,1,2", options={"HIDDEN"})

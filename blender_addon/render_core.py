@@ -74,6 +74,13 @@ def resolve_device(choice: str) -> str:
     return "cpu"
 
 
+def apply_threads(n: int) -> None:
+    """Use ``n`` torch CPU threads in the calling thread (0 = leave torch's default). OpenMP
+    settings are per thread, and Blender calls the engine from its render thread."""
+    if n and n > 0 and torch.get_num_threads() != n:
+        torch.set_num_threads(int(n))
+
+
 def selection(view: AvatarView) -> torch.Tensor:
     lods = view.avatar.available_lods()
     lod = view.lod if view.lod in lods else min(lods, key=lambda k: abs(k - view.lod))

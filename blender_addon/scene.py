@@ -16,6 +16,7 @@ bones change. The maths is in the bpy-free ``avatar_data`` and ``convert`` modul
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Optional
 
@@ -38,6 +39,19 @@ def leave_edit_modes(context) -> None:
         bpy.ops.object.mode_set(mode="OBJECT")
 
 
+@contextlib.contextmanager
+def single_thread():
+    """Run torch single-threaded: the build is many small gathers, for which thread start-up
+    costs more than it saves (10-20x slower with 2 threads on a busy 2-core machine)."""
+    import torch
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
 def build_avatar(context, avatar, name: str = "HeadSplat Avatar", source_path: str = "",
                  pack: bool = True, collection: Optional[bpy.types.Collection] = None,
                  data: Optional[bytes] = None, progress=None) -> bpy.types.Object:
@@ -54,13 +68,14 @@ def build_avatar(context, avatar, name: str = "HeadSplat Avatar", source_path: s
     collection = collection or context.collection or context.scene.collection
     avatar = avatar.to("cpu")
     report(0.0, "computing point data")
-    arr = scene_arrays(avatar)
-    leave_edit_modes(context)
-    rig = _build_rig(context, collection, arr, avatar)
-    report(0.2, "building the point mesh")
-    ob = _build_points(collection, name, arr, rig)
-    report(0.4, "adding shape keys")
-    _add_shape_keys(ob, avatar, arr, lambda f: report(0.4 + 0.5 * f, "adding shape keys"))
+    with single_thread():
+        arr = scene_arrays(avatar)
+        leave_edit_modes(context)
+        rig = _build_rig(context, collection, arr, avatar)
+        report(0.2, "building the point mesh")
+        ob = _build_points(collection, name, arr, rig)
+        report(0.4, "adding shape keys")
+        _add_shape_keys(ob, avatar, arr, lambda f: report(0.4 + 0.5 * f, "adding shape keys"))
     mod_arm = ob.modifiers.new(nodes.ARMATURE_MODIFIER_NAME, "ARMATURE")
     mod_arm.object = rig
     mod_arm.use_vertex_groups = True
@@ -75,6 +90,10 @@ def build_avatar(context, avatar, name: str = "HeadSplat Avatar", source_path: s
     hs.lod = max(levels)
     hs.head_name = avatar.head_name
     nodes.add_modifier(ob)
+    # the HeadSplat engine reads keys and bones, not the deformed points: skip the modifiers in
+    # final renders (Object > headsplat.points_in_renders turns them back on for Cycles/EEVEE)
+    for m in ob.modifiers:
+        m.show_render = False
     report(0.92, "storing the avatar data")
     storage.set_source(ob, avatar=avatar, path=source_path, pack_data=pack, data=data)
     for o in context.view_layer.objects:

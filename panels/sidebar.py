@@ -144,6 +144,9 @@ class VIEW3D_PT_headsplat_render(bpy.types.Panel):
             layout.label(text=f"Engine: {scene.render.engine.title()}", icon="INFO")
             layout.prop(scene.render, "engine", text="")
         draw_render_settings(layout, scene)
+        ob = lookup.avatar_of(context)
+        if ob is not None:
+            layout.prop(ob.headsplat, "points_in_renders")
 
 
 classes = (VIEW3D_PT_headsplat_create, VIEW3D_PT_headsplat_lod, VIEW3D_PT_headsplat_inspect,
