@@ -7,9 +7,12 @@ camera, and calls ``render_views``. Everything here is avatar_core calls plus co
   and scales multiplied by the object's uniform scale, rendered with the camera moved into
   the avatar's head space (``convert.head_camera``), then its refiner when it has one;
 * several avatars: composited front to back per pixel by depth (premultiplied "over");
-* output: premultiplied RGBA in **scene-linear** (Blender's render results are linear; the
-  avatar's colours are sRGB, so a Standard view transform shows them unchanged) and a
-  camera-z depth map (``FAR_DEPTH`` where nothing was drawn), rows top to bottom.
+* output: RGBA in **scene-linear** (Blender's render results are linear; the avatar's
+  colours are sRGB, so a Standard view transform shows them unchanged) and a camera-z depth
+  map (``FAR_DEPTH`` where nothing was drawn), rows top to bottom. Compositing happens in
+  sRGB, like avatar_core's own render: an opaque film is avatar_core's image over the
+  background colour, converted to linear; a transparent film is the premultiplied image
+  (over black) converted to linear with its alpha.
 """
 
 from __future__ import annotations
@@ -149,8 +152,9 @@ def render_view(view: AvatarView, K: np.ndarray, width: int, height: int, backgr
     else:
         rgb = refiner(out.image)[0].clamp(0, 1)
         if bg is not None:
-            rgb = rgb - (1 - alpha[..., None]) * bg[:3]
-        rgb = torch.minimum(rgb.clamp_min(0), alpha[..., None])
+            # exact: adding (1 - alpha) * bg back gives the refined image over the background
+            return rgb - (1 - alpha[..., None]) * bg[:3], alpha, out.depth[0, ..., 0]
+        rgb = torch.minimum(rgb, alpha[..., None])  # a valid premultiplied colour
     return rgb.clamp(0, 1), alpha, out.depth[0, ..., 0]
 
 
@@ -193,14 +197,14 @@ def render_views(views: Sequence[AvatarView], K: np.ndarray, width: int, height:
             premult = premult + (1 - alpha)[..., None] * rgbs[k]
             alpha = alpha + (1 - alpha) * alphas[k]
         depth = torch.gather(depths, 0, order)[0]
-    premult = premult.clamp_min(0).numpy()
+    premult = premult.numpy()
     alpha_np = alpha.clamp(0, 1).numpy()
-    lin = convert.premultiplied_srgb_to_linear(premult, alpha_np)
     if background_srgb is not None:
-        bg_lin = convert.srgb_to_linear(np.asarray(background_srgb, np.float32))
-        lin = lin + (1 - alpha_np[..., None]) * bg_lin
+        over = premult + (1 - alpha_np[..., None]) * np.asarray(background_srgb, np.float32)
+        lin = convert.srgb_to_linear(np.clip(over, 0.0, 1.0))
         alpha_out = np.ones_like(alpha_np)
     else:
+        lin = convert.premultiplied_srgb_to_linear(np.clip(premult, 0.0, None), alpha_np)
         alpha_out = alpha_np
     depth_np = depth.numpy().astype(np.float32)
     depth_np = np.where((alpha_np > 1e-4) & (depth_np > 0), depth_np, FAR_DEPTH).astype(np.float32)
@@ -223,11 +227,10 @@ def reference_image(view: AvatarView, K: np.ndarray, width: int, height: int,
                            lod=view.lod, layers=view.layers, mask_threshold=view.mask_threshold)
         cam = Camera(torch.as_tensor(K, dtype=dt).to(dev), torch.as_tensor(view.viewmat_head, dtype=dt).to(dev),
                      width, height)
-        out = render(frame, cam, background=None)
+        bg = None if background_srgb is None else torch.as_tensor(background_srgb, dtype=dt).to(dev)
+        out = render(frame, cam, background=bg)
     rgb = out.image[0, ..., :3].clamp(0, 1).cpu().numpy()
     a = out.alpha[0, ..., 0].clamp(0, 1).cpu().numpy()
-    lin = convert.premultiplied_srgb_to_linear(rgb, a)
     if background_srgb is not None:
-        lin = lin + (1 - a[..., None]) * convert.srgb_to_linear(np.asarray(background_srgb, np.float32))
-        a = np.ones_like(a)
-    return np.concatenate([lin, a[..., None]], -1)
+        return np.concatenate([convert.srgb_to_linear(rgb), np.ones_like(a)[..., None]], -1)
+    return np.concatenate([convert.premultiplied_srgb_to_linear(rgb, a), a[..., None]], -1)

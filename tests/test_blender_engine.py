@@ -16,23 +16,27 @@ def bpy():
     return testing.ensure_registered()
 
 
-def core_render(av, K, viewmat_head, W, H, scale=1.0, lod=0, background=None, **params):
-    """avatar_core alone: animate -> render, converted to Blender's linear premultiplied RGBA."""
+def core_render(av, K, viewmat_head, W, H, scale=1.0, lod=0, background=None, refiner=None, **params):
+    """avatar_core alone: animate -> render (-> refine), in Blender's terms: scene-linear RGBA,
+    premultiplied for a transparent film, avatar_core's image over the background otherwise."""
     from avatar_core.render import Camera, render
+    from avatar_core.render.refiner import refine
     with torch.no_grad():
         frame = av.animate(lod=lod, **{k: torch.as_tensor(np.asarray(v), dtype=torch.float32)[None]
                                        for k, v in params.items()})
         frame.means = frame.means * scale
         frame.scales = frame.scales * scale
+        bg = None if background is None else torch.as_tensor(background, dtype=torch.float32)
         out = render(frame, Camera(torch.tensor(K, dtype=torch.float32), torch.tensor(viewmat_head, dtype=torch.float32),
-                                   W, H), background=None)
-    rgb = out.image[0, ..., :3].clamp(0, 1).numpy()
+                                   W, H), background=bg)
+        rgb = refine(out.image, refiner)[0].clamp(0, 1).numpy()
     a = out.alpha[0, ..., 0].numpy()
-    lin = convert.premultiplied_srgb_to_linear(rgb, a)
     if background is not None:
-        lin = lin + (1 - a[..., None]) * convert.srgb_to_linear(np.asarray(background, np.float32))
-        a = np.ones_like(a)
-    return np.concatenate([lin, a[..., None]], -1), out.depth[0, ..., 0].numpy(), out.alpha[0, ..., 0].numpy()
+        rgba = np.concatenate([convert.srgb_to_linear(rgb), np.ones_like(a)[..., None]], -1)
+    else:
+        rgb = np.minimum(rgb, a[..., None]) if refiner is not None else rgb
+        rgba = np.concatenate([convert.premultiplied_srgb_to_linear(rgb, a), a[..., None]], -1)
+    return rgba, out.depth[0, ..., 0].numpy(), a
 
 
 def camera_of(scene):
@@ -195,3 +199,36 @@ def test_viewport_inspection_colours(bpy, small_avatar):
     assert torch.allclose(frame.features[0, :, :3], torch.as_tensor(REGION_COLOURS)[small_avatar.region[idx].long()])
     (vf,) = engine.collect_views(dg, view, final=True, device="cpu")
     assert vf.colour_mode == "RGB"
+
+
+@pytest.mark.parametrize("transparent", [False, True])
+def test_f12_with_the_neural_refiner(bpy, small_avatar, transparent):
+    """With refiner weights in the avatar, F12 = avatar_core render -> refiner."""
+    from avatar_core.render.refiner import Refiner, RefinerConfig
+    cfg = RefinerConfig(in_channels=small_avatar.channels, widths=(8, 8, 8))
+    torch.manual_seed(0)
+    net = Refiner(cfg).eval()
+    with torch.no_grad():
+        for p in net.parameters():           # an untrained refiner is the identity: perturb it
+            p.add_(torch.randn_like(p) * 0.05)
+    av = small_avatar.subset(torch.arange(small_avatar.num_gaussians))
+    av.refiner_state = {k: v.clone() for k, v in net.state_dict().items()}
+    av.refiner_config = cfg.to_dict()
+    testing.fresh_scene()
+    ob = testing.add_avatar(av, name="Refined")
+    ob.headsplat.lod = 0
+    scene = bpy.context.scene
+    scene.world = bpy.data.worlds.new("W")
+    scene.world.color = (0.05, 0.1, 0.3)
+    bpy.context.view_layer.update()
+    img, _ = testing.render_still(40, 32, transparent=transparent)
+    K, view, W, H = camera_of(scene)
+    vh, s = convert.head_camera(view, np.array(ob.matrix_world))
+    bg = None if transparent else convert.linear_to_srgb(np.array(scene.world.color[:3], np.float32))
+    ref, _, _ = core_render(av, K, vh, W, H, scale=s, lod=0, background=bg, refiner=net)
+    plain, _, _ = core_render(av, K, vh, W, H, scale=s, lod=0, background=bg)
+    assert np.abs(ref - plain).max() > 1e-3             # the refiner changes the picture
+    assert np.abs(img - ref).max() < 1e-4
+    scene.headsplat.use_refiner = False
+    img_off, _ = testing.render_still(40, 32, transparent=transparent)
+    assert np.abs(img_off - plain).max() < 1e-4

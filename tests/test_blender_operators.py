@@ -356,3 +356,14 @@ def test_install_dependencies_into_target_folder(tmp_path):
         if str(target) in sys.path:
             sys.path.remove(str(target))
         deps.set_target(old)
+
+
+def test_operators_refuse_clearly_when_dependencies_are_missing(bpy, scene, avatar_file, monkeypatch):
+    from blender_addon import deps
+    torch_req = next(r for r in deps.REQUIREMENTS if r.module == "torch")
+    missing = deps.Status("3.11", "/somewhere", [(torch_req, "not installed, needed for everything")], [])
+    monkeypatch.setattr(deps, "status", lambda refresh=False: missing)
+    before = n_objects(bpy)
+    with pytest.raises(RuntimeError, match=r"needs torch>=2\.2 in Blender's Python 3\.11.*Install Dependencies"):
+        bpy.ops.headsplat.import_avatar(filepath=str(avatar_file))
+    assert n_objects(bpy) == before
