@@ -8,6 +8,11 @@ Backends: ``"torch"`` (any device; the reference), ``"gsplat"`` (CUDA tensors, n
 ``cuda_backend`` package and gsplat), ``"auto"`` (gsplat for CUDA tensors when available,
 else torch; the environment variable ``HEADSPLAT_RENDER_BACKEND`` overrides it).
 Both are differentiable with respect to every Gaussian parameter.
+
+Submodules: ``camera`` (Camera, look_at, orbit_camera), ``project`` (EWA projection),
+``rasterize_torch`` (the CPU reference rasterizer), ``refiner`` (the neural refiner U-Net),
+``realtime`` (FramePipeline: a viewer's per-frame path with CUDA graphs). The CUDA backend
+lives in the top-level package ``cuda_backend`` and is imported only when used.
 """
 
 from __future__ import annotations
