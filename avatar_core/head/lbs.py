@@ -83,20 +83,36 @@ def pose_features(rot_mats: torch.Tensor) -> torch.Tensor:
     return (rot_mats[:, 1:] - eye).reshape(B, 9 * (J - 1))
 
 
-def rigid_transforms(rot_mats: torch.Tensor, joints: torch.Tensor, parents: torch.Tensor):
+_PARENTS_CACHE: dict = {}
+
+
+def parent_tuple(parents) -> tuple:
+    """Parents as a tuple of ints. A device tensor is read once and remembered, so the
+    per-frame path never waits for the GPU (no host sync inside animate or CUDA graphs)."""
+    if not isinstance(parents, torch.Tensor):
+        return tuple(int(p) for p in parents)
+    if parents.device.type == "cpu":
+        return tuple(parents.tolist())
+    key = (parents.data_ptr(), parents.numel(), str(parents.device))
+    if key not in _PARENTS_CACHE:
+        _PARENTS_CACHE[key] = tuple(parents.tolist())
+    return _PARENTS_CACHE[key]
+
+
+def rigid_transforms(rot_mats: torch.Tensor, joints: torch.Tensor, parents):
     """Forward kinematics.
 
     Args:
         rot_mats: [B, J, 3, 3] local joint rotations.
         joints: [B, J, 3] rest joint locations.
-        parents: [J] parent index, -1 for the root; parents precede children.
+        parents: [J] parent index (tensor or sequence), -1 for the root; parents precede children.
     Returns:
         posed_joints [B, J, 3], rel_transforms [B, J, 4, 4] mapping rest space to posed space.
     """
     B, J = joints.shape[:2]
-    par = parents.tolist()
-    rel = joints.clone()
-    rel[:, 1:] = joints[:, 1:] - joints[:, [p if p >= 0 else 0 for p in par[1:]]]
+    par = parent_tuple(parents)
+    # joint offsets from their parents, by slicing only (no index tensors built per call)
+    rel = torch.stack([joints[:, 0]] + [joints[:, j] - joints[:, par[j]] for j in range(1, J)], 1)
     local = torch.zeros(B, J, 4, 4, dtype=joints.dtype, device=joints.device)
     local[..., :3, :3] = rot_mats
     local[..., :3, 3] = rel
