@@ -54,46 +54,66 @@ def background(scene) -> Optional[np.ndarray]:
 
 
 def collect_views(depsgraph, viewmat_world: np.ndarray, final: bool, device: str, warn=None) -> list:
-    """AvatarViews of every visible avatar in ``depsgraph``."""
-    from blender_addon.render_core import AvatarView
-    scene = depsgraph.scene
-    settings = scene.headsplat
+    """AvatarViews of every visible avatar in ``depsgraph``.
+
+    An avatar is found through its point object (viewport; final renders with "Points in
+    Final Renders" on) or, when the point object is skipped in final renders (the default),
+    through its rig, which keeps the avatar's shape keys evaluated in the render depsgraph.
+    """
     seen = set()
     views = []
     for inst in depsgraph.object_instances:
         ob_eval = inst.object
         orig = ob_eval.original
-        if orig is None or orig.type != "MESH" or not orig.headsplat.is_avatar:
+        if orig is None:
             continue
-        # an avatar can appear twice: the object itself and its geometry-nodes point cloud
-        # (an instance of the same object with the same matrix); collection instances differ
         matrix = np.array(inst.matrix_world)
-        key = (orig.name_full, np.round(matrix, 6).tobytes())
-        if key in seen:
+        if orig.type == "MESH" and orig.headsplat.is_avatar:
+            found = [(orig, ob_eval, _evaluated(orig.headsplat.rig, depsgraph), matrix, ob_eval.headsplat)]
+        elif orig.type == "ARMATURE" and orig.headsplat.shape_keys is not None:
+            # avatars whose point object is not in this depsgraph (skipped in final renders)
+            found = [(pts, None, ob_eval, matrix @ np.array(pts.matrix_parent_inverse) @ np.array(pts.matrix_basis),
+                      pts.headsplat)
+                     for pts in _avatars_of_rig(orig) if pts.hide_render and depsgraph.mode == "RENDER"]
+        else:
             continue
-        seen.add(key)
-        try:
-            avatar = storage.load_for_object(orig, device)
-        except Exception as exc:  # AvatarError, or an unreadable packed blob
-            msg = f"{orig.name}: {exc}"
-            (warn or log.warning)(msg)
-            continue
-        rig_eval = _evaluated(orig.headsplat.rig, depsgraph)
-        key_eval = _evaluated(orig.data.shape_keys, depsgraph)
-        p = params.frame_params(_KeyHolder(key_eval), rig_eval, avatar)
-        hs = ob_eval.headsplat
-        layers = lookup.layer_selection(hs)
-        lod = int(hs.lod)
-        if final and settings.render_lod != "OBJECT":
-            lod = int(settings.render_lod)
-        viewmat_head, scale = convert.head_camera(viewmat_world, matrix)
-        views.append(AvatarView(
-            key=orig.headsplat.data_key or orig.name_full, avatar=avatar, expression=p["expression"],
-            pose=p["pose"], translation=p["translation"], viewmat_head=viewmat_head, scale=scale, lod=lod,
-            layers=layers, mask_threshold=float(hs.mask_threshold),
-            colour_mode="RGB" if final or not settings.inspect_in_viewport else hs.colour_mode,
-            use_refiner=settings.use_refiner if final else settings.viewport_use_refiner))
+        for pts, pts_eval, rig_eval, m, hs in found:
+            # an avatar can appear twice: the object itself and its geometry-nodes point cloud
+            # (an instance of the same object with the same matrix); collection instances differ
+            key = (pts.name_full, np.round(m, 6).tobytes())
+            if key in seen:
+                continue
+            seen.add(key)
+            view = _view(depsgraph, pts, rig_eval, m, hs, viewmat_world, final, device, warn)
+            if view is not None:
+                views.append(view)
     return views
+
+
+def _avatars_of_rig(rig) -> list:
+    return [ob for ob in rig.children if ob.type == "MESH" and ob.headsplat.is_avatar and ob.headsplat.rig == rig]
+
+
+def _view(depsgraph, orig, rig_eval, matrix, hs, viewmat_world, final, device, warn):
+    from blender_addon.render_core import AvatarView
+    settings = depsgraph.scene.headsplat
+    try:
+        avatar = storage.load_for_object(orig, device)
+    except Exception as exc:  # AvatarError, or an unreadable packed blob
+        (warn or log.warning)(f"{orig.name}: {exc}")
+        return None
+    key_eval = _evaluated(orig.data.shape_keys, depsgraph)
+    p = params.frame_params(_KeyHolder(key_eval), rig_eval, avatar)
+    lod = int(hs.lod)
+    if final and settings.render_lod != "OBJECT":
+        lod = int(settings.render_lod)
+    viewmat_head, scale = convert.head_camera(viewmat_world, matrix)
+    return AvatarView(
+        key=orig.headsplat.data_key or orig.name_full, avatar=avatar, expression=p["expression"],
+        pose=p["pose"], translation=p["translation"], viewmat_head=viewmat_head, scale=scale, lod=lod,
+        layers=lookup.layer_selection(hs), mask_threshold=float(hs.mask_threshold),
+        colour_mode="RGB" if final or not settings.inspect_in_viewport else hs.colour_mode,
+        use_refiner=settings.use_refiner if final else settings.viewport_use_refiner)
 
 
 class _KeyHolder:

@@ -35,16 +35,27 @@ def _redraw(self, context):
                 area.tag_redraw()
 
 
-def _modifiers_render(self, context):
-    ob = self.id_data
+def set_points_in_renders(ob, on: bool) -> None:
+    """Final renders either evaluate the point object (for Cycles/EEVEE), or skip it entirely:
+    the HeadSplat engine then reads the shape keys through the rig (``rig.headsplat.shape_keys``
+    keeps them in the render depsgraph) and saves Blender copying and mixing every key over
+    every point for each frame."""
+    ob.hide_render = not on
     for m in ob.modifiers:
         if m.type in {"ARMATURE", "NODES"}:
-            m.show_render = self.points_in_renders
+            m.show_render = on
+
+
+def _points_in_renders(self, context):
+    set_points_in_renders(self.id_data, self.points_in_renders)
 
 
 class HeadSplatObjectProps(bpy.types.PropertyGroup):
     is_avatar: BoolProperty(name="Is HeadSplat Avatar", default=False, options={"HIDDEN"})
     rig: PointerProperty(name="Rig", type=bpy.types.Object, description="The avatar's FLAME armature")
+    shape_keys: PointerProperty(name="Avatar Shape Keys", type=bpy.types.Key, options={"HIDDEN"},
+                                description="On a rig: its avatar's shape keys (keeps them evaluated in final "
+                                            "renders while the point object itself is skipped)")
     lod: IntProperty(name="LOD", min=0, max=2, default=2, update=_redraw,
                      description="Level of detail shown (0 coarse .. 2 fine); switching does not rebuild the mesh")
     mask_threshold: FloatProperty(name="Mask Threshold", min=0.0, max=1.0, default=0.5, update=_redraw,
@@ -56,10 +67,10 @@ class HeadSplatObjectProps(bpy.types.PropertyGroup):
     point_size: FloatProperty(name="Point Size", min=0.01, max=10.0, default=1.0, update=_redraw,
                               description="Display radius of the points relative to the Gaussians' size")
     points_in_renders: BoolProperty(
-        name="Deform Points in Final Renders", default=False, update=_modifiers_render,
-        description="Evaluate the Armature and point modifiers for final renders too. HeadSplat's engine "
-                    "does not need them (it animates the Gaussians itself), so they are off to save time; "
-                    "turn on to render the points with Cycles or EEVEE")
+        name="Points in Final Renders", default=False, update=_points_in_renders,
+        description="Evaluate the point object (shape keys, Armature and point modifiers) in final renders. "
+                    "HeadSplat's engine does not need it (it animates the Gaussians itself from the keys and "
+                    "bones), so it is skipped to save time; turn on to render the points with Cycles or EEVEE")
     # bookkeeping (set by the scene builder)
     num_layers: IntProperty(name="Split Layers", default=0, options={"HIDDEN"})
     lod_levels: StringProperty(name="LOD Levels", default="0,1,2", options={"HIDDEN"})

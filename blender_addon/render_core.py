@@ -176,11 +176,10 @@ def render_views(views: Sequence[AvatarView], K: np.ndarray, width: int, height:
             rgba[..., :3] = convert.srgb_to_linear(np.asarray(background_srgb, np.float32))
             rgba[..., 3] = 1.0
         return FrameImage(rgba, np.full((H, W), FAR_DEPTH, np.float32))
-    layers = []
-    for v in views:
-        rgb, a, d = render_view(v, K, W, H, background_srgb)
-        layers.append((rgb.float().cpu(), a.float().cpu(), d.float().cpu()))
+    layers = [render_view(v, K, W, H, background_srgb) for v in views]
     t1 = time.perf_counter()
+    dev = layers[0][0].device
+    layers = [(r.float().to(dev), a.float().to(dev), d.float().to(dev)) for r, a, d in layers]
     if len(layers) == 1:
         premult, alpha, depth = layers[0]
     else:
@@ -191,26 +190,35 @@ def render_views(views: Sequence[AvatarView], K: np.ndarray, width: int, height:
         order = torch.argsort(depths, dim=0)
         rgbs = torch.gather(rgbs, 0, order[..., None].expand_as(rgbs))
         alphas = torch.gather(alphas, 0, order)
-        premult = torch.zeros(H, W, 3)
-        alpha = torch.zeros(H, W)
+        premult = torch.zeros(H, W, 3, device=dev)
+        alpha = torch.zeros(H, W, device=dev)
         for k in range(len(layers)):
             premult = premult + (1 - alpha)[..., None] * rgbs[k]
             alpha = alpha + (1 - alpha) * alphas[k]
         depth = torch.gather(depths, 0, order)[0]
-    premult = premult.numpy()
-    alpha_np = alpha.clamp(0, 1).numpy()
+    # colour conversion on the render device, then one copy to the host
+    alpha = alpha.clamp(0, 1)
     if background_srgb is not None:
-        over = premult + (1 - alpha_np[..., None]) * np.asarray(background_srgb, np.float32)
-        lin = convert.srgb_to_linear(np.clip(over, 0.0, 1.0))
-        alpha_out = np.ones_like(alpha_np)
+        bg = torch.as_tensor(np.asarray(background_srgb, np.float32), device=dev)
+        lin = srgb_to_linear_t((premult + (1 - alpha[..., None]) * bg).clamp(0, 1))
+        alpha_out = torch.ones_like(alpha)
     else:
-        lin = convert.premultiplied_srgb_to_linear(np.clip(premult, 0.0, None), alpha_np)
-        alpha_out = alpha_np
-    depth_np = depth.numpy().astype(np.float32)
-    depth_np = np.where((alpha_np > 1e-4) & (depth_np > 0), depth_np, FAR_DEPTH).astype(np.float32)
-    rgba = np.concatenate([lin, alpha_out[..., None]], -1).astype(np.float32)
+        # unpremultiply, convert, premultiply again
+        a = alpha[..., None]
+        straight = torch.where(a > 1e-6, premult.clamp_min(0) / a.clamp_min(1e-6), torch.zeros_like(premult))
+        lin = srgb_to_linear_t(straight) * a
+        alpha_out = alpha
+    depth = torch.where((alpha > 1e-4) & (depth > 0), depth, torch.full_like(depth, FAR_DEPTH))
+    rgba = torch.cat([lin, alpha_out[..., None]], -1).cpu().numpy()
+    depth_np = depth.cpu().numpy()
     t2 = time.perf_counter()
     return FrameImage(rgba, depth_np, {"render": t1 - t0, "composite": t2 - t1})
+
+
+def srgb_to_linear_t(c: torch.Tensor) -> torch.Tensor:
+    """Torch twin of ``convert.srgb_to_linear`` (same formula, runs on the render device)."""
+    c = c.clamp_min(0)
+    return torch.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055).pow(2.4))
 
 
 def reference_image(view: AvatarView, K: np.ndarray, width: int, height: int,

@@ -25,6 +25,7 @@ import numpy as np
 from mathutils import Matrix
 
 from blender_addon import convert, lookup, nodes, storage
+from blender_addon.props import set_points_in_renders
 from blender_addon.avatar_data import expression_deltas, quantise_weights, scene_arrays, slider_range, bone_tails
 
 log = logging.getLogger(__name__)
@@ -90,10 +91,10 @@ def build_avatar(context, avatar, name: str = "HeadSplat Avatar", source_path: s
     hs.lod = max(levels)
     hs.head_name = avatar.head_name
     nodes.add_modifier(ob)
-    # the HeadSplat engine reads keys and bones, not the deformed points: skip the modifiers in
-    # final renders (Object > headsplat.points_in_renders turns them back on for Cycles/EEVEE)
-    for m in ob.modifiers:
-        m.show_render = False
+    # the HeadSplat engine reads keys and bones, not the deformed points: final renders skip the
+    # point object; the rig keeps its shape keys in the render depsgraph
+    rig.headsplat.shape_keys = ob.data.shape_keys
+    set_points_in_renders(ob, False)
     report(0.92, "storing the avatar data")
     storage.set_source(ob, avatar=avatar, path=source_path, pack_data=pack, data=data)
     for o in context.view_layer.objects:

@@ -155,3 +155,10 @@ def test_orthographic_viewport_approximation():
     assert np.allclose(uv[:, 0], u_ref, atol=0.2) and np.allclose(uv[:, 1], v_ref, atol=0.2)
     with pytest.raises(ValueError):
         convert.projection_intrinsics(P, W, H)
+
+
+def test_torch_and_numpy_srgb_agree():
+    import torch
+    from blender_addon.render_core import srgb_to_linear_t
+    x = np.linspace(-0.1, 1.2, 1001, dtype=np.float32)
+    assert np.allclose(srgb_to_linear_t(torch.from_numpy(x)).numpy(), convert.srgb_to_linear(x), atol=1e-6)

@@ -77,8 +77,14 @@ def posed_scene(bpy, av):
     return ob, dict(expression=expr, pose=pose, translation=trans)
 
 
-def test_f12_equals_avatar_core_render(bpy, small_avatar):
+@pytest.mark.parametrize("points_in_renders", [False, True])
+def test_f12_equals_avatar_core_render(bpy, small_avatar, points_in_renders):
+    """Both routes: the point object skipped in final renders (the default; keys reach the
+    engine through the rig) and evaluated (for Cycles/EEVEE users)."""
     ob, p = posed_scene(bpy, small_avatar)
+    ob.headsplat.points_in_renders = points_in_renders
+    assert ob.hide_render == (not points_in_renders)
+    assert all(m.show_render == points_in_renders for m in ob.modifiers)
     img, _ = testing.render_still(48, 40, transparent=True)
     K, view, W, H = camera_of(bpy.context.scene)
     vh, s = convert.head_camera(view, np.array(ob.matrix_world))
