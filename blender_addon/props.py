@@ -50,13 +50,21 @@ def _points_in_renders(self, context):
     set_points_in_renders(self.id_data, self.points_in_renders)
 
 
+def _lod_update(self, context):
+    """Snap to the nearest level this avatar has (a reconstruction may keep only LOD 0)."""
+    levels = [int(x) for x in self.lod_levels.split(",") if x.strip().lstrip("-").isdigit()]
+    if levels and self.lod not in levels:
+        self.lod = min(levels, key=lambda k: abs(k - self.lod))
+    _redraw(self, context)
+
+
 class HeadSplatObjectProps(bpy.types.PropertyGroup):
     is_avatar: BoolProperty(name="Is HeadSplat Avatar", default=False, options={"HIDDEN"})
     rig: PointerProperty(name="Rig", type=bpy.types.Object, description="The avatar's FLAME armature")
     shape_keys: PointerProperty(name="Avatar Shape Keys", type=bpy.types.Key, options={"HIDDEN"},
                                 description="On a rig: its avatar's shape keys (keeps them evaluated in final "
                                             "renders while the point object itself is skipped)")
-    lod: IntProperty(name="LOD", min=0, max=2, default=2, update=_redraw,
+    lod: IntProperty(name="LOD", min=0, max=2, default=2, update=_lod_update,
                      description="Level of detail shown (0 coarse .. 2 fine); switching does not rebuild the mesh")
     mask_threshold: FloatProperty(name="Mask Threshold", min=0.0, max=1.0, default=0.5, update=_redraw,
                                   description="Split Gaussians whose soft mask (ANDed with their parents') is below "

@@ -219,3 +219,14 @@ def test_unregister_removes_everything(bpy):
     finally:
         testing.ensure_registered()
     assert hasattr(bpy.types.Object, "headsplat")
+
+
+def test_lod_snaps_to_the_levels_an_avatar_has(bpy, test_head):
+    from avatar_core.gaussians.avatar import Avatar
+    av = Avatar.synthetic(test_head, channels=4, lods=(0,), split_levels=1, shoulders=False)
+    testing.fresh_scene()
+    ob = testing.add_avatar(av, name="Coarse", camera=False)
+    assert ob.headsplat.lod == 0 and ob.headsplat.lod_levels == "0"
+    ob.headsplat.lod = 2
+    assert ob.headsplat.lod == 0
+    assert len(testing.evaluated_points(ob)) == len(av.select(0))
