@@ -71,7 +71,10 @@ def split_similarity(m: np.ndarray) -> Tuple[np.ndarray, float]:
     rigid = np.eye(4)
     rigid[:3, :3] = r
     rigid[:3, 3] = m[:3, 3]
-    return rigid, float(s.mean())
+    scale = float(s.mean())
+    if abs(scale - 1.0) < 1e-9:  # an unscaled object: skip the rescaling work downstream
+        scale = 1.0
+    return rigid, scale
 
 
 def rigid_inverse(m: np.ndarray) -> np.ndarray:
