@@ -367,3 +367,9 @@ def test_operators_refuse_clearly_when_dependencies_are_missing(bpy, scene, avat
     with pytest.raises(RuntimeError, match=r"needs torch>=2\.2 in Blender's Python 3\.11.*Install Dependencies"):
         bpy.ops.headsplat.import_avatar(filepath=str(avatar_file))
     assert n_objects(bpy) == before
+
+
+def test_check_dependencies_operator(bpy):
+    assert bpy.ops.headsplat.check_dependencies() == {"FINISHED"}
+    # nothing to install here, and installing needs Blender's online access: unavailable, with a reason
+    assert not bpy.ops.headsplat.install_dependencies.poll()
