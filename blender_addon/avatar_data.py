@@ -140,29 +140,10 @@ def expression_deltas(avatar, rest: Optional[np.ndarray] = None, chunk: int = 8)
             idx = torch.nonzero(hit_all[:, i])[:, 0]
             delta = np.zeros((N, 3), np.float32)
             if idx.numel():
-                means = _means(avatar, verts[k], frames[k], transforms[k], idx).float().cpu()
+                means = avatar.place_means(verts[k:k + 1], frames[k:k + 1], transforms[k:k + 1], idx)[0].float().cpu()
                 idx_cpu = idx.cpu()
                 delta[idx_cpu.numpy()] = (means - rest_t[idx_cpu]).numpy()
             yield i, delta
-
-
-def _means(avatar, verts: torch.Tensor, frames: torch.Tensor, transforms: torch.Tensor,
-           idx: torch.Tensor) -> torch.Tensor:
-    """``Avatar.animate``'s Gaussian centres for one deformed rig (verts [V, 3], face frames
-    [F, 3, 3], joint transforms [J, 4, 4]) at the Gaussians ``idx`` -> [n, 3]."""
-    ids, bary = avatar.bind_ids[idx], avatar.bind_bary[idx]
-    face = avatar.frame_face[idx]
-    on_face = face >= 0
-    # surface point: sum_j bary_j * verts[ids_j]
-    surf = (verts[ids] * bary[..., None]).sum(1)
-    off = avatar.offset[idx]
-    if bool(on_face.all()):
-        # offset in the face frame: R[n] @ off[n]
-        return surf + (frames[face] * off[:, None, :]).sum(-1)
-    # root-bound Gaussians (shoulders) sit at the root transform, rotated with it
-    R = torch.where(on_face[:, None, None], frames[face.clamp_min(0)], transforms[0, :3, :3][None])
-    base = torch.where(on_face[:, None], surf, transforms[0, :3, 3][None])
-    return base + (R * off[:, None, :]).sum(-1)
 
 
 def bone_tails(joints: np.ndarray, joint_names: Sequence[str], template: np.ndarray) -> np.ndarray:

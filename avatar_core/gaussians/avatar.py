@@ -219,6 +219,22 @@ class Avatar:
                                           self.rig_weights, self.rig_parents, theta, t)
         return verts, transforms
 
+    def place_means(self, verts: torch.Tensor, frames: torch.Tensor, transforms: torch.Tensor,
+                    index: torch.Tensor) -> torch.Tensor:
+        """Gaussian centres on a deformed rig: verts [B, V0, 3], face frames [B, F0, 3, 3]
+        (``face_frames``), joint transforms [B, J, 4, 4], Gaussians ``index`` [n] -> [B, n, 3].
+
+        mean = sum_i bary_i * verts[ids_i] + R_face @ offset; Gaussians without a face
+        (shoulders) sit at the root transform and turn with it.
+        """
+        ids, bary, face = self.bind_ids[index], self.bind_bary[index], self.frame_face[index]
+        has_face = face >= 0
+        R = torch.where(has_face[None, :, None, None], frames[:, face.clamp_min(0)],
+                        transforms[:, 0, :3, :3][:, None])  # [B, n, 3, 3]
+        surf = (verts[:, ids] * bary[None, :, :, None]).sum(2)  # [B, n, 3]
+        base = torch.where(has_face[None, :, None], surf, transforms[:, 0, :3, 3][:, None])
+        return base + (R @ self.offset[index][None, :, :, None])[..., 0]
+
     def animate(self, expression=None, pose=None, translation=None, lod: int = 2,
                 layers: Optional[Sequence[int]] = None, mask_threshold: float = 0.5,
                 shape=None, training: bool = False, index: Optional[torch.Tensor] = None) -> GaussianFrame:
@@ -240,19 +256,14 @@ class Avatar:
         if index is None:
             # training keeps every Gaussian of the LOD (threshold 0) and gates opacity instead
             index = self.select(lod, layers, 0.0 if training else mask_threshold)
-        g = {n: getattr(self, n)[index] for n in ("bind_ids", "bind_bary", "frame_face", "offset",
-                                                  "rotation", "log_scale", "opacity_logit", "features")}
+        g = {n: getattr(self, n)[index] for n in ("rotation", "log_scale", "opacity_logit", "features")}
         frames = face_frames(verts, self.rig_faces)  # [B, F0, 3, 3]
+        means = self.place_means(verts, frames, transforms, index)
         frame_q = lbs.matrix_to_quaternion(frames)    # [B, F0, 4]
-        has_face = g["frame_face"] >= 0
-        ff = g["frame_face"].clamp_min(0)
-        R_root = transforms[:, 0, :3, :3]
-        R = torch.where(has_face[None, :, None, None], frames[:, ff], R_root[:, None])  # [B, n, 3, 3]
-        q = torch.where(has_face[None, :, None], frame_q[:, ff], lbs.matrix_to_quaternion(R_root)[:, None])
-        # surface point: sum_i bary_i * verts[ids_i]; root-bound Gaussians use the root transform
-        surf = (verts[:, g["bind_ids"]] * g["bind_bary"][None, :, :, None]).sum(2)  # [B, n, 3]
-        base = torch.where(has_face[None, :, None], surf, transforms[:, 0, :3, 3][:, None])
-        means = base + (R @ g["offset"][None, :, :, None])[..., 0]
+        ff = self.frame_face[index]
+        has_face = ff >= 0
+        root_q = lbs.matrix_to_quaternion(transforms[:, 0, :3, :3])
+        q = torch.where(has_face[None, :, None], frame_q[:, ff.clamp_min(0)], root_q[:, None])
         quats = lbs.quaternion_multiply(q, g["rotation"][None].expand(B, -1, -1))
         scales = torch.exp(g["log_scale"])[None].expand(B, -1, -1)
         opac = torch.sigmoid(g["opacity_logit"])
