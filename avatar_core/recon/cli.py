@@ -16,8 +16,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", required=True, metavar="OUT.avatar", help="the avatar file to write")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                         help="where to optimise (default: cuda when available)")
-    parser.add_argument("--quality", default="default", choices=("fast", "default", "best"),
-                        help="speed/fidelity trade-off (default: default)")
+    # "test" (tiny, for the test suite) is accepted but not advertised
+    parser.add_argument("--quality", default="default", choices=("fast", "default", "best", "test"),
+                        metavar="{fast,default,best}", help="speed/fidelity trade-off (default: default)")
     parser.add_argument("--head", default="open", metavar="open|PATH",
                         help="head model: the built-in open head or a FLAME file (default: open)")
     parser.add_argument("--face-index", type=int, default=None, metavar="N",
@@ -29,12 +30,13 @@ def run(args) -> int:
     from avatar_core.cli_util import ProgressBar, resolve_device
     from avatar_core.io.atomic import check_writable
     from avatar_core.recon import reconstruct
+    from avatar_core.recon.pipeline import check_output_path
     from avatar_core.recon.preview import preview_path, preview_sheet, write_png
 
     device = resolve_device(args.device)
     preview = None if args.no_preview else preview_path(args.output)
     # fail before the work, not after it
-    check_writable(args.output, "avatar file")
+    check_output_path(args.output)
     if preview is not None:
         check_writable(preview, "preview image")
     bar = ProgressBar("reconstruct")

@@ -26,13 +26,13 @@ class ReconConfig:
 
     name: str
     crop_size: int = 512
-    opt_size: int = 192
+    opt_size: int = 256
     colour_size: int = 512
     eval_size: int = 512
     fit_steps: int = 300
     lods: Tuple[int, ...] = (0, 1, 2)
-    steps: Tuple[int, ...] = (60, 20, 0)        # Adam steps per LOD stage (coarse to fine)
-    colour_iters: Tuple[int, ...] = (6, 6, 10)  # CGLS colour iterations per LOD stage
+    steps: Tuple[int, ...] = (100, 40, 20)      # Adam steps per LOD stage (coarse to fine)
+    colour_iters: Tuple[int, ...] = (8, 8, 12)  # CGLS colour iterations per LOD stage
     channels: int = 3                           # feature channels of the Gaussians (first 3 RGB)
     split_levels: int = 2                       # SplitAvatar's L (k = split_k)
     split_k: int = 2
@@ -51,10 +51,10 @@ class ReconConfig:
 QUALITY: Dict[str, ReconConfig] = {
     "test": ReconConfig(name="test", crop_size=256, opt_size=96, colour_size=128, eval_size=128, fit_steps=120,
                         lods=(0,), steps=(4,), colour_iters=(2,), split_levels=1, plane_stride=8),
-    "fast": ReconConfig(name="fast", opt_size=160, colour_size=384, fit_steps=200, steps=(30, 0, 0),
-                        colour_iters=(4, 4, 6), plane_stride=6),
+    "fast": ReconConfig(name="fast", opt_size=192, fit_steps=200, steps=(50, 15, 8), colour_iters=(6, 6, 8),
+                        plane_stride=5),
     "default": ReconConfig(name="default"),
-    "best": ReconConfig(name="best", fit_steps=400, opt_size=256, steps=(150, 60, 30), colour_iters=(10, 10, 20),
+    "best": ReconConfig(name="best", fit_steps=400, steps=(200, 80, 40), colour_iters=(12, 12, 20),
                         split_levels=3, plane_stride=3, channels=8, refiner=True, refiner_steps=60,
                         holdout_fraction=0.06),
 }

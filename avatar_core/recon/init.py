@@ -115,6 +115,12 @@ def _blurred(image: torch.Tensor, sigma: float) -> torch.Tensor:
     return t[0].permute(1, 2, 0)
 
 
+def _eroded(alpha: torch.Tensor, radius: int) -> torch.Tensor:
+    """[S, S] matte eroded by ``radius`` pixels (a min filter)."""
+    x = alpha[None, None]
+    return -F.max_pool2d(-x, 2 * radius + 1, stride=1, padding=radius)[0, 0]
+
+
 def sample_image(image: torch.Tensor, uv: torch.Tensor) -> torch.Tensor:
     """Bilinear samples of [H, W, C] at pixel coordinates uv [N, 2] (integer = pixel centre)."""
     H, W = image.shape[:2]
@@ -189,6 +195,7 @@ def init_colours(avatar: Avatar, view: SourceView, vis: Visibility, groups: Dict
     """
     confidence = {}
     pyramid = {}
+    inner_alpha = _eroded(view.alpha, radius=max(1, view.size // 128))
     for name, idx in groups.items():
         if idx.numel() == 0:
             continue
@@ -198,9 +205,11 @@ def init_colours(avatar: Avatar, view: SourceView, vis: Visibility, groups: Dict
         img = pyramid[sigma]
         col = sample_image(img, vis.uv[idx])
         conf = vis.seen[idx].float() * ((vis.facing[idx] - 0.05) / 0.35).clamp(0.0, 1.0)
-        # a Gaussian seen where the matte says "background" is a mesh part outside the person
-        a = sample_image(view.alpha[..., None], vis.uv[idx])[:, 0]
-        conf = conf * (a > 0.5).float()
+        # trust the photo only well inside the person's matte: a Gaussian seen where the matte
+        # says "background" is a mesh part outside the person, and one on the matte's soft edge
+        # would carry the background's colour round to the back of the head
+        a = sample_image(inner_alpha[..., None], vis.uv[idx])[:, 0]
+        conf = conf * ((a - 0.5) / 0.4).clamp(0.0, 1.0)
         rest = _rest_positions(avatar, idx).cpu().numpy()
         tree = _knn_tree(rest)
         if name.startswith("lod"):
@@ -215,7 +224,7 @@ def init_colours(avatar: Avatar, view: SourceView, vis: Visibility, groups: Dict
             col_m = col
         wsum = conf + conf_m
         out = (col * conf[:, None] + col_m * conf_m[:, None]) / wsum.clamp_min(1e-6)[:, None]
-        known = wsum > 0.15
+        known = wsum > 0.3
         if fill_from is not None and not name.startswith("lod") and fill_from in groups:
             src = groups[fill_from]
             src_rest = _rest_positions(avatar, src).cpu().numpy()

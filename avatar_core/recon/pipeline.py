@@ -58,6 +58,16 @@ class _Timer:
             self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - t0
 
 
+def check_output_path(path) -> None:
+    """Raise AvatarError now, before minutes of work, if the avatar cannot be written to ``path``."""
+    from avatar_core.io.atomic import check_writable
+    p = Path(path)
+    if p.is_dir():
+        raise AvatarError(f"Cannot write the avatar file {str(p)!r}: it is a folder; expected a file path "
+                          "such as OUT.avatar.")
+    check_writable(p, "avatar file")
+
+
 def _load_head(head) -> HeadModel:
     if isinstance(head, HeadModel):
         return head
@@ -224,8 +234,7 @@ def reconstruct(photo, out_path: Optional[Union[str, os.PathLike]] = None, head=
     if cancel is not None and isinstance(progress, Progress):
         prog = Progress(progress.callback, cancel, progress.start, progress.end)
     if out_path is not None:
-        from avatar_core.io.atomic import check_writable
-        check_writable(out_path, "avatar file")
+        check_output_path(out_path)
     dev = resolve_device(device)
     threads = cfg.threads or os.cpu_count() or 1
     old_threads = torch.get_num_threads()
