@@ -27,7 +27,15 @@ python3 -c "import mediapipe, numpy, torch; print('mediapipe', mediapipe.__versi
 mapfile -t VIDEOS < <(ls .evalcarry/grid/speakers/*.mpg .evalcarry/grid/s1/*.mpg)
 [ -n "${CLIPS:-}" ] && VIDEOS=("${VIDEOS[@]:0:$CLIPS}")
 pids=()
+if [ -n "${NOVELVIEW:-}" ]; then   # novel-view runs beside the workers (scripts/eval_novelview_device.sh)
+  (OUT="$OUT" bash scripts/eval_novelview_device.sh nv_fast --quality fast
+   OUT="$OUT" bash scripts/eval_novelview_device.sh nv_default --quality default) > "$RUN/novelview.log" 2>&1 &
+  pids+=($!)
+fi
 for ((w = 0; w < WORKERS; w++)); do
+  # clips finished by an earlier call (their folders returned and put in .evalcarry/sr_prev) are reused
+  mkdir -p "$RUN/w$w"
+  [ -d .evalcarry/sr_prev ] && cp -r .evalcarry/sr_prev/*/ "$RUN/w$w/" 2>/dev/null
   subset=()
   for ((i = w; i < ${#VIDEOS[@]}; i += WORKERS)); do subset+=("${VIDEOS[$i]}"); done
   [ ${#subset[@]} -eq 0 ] && continue
@@ -36,10 +44,14 @@ for ((w = 0; w < WORKERS; w++)); do
   pids+=($!)
 done
 for p in "${pids[@]}"; do wait "$p"; done
-for f in "$RUN"/w*.log; do echo "== $f"; grep -v "^W0000\|^I0000\|INFO: Created\|absl::\|UserWarning\|Consider using\|W_SSIM" "$f" | tail -n 40; done
-# one folder of clips (each worker's clip folders side by side), no avatar files
+for f in "$RUN"/*.log; do echo "== $f"; grep -v "^W0000\|^I0000\|INFO: Created\|absl::\|UserWarning\|Consider using\|W_SSIM\|earlier run" "$f" | grep -v "^\[" | tail -n 12; done
+# one folder of clips (each worker's clip folders side by side), no avatar files; returned as
+# sr_json.tgz (result.json + logs) and sr_png_N.tgz (plots and strips, < 16 MB each)
 mkdir -p "$RUN/all"
 for d in "$RUN"/w*/; do cp -r "$d"/*/ "$RUN/all/" 2>/dev/null; done
-cp "$RUN"/w*.log "$RUN/all/" 2>/dev/null
-tar czf "$OUT/results.tgz" -C "$RUN/all" --exclude='*.safetensors' .
+cp "$RUN"/*.log "$RUN/all/" 2>/dev/null
+cd "$RUN/all" && find . -name '*.safetensors' -delete
+tar czf "$OUT/sr_json.tgz" ./*/result.json ./*.log
+mapfile -t DIRS < <(ls -d */)
+for ((i = 0; i < ${#DIRS[@]}; i += 12)); do tar czf "$OUT/sr_png_$((i / 12)).tgz" "${DIRS[@]:$i:12}"; done
 ls -la "$OUT"

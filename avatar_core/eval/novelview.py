@@ -75,6 +75,8 @@ def add_arguments(parser) -> None:
                         help="LPIPS-alex weights .npz (default ../shared/data/metrics/lpips_alexnet_flax_layout.npz)")
     parser.add_argument("--reuse", action="store_true",
                         help="reuse <out>/renders and <out>/avatar.safetensors from an earlier run with the same settings")
+    parser.add_argument("--render-only", action="store_true",
+                        help="only render the scan into <out>/renders (e.g. to carry them to a machine without bpy)")
     parser.add_argument("--blender-timeout", type=float, default=1800.0,
                         help="seconds the Blender render may take (default 1800)")
 
@@ -127,10 +129,16 @@ def render_scan(scan, out_dir, yaws: Sequence[float], size: int = 384, samples: 
            "sensor_mm": SENSOR_MM, "distance_m": float(distance), "bust_height_m": BUST_HEIGHT_M,
            "depth_grid": int(depth_grid or min(size, 192)), "threads": threads}
     job_file = out / "job.json"
-    if not (reuse and job_file.is_file() and json.loads(job_file.read_text()) == job
+    if not (reuse and job_file.is_file() and _same_scene(json.loads(job_file.read_text()), job)
             and (out / "views.json").is_file()):
         _run_blender(job, out, timeout)
     return load_views(out)
+
+
+def _same_scene(a: Dict, b: Dict) -> bool:
+    """Two render jobs give the same images (paths and thread counts aside)."""
+    skip = ("glb", "maps_dir", "out_dir", "threads")
+    return {k: v for k, v in a.items() if k not in skip} == {k: v for k, v in b.items() if k not in skip}
 
 
 def _run_blender(job: Dict, out: Path, timeout: float) -> None:
@@ -296,6 +304,9 @@ def run(args) -> int:
     views = render_scan(scan, out / "renders", yaws, args.render_size, args.samples, timeout=args.blender_timeout,
                         reuse=args.reuse)
     timings["blender"] = time.perf_counter() - t0
+    if args.render_only:
+        print(f"rendered {len(views.yaws)} views into {out / 'renders'} ({views.meta.get('material')})")
+        return 0
     warnings: List[str] = []
     if views.meta.get("material") != "maps":
         warnings.append("The scan's texture maps could not be read (" + "; ".join(views.meta.get("map_problems", []))
@@ -350,8 +361,8 @@ def run(args) -> int:
     base = np.broadcast_to(tgt[views.index(0.0)], tgt.shape)
     per = {"avatar": view_metrics(rgb, alpha, tgt, mask, lpips_net),
            "frontal image": view_metrics(base, np.broadcast_to(mask[views.index(0.0)], mask.shape), tgt, mask, lpips_net)}
-    for k in METRICS:   # at yaw 0 the frontal image is the target itself
-        per["frontal image"][k][views.index(0.0)] = np.nan
+    for metric in METRICS:   # at yaw 0 the frontal image is the target itself
+        per["frontal image"][metric][views.index(0.0)] = np.nan
 
     write_png(out / "strip.png", view_strip(tgt, rgb, mask, views.yaws))
     settings = {
@@ -460,7 +471,7 @@ def write_novelview_reports(out: Path, yaws, per, settings, align, recon_info, w
     L.append(md_table(header, table))
     if at30:
         ok = all(v >= TARGET_PSNR_30 for v in at30.values())
-        L.append(f"\nMasked PSNR at ±30°: " + ", ".join(f"{k}° {v:.2f} dB" for k, v in at30.items())
+        L.append("\nMasked PSNR at ±30°: " + ", ".join(f"{k}° {v:.2f} dB" for k, v in at30.items())
                  + f" (target ≥ {TARGET_PSNR_30:.0f} dB: {'met' if ok else 'not met'}).\n")
     L.append(f"\nAlignment: Blender's camera frame maps to the avatar's by scale {align['scale']:.3f} and shift "
              f"{np.round(align['shift'], 4).tolist()} m (fitted on {align['landmarks']} face landmarks in 3-D, rms "

@@ -3,10 +3,9 @@
 For each clip: the frames are cropped like the source photo would be (``track_frames`` crops
 every frame with the first face frame's head crop), an avatar is reconstructed from the
 source frame (frame 0, or the first frame with a face), the clip is tracked, and each frame is
-rendered at the tracked pose and expression through the avatar's fitted source camera moved
-by the tracked head motion since the source frame (re-expressed about the head's centre, see
-``drive_params``); by default
-(``--expression relative``) expressions and jaw/neck/eye rotations are also applied as changes
+rendered through the avatar's fitted source camera with the tracked head motion since the
+source frame (a turn about the neck joint plus a shift, see ``drive_params``); by default
+(``--expression relative``) expressions and jaw/eye rotations are also applied as changes
 from the source frame's tracked values, on top of the avatar's own source expression, so the
 source frame renders as reconstructed.
 
@@ -67,6 +66,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--head", default="open", help="head model: open (default) or a FLAME file")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--track-steps", type=int, default=150, help="tracking optimisation steps (default 150)")
+    parser.add_argument("--track-smooth", type=float, default=5.0, help="tracking smoothness weight (default 5)")
     parser.add_argument("--expression", choices=("relative", "absolute"), default="relative",
                         help="drive the avatar with expression changes from the source frame (default) or the "
                              "tracked values as they are")
@@ -107,7 +107,8 @@ def run(args) -> int:
         "command": "python -m avatar_core eval selfreenact " + " ".join(shlex.quote(a) for a in sys.argv[3:])
         if sys.argv[1:3] == ["eval", "selfreenact"] else None,
         "quality": cfg.name, "size": args.size, "frames": args.frames, "lod": args.lod, "head": args.head,
-        "device": device, "track_steps": args.track_steps, "expression": args.expression,
+        "device": device, "track_steps": args.track_steps, "track_smooth": args.track_smooth,
+        "expression": args.expression,
         "background": BACKGROUND, "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
     }
     key = {k: settings[k] for k in RESULT_KEY}
@@ -118,12 +119,13 @@ def run(args) -> int:
         try:
             res = load_result(out / name, key) if args.reuse else None
             if res is not None:
-                res.video = str(video)
+                res.video, res.reused = str(video), True
                 print(f"    {name}: results of an earlier run with the same settings", file=sys.stderr)
             else:
                 res = evaluate_clip(video, name, out / name, cfg, head, lpips_net, size=args.size,
                                     max_frames=args.frames, lod=args.lod, device=device,
-                                    track_steps=args.track_steps, expression=args.expression,
+                                    track_steps=args.track_steps, track_smooth=args.track_smooth,
+                                    expression=args.expression,
                                     strip_frames=args.strip_frames, reuse=args.reuse,
                                     keep_avatar=args.keep_avatars, progress=_stage_printer(name))
                 save_result(out / name, res, key)
@@ -182,13 +184,16 @@ class ClipResult:
     means: Dict[str, Dict[str, float]] = dataclasses.field(default_factory=dict)
     valid: Optional[np.ndarray] = None
     render_landmarks_missing: int = 0
+    track_error_px: float = float("nan")
+    motion_reference: int = 0
     warnings: List[str] = dataclasses.field(default_factory=list)
     timings: Dict[str, float] = dataclasses.field(default_factory=dict)
     recon: Dict = dataclasses.field(default_factory=dict)
     error: Optional[str] = None
+    reused: bool = False          # taken from an earlier run's result.json (--reuse)
 
 
-RESULT_KEY = ("quality", "size", "frames", "lod", "head", "track_steps", "expression", "background")
+RESULT_KEY = ("quality", "size", "frames", "lod", "head", "track_steps", "track_smooth", "expression", "background")
 
 
 def save_result(clip_dir: Path, res: "ClipResult", key: Dict) -> None:
@@ -224,12 +229,11 @@ def load_result(clip_dir: Path, key: Dict) -> Optional["ClipResult"]:
 
 def evaluate_clip(video, name: str, clip_dir: Path, cfg, head, lpips_net, size: int = 256,
                   max_frames: Optional[int] = None, lod: Optional[int] = None, device: str = "cpu",
-                  track_steps: int = 150, expression: str = "relative", strip_frames: int = 4,
-                  reuse: bool = False, keep_avatar: bool = True, progress=None) -> ClipResult:
+                  track_steps: int = 150, track_smooth: float = 5.0, expression: str = "relative",
+                  strip_frames: int = 4, reuse: bool = False, keep_avatar: bool = True,
+                  progress=None) -> ClipResult:
     """Evaluate one clip (see the module docstring); writes the clip's plot and strip, and its
     avatar (deleted at the end unless ``keep_avatar``)."""
-    import torch
-
     from avatar_core.eval.report import plot_series, write_png
     from avatar_core.fit.track import read_video, track_frames
     from avatar_core.render.camera import Camera
@@ -244,7 +248,8 @@ def evaluate_clip(video, name: str, clip_dir: Path, cfg, head, lpips_net, size: 
                         "and at least one more.")
     say(f"tracking {T} frames")
     t0 = time.perf_counter()
-    track = track_frames(frames, fps, head, size=cfg.crop_size, steps=track_steps, source=repr(str(video)))
+    track = track_frames(frames, fps, head, size=cfg.crop_size, steps=track_steps, smooth=track_smooth,
+                         source=repr(str(video)))
     timings["track"] = time.perf_counter() - t0
     warnings = list(track.warnings)
     src = int(np.argmax(track.valid)) if track.valid.any() else 0
@@ -266,7 +271,7 @@ def evaluate_clip(video, name: str, clip_dir: Path, cfg, head, lpips_net, size: 
         avatar, report = reconstruct(frames[src], avatar_path, head=head, quality=cfg, device=device)
         warnings.extend(report.warnings)
         recon_info = {k: v for k, v in report.as_dict().items() if k in (
-            "quality", "psnr_masked_source", "ssim_masked_source", "landmark_error_px", "num_gaussians")}
+            "quality", "device", "psnr_masked_source", "ssim_masked_source", "landmark_error_px", "num_gaussians")}
         drift = float(np.abs(report.source_image - track.frames[src] / 255.0).mean())
         if drift > 0.02:
             warnings.append(f"the avatar's source crop differs from the tracked crop (mean |diff| {drift:.3f}); "
@@ -275,7 +280,17 @@ def evaluate_clip(video, name: str, clip_dir: Path, cfg, head, lpips_net, size: 
 
     say("rendering")
     t0 = time.perf_counter()
-    params, viewmats = drive_params(track, avatar, head, src, expression)
+    ref = motion_reference(track, src)
+    if ref != src:
+        err = track.fit.errors_px
+        warnings.append(f"the tracker's fit of frame {src} is off (median landmark error {err[src]:.1f} px, clip "
+                        f"median {np.nanmedian(err):.1f} px); motion is taken relative to frame {ref} instead, "
+                        f"as if the head had not moved between them.")
+    bad = np.nonzero(np.asarray(track.fit.errors_px) > _fit_limit(track))[0]
+    if len(bad):
+        warnings.append(f"the tracker fits {len(bad)} of {T} frames loosely (landmark error over "
+                        f"{_fit_limit(track):.1f} px: frames {_frame_list(bad)}); the avatar is driven wrongly there.")
+    params, viewmats = drive_params(track, avatar, head, ref, expression)
     cams = source_camera(avatar, size)
     cams = Camera(cams.K.expand(len(viewmats), 3, 3), viewmats, cams.width, cams.height)
     renders = render_frames(avatar, params, size, lod=lod, device=device, cameras=cams)
@@ -297,6 +312,7 @@ def evaluate_clip(video, name: str, clip_dir: Path, cfg, head, lpips_net, size: 
     means = {m: {k: _nanmean(v[driven]) for k, v in per[m].items()} for m in per}
     res = ClipResult(name=name, video=str(video), frames=T, source=src, per=per, means=means,
                      valid=track.valid.copy(), render_landmarks_missing=max(missing, 0), warnings=warnings,
+                     track_error_px=float(np.nanmedian(track.fit.errors_px)), motion_reference=ref,
                      timings=timings, recon=recon_info)
     x = np.arange(T)
     plot_series(clip_dir / "metrics.png", x, {LABELS[k]: {m: np.where(driven, per[m][k], np.nan) for m in METHODS}
@@ -315,52 +331,55 @@ def _nanmean(v) -> float:
 
 
 # ----------------------------------------------------------------------------- driving
+def _fit_limit(track) -> float:
+    """Landmark error (px at the crop) above which a tracked frame counts as badly fitted."""
+    err = np.asarray(track.fit.errors_px, np.float64)
+    return max(3.0, 3.0 * float(np.nanmedian(err))) if np.isfinite(err).any() else np.inf
+
+
+def motion_reference(track, src: int) -> int:
+    """The frame the tracked motion is taken relative to: ``src``, unless the tracker fitted it
+    badly (see ``_fit_limit``); then the nearest well-fitted frame."""
+    err = np.asarray(track.fit.errors_px, np.float64)
+    good = np.isfinite(err) & (err <= _fit_limit(track))
+    if good[src] or not good.any():
+        return src
+    idx = np.nonzero(good)[0]
+    return int(idx[np.argmin(np.abs(idx - src))])
+
+
+def _frame_list(idx) -> str:
+    idx = [int(i) for i in idx]
+    return ", ".join(map(str, idx[:8])) + (" ..." if len(idx) > 8 else "")
+
+
 def drive_params(track, avatar, head, src: int = 0, expression: str = "relative"):
     """Per-frame avatar parameters and cameras from a TrackResult.
 
-    Returns (params {"expression" [T, E], "pose" [T, J, 3] (root zero), "translation" [T, 3]
-    (zero)}, viewmats [T, 4, 4]: the avatar's world -> camera per frame), float32, CPU.
+    Returns (params {"expression" [T, E], "pose" [T, J, 3], "translation" [T, 3]}, viewmats
+    [T, 4, 4]: the avatar's source camera for every frame), float32, CPU.
 
-    Head motion: the tracker models rigid head motion as per-frame cameras V_t. Its camera-frame
-    motion since frame ``src``, M_t = V_t V_src^-1, is re-expressed about the head's centre c
-    (the centroid of the tracked head mesh, in camera coordinates): a rotation R_t about c and a
-    shift of c by d_t = M_t c - c. The same rotation is applied about the avatar's own head
-    centre c_a, and the shift is carried over so it moves the head as far in the image
-    (x, y scaled by (f_trk z_a) / (f_a z_trk), z by z_a / z_trk, f in pixels per crop side):
-    A_t = [R_t, c_a + k d_t - R_t c_a] A_src. Re-expressing the motion about the head keeps
-    the tracker's near-ambiguity between a small head rotation and a sideways shift (both move
-    the face alike) from turning into a large drift when the motion is moved onto an avatar
-    whose fitted camera differs from the tracker's.
-    ``expression="relative"``: expression and the other joints' rotations = the avatar's source
+    Head motion: the tracker splits rigid head motion between a per-frame camera V_t and the
+    neck joint N_t, and on a still speaker the split wanders (the camera turns one way, the
+    neck the other, the face stays put). Only the head's motion, H_t = V_t N_t, is well
+    determined, so that is what is carried over: its motion since frame ``src`` in camera
+    coordinates, H_t H_src^-1, is taken as a rotation R_t about the neck joint plus a shift d_t of
+    the joint. The avatar keeps its source camera A (the video's camera does not move); its neck
+    turns by R_t (in world axes: W^T R_t W times its source neck rotation, W = A's rotation) and
+    the shift becomes a root translation W^T (k d_t), k scaling x, y by (f_trk z_a) / (f_a z_trk)
+    and z by z_a / z_trk (z: the neck joint's depth, f: focal in pixels per crop side) so the head
+    moves as far in the image. Shoulders follow only the shift.
+    ``expression="relative"``: expression and the jaw/eye rotations = the avatar's source
     values + (tracked value at t - tracked value at src), clamped to [0, 1] for ARKit-style
     expressions; ``"absolute"``: the tracked values.
     """
     import torch
 
-    from avatar_core.fit.single import is_unit_range
+    from avatar_core.fit.single import is_unit_range, matrix_to_axis_angle
+    from avatar_core.head.lbs import axis_angle_to_matrix
 
+    NECK = 1
     fit = track.fit
-    V = fit.camera.viewmat.detach().double()                       # [T, 4, 4]
-    T = V.shape[0]
-    src_cam = source_camera(avatar, int(fit.camera.width))
-    A = src_cam.viewmat[0].double()
-    # head centres in the camera frames of the source frame
-    S = fit.shape.detach().float()
-    verts = head.v_template.float() + torch.einsum("k,vik->vi", S, head.shapedirs[..., : S.numel()].float())
-    c = (V[src, :3, :3] @ verts.double().mean(0) + V[src, :3, 3])
-    c_a = (A[:3, :3] @ avatar.rig_template.detach().double().cpu().mean(0) + A[:3, 3])
-    f_t = float(fit.camera.K[0, 0, 0]) / fit.camera.width
-    f_a = float(src_cam.K[0, 0, 0]) / src_cam.width
-    k = torch.tensor([f_t * float(c_a[2]) / (f_a * float(c[2]))] * 2 + [float(c_a[2]) / float(c[2])],
-                     dtype=torch.float64)
-    M = V @ torch.linalg.inv(V[src])                               # camera src -> camera t
-    R = M[:, :3, :3]
-    d = (R @ c + M[:, :3, 3]) - c                                  # [T, 3] shift of the head centre
-    Tm = torch.eye(4, dtype=torch.float64).repeat(T, 1, 1)
-    Tm[:, :3, :3] = R
-    Tm[:, :3, 3] = c_a + k * d - (R @ c_a)
-    viewmats = (Tm @ A).float()
-
     e_trk = fit.expression.detach().float()                        # [T, E]
     p_trk = fit.pose.detach().float()                              # [T, J, 3]
     names = list(avatar.expr_names)
@@ -368,6 +387,34 @@ def drive_params(track, avatar, head, src: int = 0, expression: str = "relative"
         raise EvalError(f"The clip was tracked with {e_trk.shape[1]} expressions and {p_trk.shape[1]} joints, but "
                         f"the avatar has {len(names)} and {avatar.rig_weights.shape[1]}; track with the avatar's "
                         "head model.")
+    T = e_trk.shape[0]
+    V = fit.camera.viewmat.detach().double()                       # [T, 4, 4]
+    src_cam = source_camera(avatar, int(fit.camera.width))
+    A = src_cam.viewmat[0].double()
+    W = A[:3, :3]
+
+    # the tracked head transform H_t = V_t N_t (N_t: rotation about the tracked neck joint)
+    S = fit.shape.detach().double()
+    rest = head.v_template.double() + torch.einsum("k,vik->vi", S, head.shapedirs[..., : S.numel()].double())
+    j_n = (head.j_regressor.double() @ rest)[NECK]
+    Rn = axis_angle_to_matrix(p_trk[:, NECK].double())             # [T, 3, 3]
+    N = torch.eye(4, dtype=torch.float64).repeat(T, 1, 1)
+    N[:, :3, :3] = Rn
+    N[:, :3, 3] = j_n - Rn @ j_n
+    H = V @ N
+    M = H @ torch.linalg.inv(H[src])                               # camera src -> camera t, the head's motion
+    R = M[:, :3, :3]
+    n = V[src, :3, :3] @ j_n + V[src, :3, 3]                       # the neck joint, camera src
+    d = (R @ n + M[:, :3, 3]) - n                                  # [T, 3] its shift
+
+    j_a = (avatar.rig_j_regressor.detach().double().cpu() @ avatar.rig_template.detach().double().cpu())[NECK]
+    n_a = W @ j_a + A[:3, 3]
+    f_t = float(fit.camera.K[0, 0, 0]) / fit.camera.width
+    f_a = float(src_cam.K[0, 0, 0]) / src_cam.width
+    k = torch.tensor([f_t * float(n_a[2]) / (f_a * float(n[2]))] * 2 + [float(n_a[2]) / float(n[2])],
+                     dtype=torch.float64)
+    translation = (W.T @ (k * d).T).T.float()                      # [T, 3] world
+
     if expression == "relative":
         e_src = torch.as_tensor(avatar.source.get("expression", e_trk[src])).float().reshape(-1)
         p_src = torch.as_tensor(avatar.source.get("pose", p_trk[src])).float().reshape(p_trk.shape[1:])
@@ -377,11 +424,14 @@ def drive_params(track, avatar, head, src: int = 0, expression: str = "relative"
             e = e.clamp(0.0, 1.0)
     elif expression == "absolute":
         e, pose = e_trk.clone(), p_trk.clone()
+        p_src = torch.zeros_like(p_trk[0])
     else:
         raise EvalError(f"expression must be relative or absolute, not {expression!r}.")
+    neck_src = axis_angle_to_matrix(p_src[NECK].double()[None])[0]
+    pose[:, NECK] = matrix_to_axis_angle(W.T @ R @ W @ neck_src).float()
     pose[:, 0] = 0.0
-    params = {"expression": e.contiguous(), "pose": pose.contiguous(), "translation": torch.zeros(T, 3)}
-    return params, viewmats
+    params = {"expression": e.contiguous(), "pose": pose.contiguous(), "translation": translation.contiguous()}
+    return params, src_cam.viewmat.float().expand(T, 4, 4).clone()
 
 
 def source_camera(avatar, size: int):
@@ -557,7 +607,7 @@ def strip(real, alpha, renders, per, extra, src: int, n: int = 4) -> np.ndarray:
 # ----------------------------------------------------------------------------- reports
 def write_reports(out: Path, results: List[ClipResult], settings: Dict) -> None:
     """report.md, summary.json and per_frame.csv for the clips so far."""
-    from avatar_core.eval.report import fmt, md_table, nanmean, write_csv, write_json, write_text
+    from avatar_core.eval.report import md_table, nanmean, write_csv, write_json, write_text
 
     ok = [r for r in results if r.error is None]
     rows = []
@@ -580,6 +630,7 @@ def write_reports(out: Path, results: List[ClipResult], settings: Dict) -> None:
             "frames_without_face": [int(t) for t in np.nonzero(~r.valid)[0]],
             "avatar": r.means["avatar"], "baseline": r.means["baseline"],
             "render_landmarks_missing": r.render_landmarks_missing, "warnings": r.warnings,
+            "track_median_landmark_error_px": r.track_error_px, "motion_reference_frame": r.motion_reference,
             "reconstruction": r.recon, "timings_s": {k: round(v, 1) for k, v in r.timings.items()}})
             for r in results},
         "overall_mean_of_clips": overall,
@@ -591,8 +642,12 @@ def write_reports(out: Path, results: List[ClipResult], settings: Dict) -> None:
     L.append("# Self-reenactment report\n")
     if settings.get("command"):
         L.append(f"Command: `{settings['command']}`\n")
+    reused = sum(1 for r in ok if r.reused)
     L.append(f"Reconstruction quality `{settings['quality']}`, evaluated at {settings['size']} px, "
-             f"expressions `{settings['expression']}`, device {settings['device']} ({settings['machine']}).\n")
+             f"tracker {settings['track_steps']} steps (smoothness {settings['track_smooth']:g}), expressions "
+             f"`{settings['expression']}`, device {settings['device']} ({settings['machine']})"
+             + (f"; {reused} of {len(ok)} clips were evaluated by an earlier run (--reuse; their reconstruction "
+                "device and times are in summary.json)" if reused else "") + ".\n")
     L.append("Each clip: avatar reconstructed from the source frame (frame 0), driven by the tracked clip, "
              "rendered through the fitted source camera; compared with the matted real frame. Baseline: the "
              "matted source frame, unchanged. PSNR/SSIM/LPIPS over the whole crop, head PSNR inside the real "
@@ -622,7 +677,8 @@ def write_reports(out: Path, results: List[ClipResult], settings: Dict) -> None:
     L.append("\n## Per clip\n")
     for r in ok:
         L.append(f"### {r.name}\n")
-        L.append(f"`{r.video}`, {r.frames} frames, source frame {r.source}; times: "
+        L.append(f"`{r.video}`, {r.frames} frames, source frame {r.source}, motion relative to frame "
+                 f"{r.motion_reference}, tracker's median landmark error {r.track_error_px:.2f} px; times: "
                  + ", ".join(f"{k} {v:.0f} s" for k, v in r.timings.items()) + ".\n")
         if r.recon:
             L.append(f"Reconstruction: {r.recon}.\n")
