@@ -293,6 +293,8 @@ def run(args) -> int:
         raise EvalError(f"--samples must be at least 1, not {args.samples}.")
     cfg = get_config(args.quality)
     scan = scan_dir(args.scan)
+    if not (scan / GLB).is_file():
+        raise EvalError(f"The head scan {str(scan / GLB)!r} does not exist; pass --scan with the folder holding {GLB}.")
     out = prepare_out_dir(args.out)
     lpips_net = LPIPS.load(args.lpips_weights)
     device = resolve_device(args.device)
