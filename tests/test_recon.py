@@ -165,10 +165,10 @@ def test_cli_reconstructs_prints_metrics_and_writes_avatar_and_preview(tmp_path)
 def test_cli_several_faces_takes_the_largest_and_says_so(tmp_path):
     import cv2
     a = _astronaut()
-    small = cv2.resize(a, (256, 256), interpolation=cv2.INTER_AREA)
-    canvas = np.full((512, 800, 3), 235, np.uint8)
+    small = cv2.resize(a, (384, 384), interpolation=cv2.INTER_AREA)
+    canvas = np.full((512, 950, 3), 235, np.uint8)
     canvas[:, :512] = a
-    canvas[128:384, 530:786] = small
+    canvas[64:448, 530:914] = small
     photo = _write(tmp_path / "two.jpg", canvas)
     r = _cli(photo, "-o", tmp_path / "two.avatar", "--quality", TEST_QUALITY, "--no-preview")
     assert r.returncode == 0, r.stderr
@@ -305,9 +305,11 @@ def test_plane_depth_is_smooth_and_near_the_head():
     z = cam.world_to_camera(plane.points[None])[0, :, 2]
     zmin = float(cam.world_to_camera(v[None])[0, :, 2].min())
     assert float(z.min()) > zmin - 1e-3 and float(z.max()) < zmin + 0.35
-    # neighbouring cells differ by little: depth over a cell step << the cell's width in depth units
+    # neighbouring cells differ by little: no depth step is steeper than ~60 degrees (the
+    # shoulders curve back; a torn billboard would jump by many cell widths)
     uv, _ = cam.project(plane.points[None])
     d = torch.cdist(uv[0], uv[0])
     nb = (d > 0) & (d < 4.5)
     dz = (z[:, None] - z[None, :]).abs()[nb]
-    assert float(dz.max()) < 0.02
+    step = 4.0 * float(z.max()) / float(cam.fx[0])  # a cell's width in metres
+    assert float(dz.max()) < 2.0 * step

@@ -8,7 +8,9 @@ soft masks | yaw -30 | yaw +30. Nothing is written when the command fails or is 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from contextlib import suppress
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,23 +42,25 @@ def run(args) -> int:
     if preview is not None:
         check_writable(preview, "preview image")
     bar = ProgressBar("reconstruct")
-    avatar, report = reconstruct(args.photo, out_path=None, head=args.head, quality=args.quality,
-                                 device=device, face_index=args.face_index, progress=bar)
-    if preview is not None:
-        bar(0.98, "rendering the preview")
-        sheet = preview_sheet(avatar, report.source_image)
-    from avatar_core.io import save_avatar
-    save_avatar(avatar, args.output)
-    if preview is not None:
-        try:
-            write_png(sheet, preview)
-        except BaseException:
-            # keep the pair consistent: no avatar without its preview on a failed/interrupted write
-            import os
-            from contextlib import suppress
-            with suppress(OSError):
-                os.unlink(args.output)
-            raise
+    try:
+        avatar, report = reconstruct(args.photo, out_path=None, head=args.head, quality=args.quality,
+                                     device=device, face_index=args.face_index, progress=bar)
+        if preview is not None:
+            bar(0.98, "rendering the preview")
+            sheet = preview_sheet(avatar, report.source_image, device=device)
+        from avatar_core.io import save_avatar
+        save_avatar(avatar, args.output)
+        if preview is not None:
+            try:
+                write_png(sheet, preview)
+            except BaseException:
+                # keep the pair consistent: no avatar without its preview
+                with suppress(OSError):
+                    os.unlink(args.output)
+                raise
+    except BaseException:
+        bar.close()  # end the progress line, so the error sentence starts a line of its own
+        raise
     bar(1.0, "done")
     for w in report.warnings:
         print(f"warning: {w}", file=sys.stderr)

@@ -37,7 +37,7 @@ class ReconConfig:
     split_levels: int = 2                       # SplitAvatar's L (k = split_k)
     split_k: int = 2
     split_fraction: float = 0.12                # share of LOD-0 vertices (eyes/mouth) that get split layers
-    plane_stride: int = 4                       # shoulder/hair plane: one Gaussian per stride^2 crop pixels
+    plane_stride: int = 3                       # shoulder/hair plane: one Gaussian per stride^2 crop pixels
     refiner: bool = False                       # train the neural refiner jointly and keep it if it helps
     refiner_steps: int = 0
     holdout_fraction: float = 0.0               # share of pixels (in patches) held out to judge the refiner
@@ -55,7 +55,7 @@ QUALITY: Dict[str, ReconConfig] = {
                         plane_stride=5),
     "default": ReconConfig(name="default"),
     "best": ReconConfig(name="best", fit_steps=400, steps=(200, 80, 40), colour_iters=(12, 12, 20),
-                        split_levels=3, plane_stride=3, channels=8, refiner=True, refiner_steps=60,
+                        split_levels=3, plane_stride=2, channels=8, refiner=True, refiner_steps=60,
                         holdout_fraction=0.06),
 }
 

@@ -398,7 +398,10 @@ def plane_points(view: SourceView, raster: MeshRaster, verts: torch.Tensor, chin
     else:
         dist = np.full(head.shape, 1e6)
         near_depth = np.full(head.shape, z_centre)
-    near_depth = np.minimum(near_depth, z_centre + 0.05)
+    # never in front of the head's centre: the silhouette of a face seen from the front is the
+    # cheeks and jaw, well in front of the hair beside them, which would then hang in front of
+    # the face in a turned view
+    near_depth = np.clip(near_depth, z_centre, z_centre + 0.05)
     reach = max(0.35 * face_width_px, 4.0)
     w = np.exp(-dist / reach)
     zmap = w * near_depth + (1 - w) * z_centre

@@ -43,7 +43,7 @@ def source_params(avatar: Avatar) -> dict:
 def head_centre(avatar: Avatar) -> torch.Tensor:
     """World position of the head's centre at the source pose: [3]."""
     with torch.no_grad():
-        v, _ = avatar.deform_rig(**source_params(avatar))
+        v, _ = avatar.deform_rig(**{k: t.to(avatar.device) for k, t in source_params(avatar).items()})
     v = v[0]
     lo, hi = v.min(0).values, v.max(0).values
     return 0.5 * (lo + hi)
@@ -67,7 +67,8 @@ def _render(avatar: Avatar, camera: Camera, lod: int, features: Optional[torch.T
     with torch.no_grad():
         if index is None:
             index = avatar.select(lod)
-        frame = avatar.animate(**source_params(avatar), lod=lod, index=index)
+        params = {k: t.to(avatar.device) for k, t in source_params(avatar).items()}
+        frame = avatar.animate(**params, lod=lod, index=index)
         if features is not None:
             frame = dataclasses.replace(frame, features=features[index][None])
         out = render(frame, camera, background=BACKGROUND, with_depth=False)
@@ -79,17 +80,17 @@ def _render(avatar: Avatar, camera: Camera, lod: int, features: Optional[torch.T
 
 def split_colours(avatar: Avatar) -> torch.Tensor:
     """Per-Gaussian RGB [N, 3]: head/shoulders a light grey, split layer l in LAYER_COLOURS[l]."""
-    col = torch.full((avatar.num_gaussians, 3), 0.82)
+    col = torch.full((avatar.num_gaussians, 3), 0.82, device=avatar.device)
     for layer in range(avatar.split_levels + 1):
         sel = avatar.split_layer == layer
-        col[sel] = torch.tensor(LAYER_COLOURS[layer % len(LAYER_COLOURS)])
+        col[sel] = torch.tensor(LAYER_COLOURS[layer % len(LAYER_COLOURS)], device=avatar.device)
     return col
 
 
 def mask_colours(avatar: Avatar) -> torch.Tensor:
     """Per-Gaussian RGB [N, 3]: split Gaussians of layers >= 1 coloured by their effective soft
     mask (blue 0 -> red 1, the product with every ancestor's), the rest light grey."""
-    col = torch.full((avatar.num_gaussians, 3), 0.82)
+    col = torch.full((avatar.num_gaussians, 3), 0.82, device=avatar.device)
     soft = torch.sigmoid(avatar.soft_mask.float())
     eff = soft.clone()
     for layer in range(1, avatar.split_levels + 1):
@@ -101,7 +102,8 @@ def mask_colours(avatar: Avatar) -> torch.Tensor:
         eff[idx] = soft[idx] * pm
     sel = avatar.split_layer >= 1
     m = eff[sel][:, None]
-    col[sel] = m * torch.tensor([0.9, 0.15, 0.1]) + (1 - m) * torch.tensor([0.1, 0.25, 0.9])
+    hot, cold = torch.tensor([0.9, 0.15, 0.1], device=col.device), torch.tensor([0.1, 0.25, 0.9], device=col.device)
+    col[sel] = m * hot + (1 - m) * cold
     return col
 
 
@@ -117,9 +119,12 @@ def _label(img: np.ndarray, text: str) -> np.ndarray:
 
 
 def preview_panels(avatar: Avatar, source_image: Optional[np.ndarray], size: int = 256,
-                   refiner=None) -> List[np.ndarray]:
-    """The eight labelled panels [size, size, 3] uint8, in sheet order."""
-    cam = source_camera(avatar, size)
+                   refiner=None, device=None) -> List[np.ndarray]:
+    """The eight labelled panels [size, size, 3] uint8, in sheet order (rendered on ``device``,
+    default the avatar's)."""
+    if device is not None:
+        avatar = avatar.to(device)
+    cam = source_camera(avatar, size).to(device=avatar.device)
     lods = avatar.available_lods()
     top = max(lods)
     panels = []
@@ -139,17 +144,18 @@ def preview_panels(avatar: Avatar, source_image: Optional[np.ndarray], size: int
     everything = torch.nonzero((avatar.lod == top) | (avatar.lod < 0))[:, 0]
     panels.append(_label(_render(avatar, cam, top, features=mask_colours(avatar), index=everything),
                          "soft masks (blue 0, red 1)"))
-    centre = head_centre(avatar)
+    centre = head_centre(avatar).cpu()
     for yaw in (-30.0, 30.0):
-        panels.append(_label(_render(avatar, turned_camera(cam, centre, yaw), top, refiner=refiner),
+        turned = turned_camera(cam.to(device="cpu"), centre, yaw).to(device=avatar.device)
+        panels.append(_label(_render(avatar, turned, top, refiner=refiner),
                              f"yaw {yaw:+.0f}"))
     return panels
 
 
 def preview_sheet(avatar: Avatar, source_image: Optional[np.ndarray], size: int = 256,
-                  columns: int = 4, refiner=None) -> np.ndarray:
+                  columns: int = 4, refiner=None, device=None) -> np.ndarray:
     """The sheet as one uint8 image [rows * size, columns * size, 3]."""
-    panels = preview_panels(avatar, source_image, size, refiner)
+    panels = preview_panels(avatar, source_image, size, refiner, device)
     rows = []
     for r in range(0, len(panels), columns):
         row = panels[r:r + columns]
