@@ -186,13 +186,18 @@ def fit_landmarks(head: HeadModel, embedding: Embedding, landmarks: np.ndarray, 
     }
     for v in p.values():
         v.requires_grad_()
-    sigma2 = (0.02 * face_size) ** 2
+    # Geman-McClure scale, annealed from coarse to fine: a fixed small scale gives frames that
+    # start far off (fast head motion, a poor first guess) no gradient at all
+    sigma_final = 0.02 * face_size
+    sigma_start = 0.3 * face_size
     vmask = valid_t.float()
     articulated = torch.tensor([0.0] + [1.0] * (J - 1))[:, None]
 
     lmk_head = LandmarkHead(head, embedding)
 
-    def loss_fn(stage: int):
+    def loss_fn(stage: int, progress_frac: float = 1.0):
+        anneal = min(1.0, progress_frac / 0.6)
+        sigma2 = (sigma_start * (sigma_final / sigma_start) ** anneal) ** 2
         cam = cameras_from(p["omega"], p["t"], f0 * torch.exp(p["df"]), size)
         pts = lmk_head(p["beta"][None].expand(T, -1), p["expr"], p["pose"] * articulated)
         uv, _ = cam.project(pts)
@@ -214,7 +219,7 @@ def fit_landmarks(head: HeadModel, embedding: Embedding, landmarks: np.ndarray, 
     opt = torch.optim.Adam([p["omega"], p["t"], p["df"]], lr=1e-2)
     for i in range(rigid_steps):
         opt.zero_grad()
-        loss, _, _ = loss_fn(0)
+        loss, _, _ = loss_fn(0, i / steps)
         loss.backward()
         p["t"].grad[:, :2] *= 0.1
         opt.step()
@@ -228,7 +233,7 @@ def fit_landmarks(head: HeadModel, embedding: Embedding, landmarks: np.ndarray, 
     rest = steps - rigid_steps
     for i in range(rest):
         opt.zero_grad()
-        loss, _, _ = loss_fn(1)
+        loss, _, _ = loss_fn(1, (rigid_steps + i) / steps)
         loss.backward()
         opt.step()
         if unit:
