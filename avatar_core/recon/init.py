@@ -204,7 +204,9 @@ def init_colours(avatar: Avatar, view: SourceView, vis: Visibility, groups: Dict
             pyramid[sigma] = _blurred(view.image, sigma)
         img = pyramid[sigma]
         col = sample_image(img, vis.uv[idx])
-        conf = vis.seen[idx].float() * ((vis.facing[idx] - 0.05) / 0.35).clamp(0.0, 1.0)
+        # grazing views still give the right colour (the hair beside a face covers the side of
+        # the head), just with less weight; the mirror then rarely overrides them
+        conf = vis.seen[idx].float() * ((vis.facing[idx] + 0.05) / 0.35).clamp(0.05, 1.0)
         # trust the photo only well inside the person's matte: a Gaussian seen where the matte
         # says "background" is a mesh part outside the person, and one on the matte's soft edge
         # would carry the background's colour round to the back of the head
@@ -224,7 +226,7 @@ def init_colours(avatar: Avatar, view: SourceView, vis: Visibility, groups: Dict
             col_m = col
         wsum = conf + conf_m
         out = (col * conf[:, None] + col_m * conf_m[:, None]) / wsum.clamp_min(1e-6)[:, None]
-        known = wsum > 0.3
+        known = wsum > 0.04
         if fill_from is not None and not name.startswith("lod") and fill_from in groups:
             src = groups[fill_from]
             src_rest = _rest_positions(avatar, src).cpu().numpy()
