@@ -313,3 +313,78 @@ def test_plane_depth_is_smooth_and_near_the_head():
     dz = (z[:, None] - z[None, :]).abs()[nb]
     step = 4.0 * float(z.max()) / float(cam.fx[0])  # a cell's width in metres
     assert float(dz.max()) < 2.0 * step
+
+
+def _synthetic_view(head, S=96, colour_left=(0.9, 0.1, 0.1), colour_right=(0.1, 0.1, 0.9)):
+    """A "photo" of the synthetic head: left half of the image one colour, right half another."""
+    from avatar_core.recon.init import SourceView
+    from avatar_core.render import orbit_camera
+    cam = orbit_camera(target=(0.0, 0.03, 0.0), distance=0.6, fov_deg=30, width=S, height=S)
+    img = torch.zeros(S, S, 3)
+    img[:, : S // 2] = torch.tensor(colour_left)
+    img[:, S // 2:] = torch.tensor(colour_right)
+    params = {"expression": torch.zeros(1, head.num_expr), "pose": torch.zeros(1, 5, 3),
+              "translation": torch.zeros(1, 3)}
+    return SourceView(img, torch.ones(S, S), cam, params)
+
+
+def test_visible_gaussians_take_the_photo_and_hidden_ones_the_mirror(test_head):
+    """OAFF-style init: the depth buffer decides what the photo sees; the back of the head
+    is filled, and a side the photo sees only in mirror takes the mirrored colour."""
+    from avatar_core.gaussians.build import build_avatar
+    from avatar_core.recon.init import gaussian_visibility, init_colours, source_raster
+    av = build_avatar(test_head, lods=(0,), channels=3, split_levels=0)
+    view = _synthetic_view(test_head)
+    verts, ras = source_raster(av, view)
+    vis = gaussian_visibility(av, view, ras, verts)
+    p = av.rig_template  # LOD-0 Gaussians sit on the rest vertices here
+    front = p[:, 2] > 0.06
+    back = p[:, 2] < -0.06
+    assert vis.seen[front].float().mean() > 0.9
+    assert not bool(vis.seen[back].any())
+    idx = torch.arange(av.num_gaussians)
+    init_colours(av, view, vis, {"lod0": idx}, {"lod0": 0.0})
+    rgb = av.features[:, :3]
+    assert torch.isfinite(rgb).all() and float(rgb.min()) >= 0 and float(rgb.max()) <= 1
+    # the camera looks down -Z at the face: image left is the head's -X side
+    left = front & (p[:, 0] < -0.03)
+    right = front & (p[:, 0] > 0.03)
+    assert float(rgb[left, 0].mean()) > 0.7 and float(rgb[right, 2].mean()) > 0.7
+    # unseen back: filled with photo colours (red/blue), not left at the default skin tone
+    assert float((rgb[back, 0] + rgb[back, 2]).mean()) > 0.7
+
+
+def test_split_region_covers_eyes_and_mouth(test_head):
+    from avatar_core.recon.init import split_vertices
+    ids = split_vertices(test_head, 0.05)
+    p = test_head.v_template[ids]
+    assert float(p[:, 2].min()) > 0.0                         # all on the face side
+    eyes = (p[:, 1] > 0.02).sum()
+    mouth = (p[:, 1] < -0.01).sum()
+    assert int(eyes) > 0 and int(mouth) > 0                   # a blink counts as much as a smile
+
+
+def test_transfer_lod_carries_offsets_in_world_space(test_head):
+    """LOD k+1 starts from LOD k's optimised offsets: at a shared vertex, the same world offset."""
+    from avatar_core.gaussians.avatar import REGION_HEAD, face_frames
+    from avatar_core.gaussians.build import build_avatar
+    from avatar_core.recon.init import lod_chain
+    from avatar_core.recon.optimise import transfer_lod
+    av = build_avatar(test_head, lods=(0, 1), channels=3, split_levels=0)
+    view = _synthetic_view(test_head)
+    chain = lod_chain(test_head.faces, test_head.num_vertices, 1)
+    c = torch.nonzero((av.lod == 0) & (av.region == REGION_HEAD))[:, 0]
+    f = torch.nonzero((av.lod == 1) & (av.region == REGION_HEAD))[:, 0]
+    g = torch.Generator().manual_seed(0)
+    av.offset[c] = torch.randn(c.numel(), 3, generator=g) * 1e-3
+    av.opacity_logit[c] = torch.randn(c.numel(), generator=g)
+    transfer_lod(av, view, chain, 0, 1)
+    verts, _ = av.deform_rig(**view.params)
+    R = face_frames(verts, av.rig_faces)[0]
+    world_c = (R[av.frame_face[c]] @ av.offset[c, :, None])[..., 0]
+    world_f = (R[av.frame_face[f]] @ av.offset[f, :, None])[..., 0]
+    V0 = c.numel()
+    assert torch.allclose(world_f[:V0], world_c, atol=1e-6)
+    e = chain.edges[0]
+    assert torch.allclose(world_f[V0:], 0.5 * (world_c[e[:, 0]] + world_c[e[:, 1]]), atol=1e-6)
+    assert torch.allclose(av.opacity_logit[f[:V0]], torch.minimum(av.opacity_logit[c], torch.full_like(av.opacity_logit[c], 2.0)))
