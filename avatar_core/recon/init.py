@@ -234,11 +234,31 @@ def init_colours(avatar: Avatar, view: SourceView, vis: Visibility, groups: Dict
             out[~known] = avatar.features[src[torch.as_tensor(nn, device=idx.device)], :3]
         elif bool(known.any()) and not bool(known.all()):
             out = _fill(rest, out, known)
+            out = _scalp_prior(avatar, rest, out, known, wsum)
         elif not bool(known.any()):
             out[:] = torch.tensor([0.6, 0.45, 0.38], dtype=out.dtype)
         avatar.features[idx, :3] = out.clamp(0.0, 1.0).to(avatar.features.dtype)
         confidence[name] = wsum.clamp(0.0, 1.0)
     return confidence
+
+
+def _scalp_prior(avatar: Avatar, rest: np.ndarray, colours: torch.Tensor, known: torch.Tensor,
+                 confidence: torch.Tensor) -> torch.Tensor:
+    """Unseen Gaussians above the eyes (the top and back of the skull) take the median colour
+    of the well-seen skull above the brows: hair for most people, scalp for the bald. The
+    nearest-colour fill alone would spread whatever the silhouette happened to show there."""
+    eyes_y = float((avatar.rig_j_regressor[3:5] @ avatar.rig_template)[:, 1].mean())
+    y = torch.as_tensor(rest[:, 1], dtype=colours.dtype)
+    z = torch.as_tensor(rest[:, 2], dtype=colours.dtype)
+    zmax = float(z.max())
+    # the seen skull: well above the brows and behind the forehead
+    skull = (y > eyes_y + 0.06) & (z < zmax - 0.04) & (confidence > 0.3)
+    if int(skull.sum()) < 20:
+        return colours
+    prior = colours[skull].median(0).values
+    w = torch.sigmoid((y - eyes_y - 0.01) / 0.01) * torch.sigmoid((zmax - 0.06 - z) / 0.01)
+    w = w * (~known).to(colours.dtype)
+    return colours * (1 - w[:, None]) + prior * w[:, None]
 
 
 def _fill(rest: np.ndarray, colours: torch.Tensor, known: torch.Tensor, iterations: int = 12) -> torch.Tensor:
