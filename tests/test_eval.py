@@ -236,9 +236,10 @@ def test_selfreenact_end_to_end_writes_the_report(tmp_path, capsys):
 def test_selfreenact_bad_videos_get_clear_errors(tmp_path, capsys):
     import cv2
     from avatar_core.__main__ import main
+    weights = ["--lpips-weights", str(shared_data("metrics", "lpips_alexnet_flax_layout.npz"))]
     empty = tmp_path / "empty.mpg"
     empty.write_bytes(b"")
-    assert main(["eval", "selfreenact", str(empty), "--out", str(tmp_path / "o1")]) == 1
+    assert main(["eval", "selfreenact", str(empty), "--out", str(tmp_path / "o1")] + weights) == 1
     err = capsys.readouterr().err
     assert "error: " in err and "Traceback" not in err and "empty.mpg" in err
     noface = tmp_path / "noface.avi"
@@ -246,8 +247,8 @@ def test_selfreenact_bad_videos_get_clear_errors(tmp_path, capsys):
     for _ in range(3):
         w.write(np.full((120, 160, 3), 90, np.uint8))
     w.release()
-    assert main(["eval", "selfreenact", str(noface), "--out", str(tmp_path / "o2")]) == 1
+    assert main(["eval", "selfreenact", str(noface), "--out", str(tmp_path / "o2")] + weights) == 1
     err = capsys.readouterr().err
     assert "No face was found in any of the 3 frames" in err and "Traceback" not in err
-    assert main(["eval", "selfreenact", str(tmp_path / "absent.mp4"), "--out", str(tmp_path / "o3")]) == 1
+    assert main(["eval", "selfreenact", str(tmp_path / "absent.mp4"), "--out", str(tmp_path / "o3")] + weights) == 1
     assert "does not exist" in capsys.readouterr().err
