@@ -208,7 +208,7 @@ def test_checkpoint_round_trip_and_clear_errors(tiny_net, tmp_path):
     net3 = load_feedforward(tmp_path, device="cpu")  # a folder holding model.safetensors
     av = reconstruct_from_batch(net3, make_batch(net3, B=1), info={"method": "feedforward"})
     assert av.available_lods() == [0, 1, 2] and av.info["method"] == "feedforward"
-    assert set(av.source) >= {"camera_K", "camera_viewmat", "expression", "pose", "shape"}
+    assert set(av.source) >= {"K", "viewmat", "width", "height", "expression", "pose", "shape"}
     with pytest.raises(CheckpointError, match="does not exist"):
         load_network(tmp_path / "missing.safetensors")
     save_file({"x": torch.zeros(1)}, str(tmp_path / "foreign.safetensors"))

@@ -26,6 +26,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--face-index", type=int, default=None, metavar="N",
                         help="which face when the photo has several, by size (0 = largest, the default)")
     parser.add_argument("--no-preview", action="store_true", help="do not write OUT.preview.png")
+    parser.add_argument("--method", default="optimise", choices=("optimise", "feedforward"),
+                        help="optimise (default, needs no weights) or feedforward (needs --checkpoint)")
+    parser.add_argument("--checkpoint", default=None, metavar="CKPT",
+                        help="feed-forward checkpoint: a model file, step folder or run folder from `train`")
 
 
 def run(args) -> int:
@@ -35,6 +39,9 @@ def run(args) -> int:
     from avatar_core.recon.pipeline import check_output_path
     from avatar_core.recon.preview import preview_path, preview_sheet, write_png
 
+    from avatar_core.errors import CheckpointError
+    if args.method == "feedforward" and not args.checkpoint:
+        raise CheckpointError("--method feedforward needs --checkpoint CKPT (a model trained with `train`).")
     device = resolve_device(args.device)
     preview = None if args.no_preview else preview_path(args.output)
     # fail before the work, not after it
@@ -43,11 +50,15 @@ def run(args) -> int:
         check_writable(preview, "preview image")
     bar = ProgressBar("reconstruct")
     try:
-        avatar, report = reconstruct(args.photo, out_path=None, head=args.head, quality=args.quality,
-                                     device=device, face_index=args.face_index, progress=bar)
+        if args.method == "feedforward":
+            avatar, source_image, summary, warnings = _feedforward(args, device, bar)
+        else:
+            avatar, report = reconstruct(args.photo, out_path=None, head=args.head, quality=args.quality,
+                                         device=device, face_index=args.face_index, progress=bar)
+            source_image, summary, warnings = report.source_image, report.summary(), report.warnings
         if preview is not None:
             bar(0.98, "rendering the preview")
-            sheet = preview_sheet(avatar, report.source_image, device=device)
+            sheet = preview_sheet(avatar, source_image, device=device)
         from avatar_core.io import save_avatar
         save_avatar(avatar, args.output)
         if preview is not None:
@@ -62,8 +73,27 @@ def run(args) -> int:
         bar.close()  # end the progress line, so the error sentence starts a line of its own
         raise
     bar(1.0, "done")
-    for w in report.warnings:
+    for w in warnings:
         print(f"warning: {w}", file=sys.stderr)
-    print(report.summary())
+    print(summary)
     print(f"wrote {args.output}" + (f" and {preview}" if preview is not None else ""))
     return 0
+
+
+def _feedforward(args, device, bar):
+    """Face crop + single-image fit + the trained network (no per-photo optimisation)."""
+    import time
+    from avatar_core.face import process_portrait
+    from avatar_core.fit.correspondence import landmark_embedding
+    from avatar_core.fit.single import fit_portrait
+    from avatar_core.head import load_head
+    from avatar_core.recon.feedforward import reconstruct_feedforward
+    t0 = time.perf_counter()
+    head = load_head(args.head)
+    portrait = process_portrait(args.photo, size=512, face_index=args.face_index, progress=bar)
+    fit = fit_portrait(head, portrait, landmark_embedding(head))
+    avatar = reconstruct_feedforward(portrait, fit, args.checkpoint, head=head, device=device)
+    summary = (f"feed-forward reconstruction in {time.perf_counter() - t0:.1f} s (network "
+               f"{avatar.info.get('seconds', 0.0):.3f} s); landmark median error {fit.median_error_px:.2f} px "
+               f"({100 * fit.median_error_frac:.2f}% of the face box)")
+    return avatar, portrait.image, summary, list(portrait.warnings)

@@ -91,8 +91,9 @@ def reconstruct_from_batch(net: FeedForwardNet, batch: Dict[str, torch.Tensor], 
     """One network pass over a source batch (batch 1) -> the Avatar with every LOD (on the CPU)."""
     pred = net.predict(batch, net.cfg.max_lod, all_lods=True)
     size = net.cfg.image_size
-    source = {"camera_K": batch["src_K"][0], "camera_viewmat": batch["src_viewmat"][0],
-              "camera_size": torch.tensor([size, size]), "shape": batch["shape"][0],
+    # the same source keys the optimisation path writes (K, viewmat, width, height, parameters)
+    source = {"K": batch["src_K"][0], "viewmat": batch["src_viewmat"][0],
+              "width": torch.tensor(size), "height": torch.tensor(size), "shape": batch["shape"][0],
               "expression": batch["src_expression"][0], "pose": batch["src_pose"][0],
               "translation": batch["src_translation"][0]}
     return net.to_avatar(pred, 0, source={k: v.detach().cpu() for k, v in source.items()}, info=info)
