@@ -33,6 +33,7 @@ from avatar_core.eval.metrics import ssim_map
 from avatar_core.gaussians.avatar import ALL_LODS, REGION_HEAD, REGION_SHOULDER, Avatar, face_frames
 from avatar_core.render import render
 from avatar_core.recon.init import LodChain, SourceView
+from avatar_core.recon.threads import ThreadGovernor
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +76,9 @@ class PhotoFit:
     """Holds the avatar's optimisable tensors and runs the stages."""
 
     def __init__(self, avatar: Avatar, view: SourceView, holdout: torch.Tensor, facing: torch.Tensor,
-                 device: torch.device):
+                 device: torch.device, governor: Optional[ThreadGovernor] = None):
         self.avatar = avatar
+        self.governor = governor or ThreadGovernor(enabled=False)
         self.view = view
         self.holdout = holdout
         self.device = device
@@ -194,6 +196,7 @@ class PhotoFit:
         frozen_offset = frozen | self.plane
         frozen_colour = frozen | ~self.colour_free
         l1 = float("nan")
+        self.governor.begin()
         try:
             for it in range(steps):
                 if progress is not None:
@@ -216,6 +219,7 @@ class PhotoFit:
                         mask = frozen_offset if n == "offset" else frozen_colour if n == "features" else frozen
                         p.grad[mask] = 0
                 opt.step()
+                self.governor.tick()
         finally:
             self._freeze()
         secs = time.perf_counter() - t0
@@ -259,6 +263,7 @@ class PhotoFit:
         def AT(q, leaf, r):
             return torch.autograd.grad(q, leaf, grad_outputs=r)[0] * free
 
+        self.governor.begin()
         leaf = x0.clone().requires_grad_(True)
         q = A(leaf)
         r = (b - q).detach()
@@ -281,6 +286,7 @@ class PhotoFit:
             beta = g_new / gamma.clamp_min(1e-20)
             gamma = g_new
             p = s_ + beta * p
+            self.governor.tick()
         with torch.no_grad():
             feats = a.features.clone()
             feats[index, :3] = x[:, :3].clamp(0.0, 1.0)

@@ -29,6 +29,7 @@ from avatar_core.recon.init import (SourceView, attach_plane, chin_height, gauss
                                     init_colours, init_head_scales, lod_chain, plane_points, split_vertices)
 from avatar_core.recon.optimise import BACKGROUND, PhotoFit, holdout_grid, transfer_lod
 from avatar_core.recon.report import ReconReport
+from avatar_core.recon.threads import ThreadGovernor
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +163,8 @@ def reconstruct_from_fit(head_model: HeadModel, portrait, fit, cfg: ReconConfig,
     avatar = avatar.to(dev)
     dview = SourceView(view.image, view.alpha, view.camera.to(device=dev),
                        {k: v.to(dev) for k, v in view.params.items()})
-    fitter = PhotoFit(avatar, dview, holdout_grid(cfg.holdout_fraction), facing.to(dev), dev)
+    governor = ThreadGovernor(cfg.threads, enabled=dev.type == "cpu")
+    fitter = PhotoFit(avatar, dview, holdout_grid(cfg.holdout_fraction), facing.to(dev), dev, governor)
     # progress weights: an Adam step, a CGLS iteration at colour_size (~2 renders, more pixels)
     cg = 2.0 * (cfg.colour_size / max(cfg.opt_size, 1)) ** 2 / 4
     total = sum(cfg.steps) + cg * sum(cfg.colour_iters) + cfg.refiner_steps
@@ -196,6 +198,7 @@ def reconstruct_from_fit(head_model: HeadModel, portrait, fit, cfg: ReconConfig,
         done += cfg.refiner_steps
     with timed("evaluate"):
         prog(0.94, "measuring the source-view fidelity")
+        governor.begin()
         report.psnr, report.ssim = evaluate(fitter, lods, cfg.eval_size)
         report.num_gaussians = avatar.lod_counts()
     avatar.source = {
@@ -236,10 +239,10 @@ def reconstruct(photo, out_path: Optional[Union[str, os.PathLike]] = None, head=
     if out_path is not None:
         check_output_path(out_path)
     dev = resolve_device(device)
-    threads = cfg.threads or os.cpu_count() or 1
     old_threads = torch.get_num_threads()
-    if dev.type == "cpu":
-        torch.set_num_threads(threads)
+    # the face pipeline and the fit work on small tensors: one torch thread is as fast and is
+    # not slowed down by a busy machine; the optimisation loops choose their own (see threads.py)
+    torch.set_num_threads(1)
     report = ReconReport(quality=cfg.name, device=str(dev))
     timed = _Timer(report.timings)
     try:
@@ -278,5 +281,4 @@ def reconstruct(photo, out_path: Optional[Union[str, os.PathLike]] = None, head=
         prog(1.0, "done")
         return avatar, report
     finally:
-        if dev.type == "cpu":
-            torch.set_num_threads(old_threads)
+        torch.set_num_threads(old_threads)

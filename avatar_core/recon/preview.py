@@ -155,7 +155,14 @@ def preview_panels(avatar: Avatar, source_image: Optional[np.ndarray], size: int
 def preview_sheet(avatar: Avatar, source_image: Optional[np.ndarray], size: int = 256,
                   columns: int = 4, refiner=None, device=None) -> np.ndarray:
     """The sheet as one uint8 image [rows * size, columns * size, 3]."""
-    panels = preview_panels(avatar, source_image, size, refiner, device)
+    from avatar_core.recon.threads import ThreadGovernor
+    old = torch.get_num_threads()
+    on_cpu = (device is None and avatar.device.type == "cpu") or str(device) == "cpu"
+    ThreadGovernor(enabled=on_cpu).begin()
+    try:
+        panels = preview_panels(avatar, source_image, size, refiner, device)
+    finally:
+        torch.set_num_threads(old)
     rows = []
     for r in range(0, len(panels), columns):
         row = panels[r:r + columns]
