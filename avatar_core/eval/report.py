@@ -11,7 +11,6 @@ import io
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence
 
@@ -47,20 +46,9 @@ def prepare_out_dir(path) -> Path:
 
 def _atomic_bytes(path, data: bytes) -> Path:
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    from avatar_core.io.atomic import atomic_path
+    with atomic_path(path, "report file") as tmp:
+        tmp.write_bytes(data)
     return path
 
 

@@ -29,7 +29,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
@@ -237,22 +236,10 @@ class MotionSequence:
         folder = path.parent if str(path.parent) else Path(".")
         if not folder.is_dir():
             raise MotionError(f"Cannot write the motion file {str(path)!r}: the folder {str(folder)!r} does not exist.")
-        try:
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-        except OSError as exc:
-            raise MotionError(f"Cannot write the motion file {str(path)!r}: {exc.strerror}.") from None
-        try:
-            with os.fdopen(fd, "wb") as f:
+        from avatar_core.io.atomic import atomic_path
+        with atomic_path(path, "motion file") as tmp:
+            with open(tmp, "wb") as f:
                 np.savez(f, **self.to_dict())
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-            raise
         return path
 
     @classmethod
