@@ -2,7 +2,7 @@
 
 The scan ("Infinite, 3D Head Scan" by Lee Perry-Smith, CC BY 3.0, based on a work at
 www.triplegangers.com; ``../shared/data/headscan``) is rendered with Blender (Cycles on the
-CPU, a few samples; see ``blender_scan``) by a level camera orbiting the head's centre at yaws
+CPU, a few samples; see ``scripts/render_headscan.py``) by a level camera orbiting the head's centre at yaws
 -60..60 degrees. An avatar is reconstructed from the frontal (yaw 0) render, and rendered at
 every yaw; each view is compared with Blender's inside the scan's mask (the render's alpha):
 masked PSNR, SSIM and LPIPS-alex, plus the IoU of the two silhouettes. Baseline: the frontal
@@ -49,7 +49,7 @@ GLB = "LeePerrySmith.glb"
 CREDIT = ('"Infinite, 3D Head Scan" by Lee Perry-Smith (www.triplegangers.com / ir-ltd.net), licensed under '
           'CC BY 3.0 (https://creativecommons.org/licenses/by/3.0/)')
 DEFAULT_YAWS = (-60, -45, -30, -15, 0, 15, 30, 45, 60)
-# the Blender scene (see blender_scan): a 70 mm lens on a 36 mm sensor, 0.7 m from the head
+# the Blender scene (see scripts/render_headscan.py): a 70 mm lens on a 36 mm sensor, 0.7 m from the head
 LENS_MM, SENSOR_MM, DISTANCE_M, BUST_HEIGHT_M = 70.0, 36.0, 0.7, 0.38
 METRICS = ("psnr", "ssim", "lpips", "iou")
 LABELS = {"psnr": "masked PSNR dB", "ssim": "masked SSIM", "lpips": "masked LPIPS", "iou": "silhouette IoU"}
@@ -117,7 +117,7 @@ def scan_dir(path=None) -> Path:
 def render_scan(scan, out_dir, yaws: Sequence[float], size: int = 384, samples: int = 32,
                 distance: float = DISTANCE_M, lens_mm: float = LENS_MM, depth_grid: Optional[int] = None,
                 timeout: float = 1800.0, reuse: bool = False, threads: Optional[int] = None) -> ScanViews:
-    """Render the scan from ``yaws`` with Blender in a subprocess (see ``blender_scan``)."""
+    """Render the scan from ``yaws`` with Blender in a subprocess (see ``scripts/render_headscan.py``)."""
     scan = Path(scan)
     glb = scan / GLB
     if not glb.is_file():
@@ -157,7 +157,8 @@ def _run_blender(job: Dict, out: Path, timeout: float) -> None:
         env.setdefault("BLENDER_USER_RESOURCES", str(Path(tmp) / "blender"))
         root = str(Path(__file__).resolve().parents[2])
         env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-        cmd = [sys.executable, "-m", "avatar_core.eval.blender_scan", str(job_path)]
+        cmd = [sys.executable, str(Path(__file__).resolve().parents[2] / "scripts" / "render_headscan.py"),
+               str(job_path)]
         try:
             proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
         except subprocess.TimeoutExpired:

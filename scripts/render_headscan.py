@@ -1,6 +1,6 @@
 """Render the head scan with Blender from a ring of yaw angles (runs in its own process).
 
-    python -m avatar_core.eval.blender_scan JOB.json
+    python scripts/render_headscan.py JOB.json
 
 This module is the only part of ``eval`` that touches ``bpy``, and only inside ``main()``:
 ``avatar_core.eval.novelview`` starts it as a subprocess (the same Python, which has the
