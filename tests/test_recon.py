@@ -388,3 +388,20 @@ def test_transfer_lod_carries_offsets_in_world_space(test_head):
     e = chain.edges[0]
     assert torch.allclose(world_f[V0:], 0.5 * (world_c[e[:, 0]] + world_c[e[:, 1]]), atol=1e-6)
     assert torch.allclose(av.opacity_logit[f[:V0]], torch.minimum(av.opacity_logit[c], torch.full_like(av.opacity_logit[c], 2.0)))
+
+
+def test_thread_governor_drops_to_one_thread_when_starved():
+    """Two threads that do not run (wall time without CPU time) fall back to one."""
+    from avatar_core.recon.threads import ThreadGovernor
+    old = torch.get_num_threads()
+    try:
+        gov = ThreadGovernor(2)
+        gov.enabled = True
+        gov.begin()
+        assert 1 <= torch.get_num_threads() <= max(2, old)
+        gov._set(2)
+        time.sleep(0.2)  # a "step" that got no CPU
+        gov.tick()
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(old)

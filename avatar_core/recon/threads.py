@@ -3,9 +3,9 @@
 On an idle 2-core machine two torch threads run the rasterizer 1.2-2x faster than one. On a
 busy one they are a disaster: every parallel region waits for a thread the scheduler has not
 run, and a step measured 15x slower with two threads than with one while other jobs ran.
-``ThreadGovernor`` starts a loop with all cores only when the load average leaves them free,
-and drops to one thread as soon as a step shows that the extra threads are not running
-(process CPU time barely above wall time).
+``ThreadGovernor`` starts a loop with all cores only when other processes leave them idle
+(sampled from /proc/stat just before the loop), and drops to one thread as soon as a step
+shows that the extra threads are not running (process CPU time barely above wall time).
 """
 
 from __future__ import annotations
@@ -22,11 +22,29 @@ log = logging.getLogger(__name__)
 MIN_PARALLEL_RATIO = 1.15
 
 
-def _load() -> float:
+def _cpu_times():
+    with open("/proc/stat") as f:
+        fields = [float(x) for x in f.readline().split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0.0)  # idle + iowait
+    return sum(fields), idle
+
+
+def free_cores(window: float = 0.2) -> float:
+    """How many cores other processes leave idle right now (sampled over ``window`` seconds
+    while this process sleeps); falls back to cores minus the 1-minute load average."""
+    cores = os.cpu_count() or 1
     try:
-        return os.getloadavg()[0]
-    except (AttributeError, OSError):  # pragma: no cover - not on Linux
-        return 0.0
+        t0, i0 = _cpu_times()
+        time.sleep(window)
+        t1, i1 = _cpu_times()
+        if t1 > t0:
+            return cores * (i1 - i0) / (t1 - t0)
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return cores - os.getloadavg()[0]
+    except (AttributeError, OSError):  # pragma: no cover
+        return float(cores)
 
 
 class ThreadGovernor:
@@ -42,7 +60,6 @@ class ThreadGovernor:
         self.enabled = enabled and self.max_threads > 1
         self.threads = torch.get_num_threads()
         self._mark = None
-        self._running_since = None
 
     def _set(self, n: int) -> None:
         if n != self.threads:
@@ -53,14 +70,8 @@ class ThreadGovernor:
     def begin(self) -> None:
         if not self.enabled:
             return
-        load = _load()
-        # our own threads are in the load average once we have run for a while
-        if self._running_since is not None and time.monotonic() - self._running_since > 30:
-            load -= self.threads
-        free = self.cores - load
+        free = free_cores()
         self._set(self.max_threads if free >= self.max_threads - 0.5 else 1)
-        if self._running_since is None:
-            self._running_since = time.monotonic()
         self._mark = (time.perf_counter(), time.process_time())
 
     def tick(self) -> None:
