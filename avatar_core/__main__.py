@@ -20,6 +20,7 @@ COMMANDS = {
     ("animate",): ("avatar_core.motion.cli_animate", "render an avatar driven by a motion to a video or frames"),
     ("export-ply",): ("avatar_core.io.cli_ply", "write an avatar as a 3DGS PLY at a LOD and pose"),
     ("bench", "render"): ("avatar_core.eval.bench_render", "time the per-frame render path (FPS per LOD)"),
+    ("bench", "recon"): ("avatar_core.eval.bench_recon", "time photo -> avatar file, stage by stage"),
     ("eval", "selfreenact"): ("avatar_core.eval.selfreenact", "self-reenactment report on video clips"),
     ("eval", "novelview"): ("avatar_core.eval.novelview", "novel-view report on the head scan"),
     ("train",): ("avatar_core.train.cli", "train the feed-forward reconstructor (torchrun for DDP)"),

@@ -405,3 +405,26 @@ def test_thread_governor_drops_to_one_thread_when_starved():
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(old)
+
+
+def test_bench_recon_prints_stage_times_and_writes_json(tmp_path):
+    """``bench recon`` runs the real pipeline and reports every stage, the metrics and memory."""
+    import json
+    photo = _write(tmp_path / "astronaut.png", _astronaut())
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, "-m", "avatar_core", "bench", "recon", str(photo), "--device", "cpu",
+                           "--quality", "test", "--warmup", "off", "--json", str(out)],
+                          capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    assert "astronaut.png" in proc.stdout and "PSNR" in proc.stdout
+    run = json.loads(out.read_text())["runs"][0]
+    stages = run["stages_s"]
+    assert {"face", "fit", "init", "optimise", "evaluate", "save"} <= set(stages)
+    assert run["wall_s"] >= sum(stages.values()) - 0.05
+    assert run["psnr_masked_source"]["0"] > 15 and run["peak_rss_gb"] > 0
+
+
+def test_bench_recon_rejects_a_missing_photo(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "avatar_core", "bench", "recon", str(tmp_path / "nope.jpg"),
+                           "--device", "cpu"], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode != 0 and "nope.jpg" in proc.stderr

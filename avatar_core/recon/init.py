@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from avatar_core.gaussians.avatar import REGION_HEAD, REGION_SHOULDER, Avatar, face_frames
 from avatar_core.head import lbs
+from avatar_core.head.lod import edges_of, subdivide_once
 from avatar_core.head.model import HeadModel
 from avatar_core.render.camera import Camera
 from avatar_core.render.mesh import MeshRaster, rasterize_mesh
@@ -217,7 +218,7 @@ def init_colours(avatar: Avatar, view: SourceView, vis: Visibility, groups: Dict
         if name.startswith("lod"):
             # mirror across x = 0 (the head model's symmetry plane)
             mirrored = rest * np.array([-1.0, 1.0, 1.0])
-            dist, mi = tree.query(mirrored, k=1)
+            dist, mi = tree.query(mirrored, k=1, workers=-1)
             mi = torch.as_tensor(mi, device=idx.device)
             conf_m = conf[mi] * 0.8 * (1.0 - conf)
             col_m = col[mi]
@@ -230,7 +231,7 @@ def init_colours(avatar: Avatar, view: SourceView, vis: Visibility, groups: Dict
         if fill_from is not None and not name.startswith("lod") and fill_from in groups:
             src = groups[fill_from]
             src_rest = _rest_positions(avatar, src).cpu().numpy()
-            _, nn = _knn_tree(src_rest).query(rest[~known.cpu().numpy()], k=1)
+            _, nn = _knn_tree(src_rest).query(rest[~known.cpu().numpy()], k=1, workers=-1)
             out[~known] = avatar.features[src[torch.as_tensor(nn, device=idx.device)], :3]
         elif bool(known.any()) and not bool(known.all()):
             out = _fill(rest, out, known)
@@ -265,48 +266,27 @@ def _fill(rest: np.ndarray, colours: torch.Tensor, known: torch.Tensor, iteratio
     """Nearest-known colour for unknown points, then smoothed among unknown neighbours."""
     kn = known.cpu().numpy()
     tree_known = _knn_tree(rest[kn])
-    _, nn = tree_known.query(rest[~kn], k=4)
+    _, nn = tree_known.query(rest[~kn], k=4, workers=-1)
     known_idx = torch.as_tensor(np.nonzero(kn)[0])
     out = colours.clone()
     out[~known] = colours[known_idx[torch.as_tensor(nn)]].mean(1)
     # a few Jacobi sweeps over the 6 nearest neighbours of each unknown point
-    _, nb = _knn_tree(rest).query(rest[~kn], k=7)
-    nb = torch.as_tensor(nb[:, 1:]).reshape(-1)
+    _, nb = _knn_tree(rest).query(rest[~kn], k=7, workers=-1)
+    nb = torch.as_tensor(nb[:, 1:])  # [U, 6]
     unk = torch.nonzero(~known)[:, 0]
     vals = out[unk]
+    # neighbours with a known colour contribute a constant; the unknown ones are gathered from
+    # ``vals`` each sweep (row U of the padded array is zero for the known neighbours)
+    slot = torch.full((out.shape[0],), vals.shape[0], dtype=torch.long)
+    slot[unk] = torch.arange(unk.numel())
+    nb_slot = slot[nb].reshape(-1)
+    fixed = (out[nb] * known[nb, None].to(out.dtype)).sum(1)
+    pad = torch.zeros(1, out.shape[1], dtype=out.dtype)
     for _ in range(iterations):
-        out[unk] = vals
-        vals = 0.5 * vals + 0.5 * out.index_select(0, nb).view(-1, 6, out.shape[1]).mean(1)
+        gathered = torch.cat([vals, pad]).index_select(0, nb_slot).view(-1, 6, out.shape[1]).sum(1)
+        vals = 0.5 * vals + (0.5 / 6) * (fixed + gathered)
     out[unk] = vals
     return out
-
-
-def unique_edges(faces: torch.Tensor) -> torch.Tensor:
-    """Unique undirected edges [E, 2] (rows sorted, lexicographic order), the same as
-    ``head.lod.edges_of`` but through a 1-D unique on a packed key (much faster)."""
-    e = torch.cat([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]], 0)
-    e = torch.sort(e, dim=1).values
-    n = int(faces.max()) + 1 if faces.numel() else 1
-    key = torch.unique(e[:, 0] * n + e[:, 1])
-    return torch.stack([torch.div(key, n, rounding_mode="floor"), key % n], 1)
-
-
-def subdivide_faces(faces: torch.Tensor, num_vertices: int):
-    """One midpoint subdivision step, vertex numbering as ``head.lod.subdivide_once``:
-    returns (faces [4F, 3], edges [E, 2]); new vertex ``num_vertices + e`` splits edge e."""
-    edges = unique_edges(faces)
-    V = num_vertices
-    key = edges[:, 0] * (V + 1) + edges[:, 1]  # sorted, since edges are in lexicographic order
-
-    def mid(a, b):
-        k = torch.minimum(a, b) * (V + 1) + torch.maximum(a, b)
-        return V + torch.searchsorted(key, k)
-
-    a, b, c = faces.unbind(1)
-    ab, bc, ca = mid(a, b), mid(b, c), mid(c, a)
-    new_faces = torch.stack([torch.stack([a, ab, ca], 1), torch.stack([ab, b, bc], 1),
-                             torch.stack([ca, bc, c], 1), torch.stack([ab, bc, ca], 1)], 1).reshape(-1, 3)
-    return new_faces, edges
 
 
 @dataclasses.dataclass
@@ -322,7 +302,7 @@ class LodChain:
 def lod_chain(faces0: torch.Tensor, num_vertices0: int, max_lod: int) -> LodChain:
     faces, edges, counts = [faces0.cpu()], [], [num_vertices0]
     for _ in range(max_lod):
-        f, e = subdivide_faces(faces[-1], counts[-1])
+        f, e = subdivide_once(faces[-1], counts[-1])
         faces.append(f)
         edges.append(e)
         counts.append(counts[-1] + e.shape[0])
@@ -331,7 +311,7 @@ def lod_chain(faces0: torch.Tensor, num_vertices0: int, max_lod: int) -> LodChai
 
 def local_edge_length(rest: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
     """Mean length of the edges at each vertex: rest [V, 3], faces [F, 3] -> [V]."""
-    e = unique_edges(faces)
+    e = edges_of(faces)
     ln = (rest[e[:, 0]] - rest[e[:, 1]]).norm(dim=-1)
     V = rest.shape[0]
     s = torch.zeros(V, dtype=rest.dtype).index_add_(0, e[:, 0], ln).index_add_(0, e[:, 1], ln)
@@ -495,7 +475,7 @@ def attach_plane(avatar: Avatar, plane: PlanePoints, view: SourceView, verts: to
     if hb.numel() and bind_faces.numel():
         faces = avatar.rig_faces[bind_faces]
         centres = verts[faces].mean(1)  # [Fb, 3]
-        _, nn = _knn_tree(centres.cpu().numpy()).query(plane.points[hb].cpu().numpy(), k=1)
+        _, nn = _knn_tree(centres.cpu().numpy()).query(plane.points[hb].cpu().numpy(), k=1, workers=-1)
         f = bind_faces[torch.as_tensor(nn)]
         frames = face_frames(verts[None], avatar.rig_faces)[0][f]  # [h, 3, 3]
         ids = avatar.rig_faces[f]
