@@ -6,6 +6,7 @@ its kernels on first use (~40 s), then caches them.
 
 Public functions:
     available() -> bool, unavailable_reason() -> str | None
+    load_kernels()  load (or build, the first time on a machine) gsplat's kernels now
     rasterize_frame(frame, camera, background, ...)  the backend of ``render(..., backend="gsplat")``
     rasterize(means, quats, scales, opacities, colors, viewmats, Ks, width, height, ...)
         the lower-level entry point used by the real-time pipeline (static binning for CUDA graphs)
@@ -42,6 +43,19 @@ def unavailable_reason() -> Optional[str]:
 
 def available() -> bool:
     return unavailable_reason() is None
+
+
+def kernels_built() -> bool:
+    """Whether gsplat's kernels are loaded in this process already (no build is pending)."""
+    import sys
+    return "gsplat.cuda._backend" in sys.modules
+
+
+def load_kernels() -> None:
+    """Load gsplat's compiled kernels now, building them first if this machine has never run
+    them (about a minute, once; torch caches the build). Callers use it to say so to the user
+    instead of stalling silently inside the first render."""
+    from gsplat.cuda._backend import _C  # noqa: F401  (the import is the build/load)
 
 
 def rasterize_frame(*args, **kwargs):

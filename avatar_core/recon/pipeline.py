@@ -148,6 +148,19 @@ def evaluate(fitter: PhotoFit, lods, size: int) -> Tuple[dict, dict]:
     return ps, ss
 
 
+def _load_render_kernels(dev: torch.device, prog: Progress, timed: "_Timer") -> None:
+    """On CUDA, load gsplat's kernels before the optimisation, saying so when they must be built
+    first (the first run on a machine), rather than stalling inside the first step."""
+    from avatar_core.render import resolve_backend
+    if dev.type != "cuda" or resolve_backend("auto", dev) != "gsplat":
+        return
+    import cuda_backend
+    if not cuda_backend.kernels_built():
+        with timed("kernels"):
+            prog(0.0, "loading gsplat's CUDA kernels (the first run on a machine builds them: about a minute)")
+            cuda_backend.load_kernels()
+
+
 def reconstruct_from_fit(head_model: HeadModel, portrait, fit, cfg: ReconConfig, dev: torch.device,
                          prog: Progress, report: ReconReport) -> Avatar:
     """Everything after the head fit: init, optimisation, refiner, evaluation.
@@ -156,6 +169,7 @@ def reconstruct_from_fit(head_model: HeadModel, portrait, fit, cfg: ReconConfig,
     set (camera and parameters).
     """
     timed = _Timer(report.timings)
+    _load_render_kernels(dev, prog, timed)
     with timed("init"):
         prog(0.0, "initialising Gaussians from the photo")
         view = source_view(portrait, fit)
