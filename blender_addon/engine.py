@@ -184,8 +184,9 @@ class HeadSplatRenderEngine(bpy.types.RenderEngine):
         if self.test_break():
             return
         self.update_stats("", f"HeadSplat: rendering {len(views)} avatar(s) on {device}")
+        want_depth = bool(depsgraph.view_layer.use_pass_z)
         try:
-            img = render_views(views, K, width, height, background(scene))
+            img = render_views(views, K, width, height, background(scene), with_depth=want_depth)
         except Exception as exc:  # surface avatar_core's sentence instead of a traceback
             from avatar_core.errors import AvatarError
             if isinstance(exc, AvatarError):
@@ -197,7 +198,7 @@ class HeadSplatRenderEngine(bpy.types.RenderEngine):
         # foreach_set copies the buffer in C (assigning an array to .rect goes through Python
         # sequences: ~50 ms for 256x256)
         _write_pass(layer.passes["Combined"], img.rgba)
-        depth_pass = next((p for p in layer.passes if p.name == "Depth"), None)
+        depth_pass = next((p for p in layer.passes if p.name == "Depth"), None) if want_depth else None
         if depth_pass is not None:
             _write_pass(depth_pass, img.depth[..., None])
         self.end_result(result)
@@ -239,7 +240,7 @@ class HeadSplatRenderEngine(bpy.types.RenderEngine):
         bg = background(scene)
         key = (sig, w, h, _views_signature(views), None if bg is None else tuple(bg))
         if self._draw is None or self._draw[0] != key:
-            img = render_views(views, K, w, h, bg)
+            img = render_views(views, K, w, h, bg, with_depth=False)
             pixels = np.ascontiguousarray(img.rgba[::-1], dtype=np.float32)
             buf = gpu.types.Buffer("FLOAT", w * h * 4, pixels.ravel())
             tex = gpu.types.GPUTexture((w, h), format="RGBA16F", data=buf)

@@ -8,11 +8,12 @@ camera, and calls ``render_views``. Everything here is avatar_core calls plus co
   the avatar's head space (``convert.head_camera``), then its refiner when it has one;
 * several avatars: composited front to back per pixel by depth (premultiplied "over");
 * output: RGBA in **scene-linear** (Blender's render results are linear; the avatar's
-  colours are sRGB, so a Standard view transform shows them unchanged) and a camera-z depth
-  map (``FAR_DEPTH`` where nothing was drawn), rows top to bottom. Compositing happens in
-  sRGB, like avatar_core's own render: an opaque film is avatar_core's image over the
-  background colour, converted to linear; a transparent film is the premultiplied image
-  (over black) converted to linear with its alpha.
+  colours are sRGB, so a Standard view transform shows them unchanged) and, when asked (a Z
+  pass), a camera-z depth map (``FAR_DEPTH`` where nothing was drawn), rows top to bottom.
+  Compositing happens in sRGB, like avatar_core's own render: an opaque film is avatar_core's
+  image over the background colour, converted to linear; a transparent film is the
+  premultiplied image (over black) converted to linear with its alpha. Only pixels something
+  was drawn on are converted; the rest are the background's constant or zero.
 """
 
 from __future__ import annotations
@@ -51,8 +52,8 @@ class AvatarView:
 
 @dataclasses.dataclass
 class FrameImage:
-    rgba: np.ndarray        # [H, W, 4] float32 premultiplied, scene-linear, top row first
-    depth: np.ndarray       # [H, W] float32 camera z (metres), FAR_DEPTH where empty
+    rgba: np.ndarray                # [H, W, 4] float32 premultiplied, scene-linear, top row first
+    depth: Optional[np.ndarray]     # [H, W] float32 camera z (metres), FAR_DEPTH where empty; None if not asked
     seconds: Dict[str, float] = dataclasses.field(default_factory=dict)
 
 
@@ -131,10 +132,11 @@ def gaussians(view: AvatarView):
 
 
 @torch.no_grad()
-def render_view(view: AvatarView, K: np.ndarray, width: int, height: int, background_srgb=None):
-    """One avatar: (rgb [H, W, 3] sRGB premultiplied (over black), alpha [H, W], depth [H, W])
-    as torch tensors on the avatar's device. ``background_srgb`` only matters to a refiner,
-    which sees the features composited over it, as in training."""
+def render_view(view: AvatarView, K: np.ndarray, width: int, height: int, background_srgb=None,
+                with_depth: bool = True):
+    """One avatar: (rgb [H, W, 3] sRGB premultiplied (over black), alpha [H, W], depth [H, W] or
+    None without ``with_depth``) as torch tensors on the avatar's device. ``background_srgb`` only
+    matters to a refiner, which sees the features composited over it, as in training."""
     from avatar_core.render import Camera, render
     av = view.avatar
     dev, dt = av.device, av.offset.dtype
@@ -145,27 +147,30 @@ def render_view(view: AvatarView, K: np.ndarray, width: int, height: int, backgr
     bg = None
     if refiner is not None and background_srgb is not None:
         bg = torch.as_tensor(background_srgb, device=dev, dtype=dt)
-    out = render(frame, cam, background=bg, with_depth=True)
+    out = render(frame, cam, background=bg, with_depth=with_depth)
     alpha = out.alpha[0, ..., 0]
+    depth = out.depth[0, ..., 0] if with_depth else None
     if refiner is None:
         rgb = out.image[0, ..., :3]
     else:
         rgb = refiner(out.image)[0].clamp(0, 1)
         if bg is not None:
             # exact: adding (1 - alpha) * bg back gives the refined image over the background
-            return rgb - (1 - alpha[..., None]) * bg[:3], alpha, out.depth[0, ..., 0]
+            return rgb - (1 - alpha[..., None]) * bg[:3], alpha, depth
         rgb = torch.minimum(rgb, alpha[..., None])  # a valid premultiplied colour
-    return rgb.clamp(0, 1), alpha, out.depth[0, ..., 0]
+    return rgb.clamp(0, 1), alpha, depth
 
 
 @torch.no_grad()
 def render_views(views: Sequence[AvatarView], K: np.ndarray, width: int, height: int,
-                 background_srgb: Optional[Sequence[float]] = None) -> FrameImage:
+                 background_srgb: Optional[Sequence[float]] = None, with_depth: bool = True) -> FrameImage:
     """Render and composite several avatars (see module docstring).
 
     Args:
         views: the avatars; K: [3, 3] OpenCV intrinsics; width, height: pixels.
         background_srgb: [3] opaque background (sRGB) or None for a transparent film.
+        with_depth: also return the depth map (``FrameImage.depth`` is None without it; one
+            avatar is then rasterised without its depth channel).
     """
     import time
     t0 = time.perf_counter()
@@ -175,11 +180,13 @@ def render_views(views: Sequence[AvatarView], K: np.ndarray, width: int, height:
         if background_srgb is not None:
             rgba[..., :3] = convert.srgb_to_linear(np.asarray(background_srgb, np.float32))
             rgba[..., 3] = 1.0
-        return FrameImage(rgba, np.full((H, W), FAR_DEPTH, np.float32))
-    layers = [render_view(v, K, W, H, background_srgb) for v in views]
+        return FrameImage(rgba, np.full((H, W), FAR_DEPTH, np.float32) if with_depth else None)
+    # several avatars are composited by depth, so they need it even when the caller does not
+    layer_depth = with_depth or len(views) > 1
+    layers = [render_view(v, K, W, H, background_srgb, layer_depth) for v in views]
     t1 = time.perf_counter()
     dev = layers[0][0].device
-    layers = [(r.float().to(dev), a.float().to(dev), d.float().to(dev)) for r, a, d in layers]
+    layers = [(r.float().to(dev), a.float().to(dev), None if d is None else d.float().to(dev)) for r, a, d in layers]
     if len(layers) == 1:
         premult, alpha, depth = layers[0]
     else:
@@ -196,29 +203,46 @@ def render_views(views: Sequence[AvatarView], K: np.ndarray, width: int, height:
             premult = premult + (1 - alpha)[..., None] * rgbs[k]
             alpha = alpha + (1 - alpha) * alphas[k]
         depth = torch.gather(depths, 0, order)[0]
-    # colour conversion on the render device, then one copy to the host
-    alpha = alpha.clamp(0, 1)
+    # colour conversion on the render device, only where something was drawn (elsewhere the
+    # pixel is the background, or zero for a transparent film), into one [H, W, 4] buffer
+    alpha = alpha.clamp(0, 1).reshape(-1)
+    premult = premult.reshape(-1, 3)
+    drawn = alpha > 1e-6
+    if background_srgb is not None:
+        # a refiner may also change pixels that no Gaussian covers
+        drawn |= premult.abs().amax(1) > 0
+    covered = torch.nonzero(drawn)[:, 0]                            # [P] pixel indices
+    a = alpha[covered][:, None]                                     # [P, 1]
+    rgb = premult[covered]                                          # [P, 3] premultiplied sRGB
+    rgba = torch.zeros(H * W, 4, device=dev)
     if background_srgb is not None:
         bg = torch.as_tensor(np.asarray(background_srgb, np.float32), device=dev)
-        lin = srgb_to_linear_t((premult + (1 - alpha[..., None]) * bg).clamp(0, 1))
-        alpha_out = torch.ones_like(alpha)
+        rgba[:, :3] = srgb_to_linear_t(bg.clamp(0, 1))
+        rgba[:, 3] = 1.0
+        rgba[covered, :3] = srgb_to_linear_t(torch.addcmul(rgb, 1 - a, bg).clamp_(0, 1))  # over bg
     else:
         # unpremultiply, convert, premultiply again
-        a = alpha[..., None]
-        straight = torch.where(a > 1e-6, premult.clamp_min(0) / a.clamp_min(1e-6), torch.zeros_like(premult))
-        lin = srgb_to_linear_t(straight) * a
-        alpha_out = alpha
-    depth = torch.where((alpha > 1e-4) & (depth > 0), depth, torch.full_like(depth, FAR_DEPTH))
-    rgba = torch.cat([lin, alpha_out[..., None]], -1).cpu().numpy()
-    depth_np = depth.cpu().numpy()
+        rgba[:, 3] = alpha
+        rgba[covered, :3] = srgb_to_linear_t(rgb.clamp_min(0).div_(a)).mul_(a)
+    rgba = rgba.reshape(H, W, 4)
+    alpha = alpha.reshape(H, W)
+    depth_np = None
+    if with_depth:
+        depth = torch.where((alpha > 1e-4) & (depth > 0), depth, torch.full_like(depth, FAR_DEPTH))
+        depth_np = depth.cpu().numpy()
+    rgba_np = rgba.cpu().numpy()
     t2 = time.perf_counter()
-    return FrameImage(rgba, depth_np, {"render": t1 - t0, "composite": t2 - t1})
+    return FrameImage(rgba_np, depth_np, {"render": t1 - t0, "composite": t2 - t1})
 
 
 def srgb_to_linear_t(c: torch.Tensor) -> torch.Tensor:
-    """Torch twin of ``convert.srgb_to_linear`` (same formula, runs on the render device)."""
+    """Torch twin of ``convert.srgb_to_linear`` (same formula, runs on the render device).
+
+    ``x ** 2.4`` is evaluated as ``exp(2.4 log x)`` (vectorised; about 2.5x faster than ``pow``
+    on the CPU, within 1e-6 of it on [0, 1])."""
     c = c.clamp_min(0)
-    return torch.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055).pow(2.4))
+    curve = c.add(0.055).div_(1.055).log_().mul_(2.4).exp_()
+    return torch.where(c <= 0.04045, c / 12.92, curve)
 
 
 def reference_image(view: AvatarView, K: np.ndarray, width: int, height: int,

@@ -162,3 +162,31 @@ def test_torch_and_numpy_srgb_agree():
     from blender_addon.render_core import srgb_to_linear_t
     x = np.linspace(-0.1, 1.2, 1001, dtype=np.float32)
     assert np.allclose(srgb_to_linear_t(torch.from_numpy(x)).numpy(), convert.srgb_to_linear(x), atol=1e-6)
+
+
+@pytest.mark.parametrize("background", [None, (0.2, 0.5, 0.9)])
+def test_render_views_composite_formula(monkeypatch, background):
+    """render_views converts only the drawn pixels; the image equals the whole-frame formulas
+    (convert's numpy twins), with or without the depth map."""
+    import torch
+    from blender_addon import render_core
+    H, W = 24, 32
+    g = torch.Generator().manual_seed(0)
+    alpha = torch.rand(H, W, generator=g) * (torch.rand(H, W, generator=g) > 0.5)   # half the pixels empty
+    alpha[0, :4] = torch.tensor([1e-7, 1e-6, 2e-6, 1.0])
+    rgb = torch.rand(H, W, 3, generator=g) * alpha[..., None]
+    depth = 1 + torch.rand(H, W, generator=g)
+    monkeypatch.setattr(render_core, "render_view",
+                        lambda view, K, w, h, bg, with_depth: (rgb, alpha, depth if with_depth else None))
+    img = render_core.render_views([object()], np.eye(3), W, H, background)
+    a, c = alpha.numpy(), rgb.numpy()
+    if background is None:
+        ref = np.concatenate([convert.premultiplied_srgb_to_linear(c, a), a[..., None]], -1)
+    else:
+        bg = np.asarray(background, np.float32)
+        over = np.clip(c + (1 - a[..., None]) * bg, 0, 1)
+        ref = np.concatenate([convert.srgb_to_linear(over), np.ones_like(a)[..., None]], -1)
+    assert np.abs(img.rgba - ref).max() < 1e-5
+    assert np.array_equal(img.depth, np.where(a > 1e-4, depth.numpy(), render_core.FAR_DEPTH))
+    no_depth = render_core.render_views([object()], np.eye(3), W, H, background, with_depth=False)
+    assert no_depth.depth is None and np.array_equal(no_depth.rgba, img.rgba)
