@@ -40,9 +40,12 @@ def report_exception(op, exc: BaseException, what: str) -> None:
 
 def use_engine(context) -> None:
     """Switch the scene to the HeadSplat engine with a view transform that shows the avatar's
-    colours unchanged."""
+    colours unchanged, keeping the render's scene data between renders (Persistent Data: an
+    F12 then re-evaluates that data instead of copying it again: 5-10% of a CPU frame for the
+    open head, whose shape keys alone are 64 MB; Render > HeadSplat turns it off)."""
     scene = context.scene
     scene.render.engine = "HEADSPLAT"
+    scene.render.use_persistent_data = True
     try:
         scene.view_settings.view_transform = "Standard"
         scene.view_settings.look = "None"

@@ -20,6 +20,7 @@ def draw_render_settings(layout, scene) -> None:
     col.prop(hs, "use_refiner")
     col.prop(scene.render, "film_transparent", text="Transparent Film")
     col.prop(bpy.context.view_layer, "use_pass_z", text="Depth Pass")
+    col.prop(scene.render, "use_persistent_data", text="Persistent Data")
     col.separator()
     col.label(text="Viewport")
     col.prop(hs, "viewport_scale")

@@ -94,6 +94,31 @@ def test_f12_equals_avatar_core_render(bpy, small_avatar, points_in_renders):
     assert np.abs(img - ref).max() < 1e-4
 
 
+def test_repeated_f12_with_persistent_data_follows_edits(bpy, small_avatar):
+    """Create/Import keep the render's scene data between renders (Persistent Data): a second
+    F12 after editing a shape key, a bone and the camera still equals avatar_core's render."""
+    from blender_addon import params
+    ob, p = posed_scene(bpy, small_avatar)
+    scene = bpy.context.scene
+    assert scene.render.use_persistent_data
+    first, _ = testing.render_still(48, 40)
+    ob.data.shape_keys.key_blocks["jawOpen"].value = 0.2
+    pose = p["pose"].copy()
+    pose[2] = (0.1, 0.0, 0.0)
+    params.set_pose(ob.headsplat.rig, small_avatar.joint_names, pose, p["translation"])
+    scene.camera.location.x += 0.05
+    bpy.context.view_layer.update()
+    img, _ = testing.render_still(48, 40)
+    K, view, W, H = camera_of(scene)
+    vh, s = convert.head_camera(view, np.array(ob.matrix_world))
+    expr = p["expression"].copy()
+    expr[small_avatar.expr_names.index("jawOpen")] = 0.2
+    ref, _, _ = core_render(small_avatar, K, vh, W, H, scale=s, lod=0, expression=expr, pose=pose,
+                            translation=p["translation"])
+    assert np.abs(img - ref).max() < 1e-4
+    assert np.abs(img - first).max() > 1e-2
+
+
 def test_opaque_film_and_depth_pass(bpy, small_avatar, tmp_path):
     ob, p = posed_scene(bpy, small_avatar)
     scene = bpy.context.scene
