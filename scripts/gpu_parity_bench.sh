@@ -1,16 +1,11 @@
 #!/usr/bin/env bash
 # On the GPU machine (the device tool), from the repository root:
-#   carry .whl (gsplat-1.5.3 wheel) and .device (open-head cache), then run this script.
+#   carry .whl (gsplat-1.5.3 wheel) and .device/cache (open-head cache), then run this script.
 # Installs gsplat, compiles its kernels, runs the CUDA parity tests and the GPU bench.
 # Results go to $OUT (parity.json, parity.log, bench_cuda.json, bench.log).
 set -uo pipefail
-OUT=${OUT:-out/gpu}
-mkdir -p "$OUT"
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-export PYTHONPATH=/tmp/site:$PWD
-export PYTHONUNBUFFERED=1
+source "$(dirname "$0")/device_env.sh"
 export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
-export HEADSPLAT_CACHE_DIR=$PWD/.device/cache
 nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm --format=csv
 python3 - <<'PY'
 import time, torch

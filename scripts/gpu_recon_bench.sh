@@ -6,12 +6,7 @@
 # Times the reconstruct CLI as a user runs it (a fresh process per photo, after one run that
 # builds gsplat's kernels) and the pipeline per stage (bench recon). Results go to $OUT.
 set -uo pipefail
-OUT=${OUT:-out/gpu}
-mkdir -p "$OUT"
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-export PYTHONPATH=/tmp/site:$PWD
-export PYTHONUNBUFFERED=1
-export HEADSPLAT_CACHE_DIR=$PWD/.device/cache
+source "$(dirname "$0")/device_env.sh"
 # the image sets PYTHONDONTWRITEBYTECODE, so every start would recompile torch's modules (~3.5 s);
 # a user's install has bytecode caches, so measure with them
 unset PYTHONDONTWRITEBYTECODE
