@@ -15,13 +15,10 @@ times a cold start.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import platform
 import resource
 import time
-
-log = logging.getLogger(__name__)
 
 
 def add_arguments(parser) -> None:
@@ -39,15 +36,13 @@ def add_arguments(parser) -> None:
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
 
 
-def _default_photo() -> str:
-    import tempfile
-
+def _default_photo(folder: str) -> str:
+    """scikit-image's public-domain astronaut as a PNG in ``folder`` (read back like a user's photo)."""
     import numpy as np
     from PIL import Image
     from skimage import data
-    path = os.path.join(tempfile.gettempdir(), "headsplat_astronaut.png")
-    if not os.path.exists(path):
-        Image.fromarray(np.asarray(data.astronaut())).save(path)
+    path = os.path.join(folder, "astronaut.png")
+    Image.fromarray(np.asarray(data.astronaut())).save(path)
     return path
 
 
@@ -97,7 +92,7 @@ def run(args) -> int:
         get_config(q)  # a clear error for an unknown preset, before any work
     if args.repeat < 1:
         raise ParameterError("--repeat must be at least 1.")
-    photos = args.photos or [_default_photo()]
+    photos = list(args.photos)
     for p in photos:
         if not os.path.isfile(p):
             raise ParameterError(f"no such photo: {p!r}")
@@ -109,12 +104,13 @@ def run(args) -> int:
     print(f"bench recon on {meta.get('gpu', 'cpu')} ({meta['threads']} torch threads)")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
+        photos = photos or [_default_photo(tmp)]
         if args.warmup == "on":
             t0 = time.perf_counter()
-            reconstruct_warm = run_one(photos[0], "test", device, head, tmp, save=False)
+            warm = run_one(photos[0], "test", device, head, tmp, save=False)
             meta["warmup_s"] = round(time.perf_counter() - t0, 2)
             print(f"warm-up (test quality, one-off set-up costs): {meta['warmup_s']:.1f} s "
-                  f"({', '.join(f'{k} {v:.1f}' for k, v in reconstruct_warm['stages_s'].items())})")
+                  f"({', '.join(f'{k} {v:.1f}' for k, v in warm['stages_s'].items())})")
         for q in qualities:
             for p in photos:
                 for _ in range(args.repeat):

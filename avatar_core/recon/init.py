@@ -411,7 +411,6 @@ def plane_points(view: SourceView, raster: MeshRaster, verts: torch.Tensor, chin
     fx = float(cam.fx[0])
     cx, cy = float(cam.cx[0]), float(cam.cy[0])
     u = np.arange(crop)[None, :].repeat(crop, 0).astype(np.float64)
-    v = np.arange(crop)[:, None].repeat(crop, 1).astype(np.float64)
     head_u = float(pc[:, 0].mean() / pc[:, 2].mean() * fx + cx)
     x_m = (u - head_u) * zmap / fx
     zmap = zmap + (1 - w) * 0.5 * x_m ** 2 / 0.22

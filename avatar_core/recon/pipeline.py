@@ -27,7 +27,7 @@ from avatar_core.progress import Progress, as_progress
 from avatar_core.recon.config import ReconConfig, get_config
 from avatar_core.recon.init import (SourceView, attach_plane, chin_height, gaussian_visibility, hair_bind_faces,
                                     init_colours, init_head_scales, lod_chain, plane_points, split_vertices)
-from avatar_core.recon.optimise import BACKGROUND, PhotoFit, holdout_grid, transfer_lod
+from avatar_core.recon.optimise import PhotoFit, holdout_grid, transfer_lod
 from avatar_core.recon.report import ReconReport
 from avatar_core.recon.threads import ThreadGovernor
 
