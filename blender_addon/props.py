@@ -89,6 +89,8 @@ class HeadSplatObjectProps(bpy.types.PropertyGroup):
     data_key: StringProperty(name="Data Key", default="", options={"HIDDEN"},
                              description="Content hash of the avatar data this object was built from")
     data_missing: BoolProperty(name="Avatar Data Missing", default=False, options={"HIDDEN"})
+    packed: PointerProperty(name="Packed Avatar Data", type=bpy.types.Text, options={"HIDDEN"},
+                            description="The hidden datablock holding this avatar's packed data (see storage)")
 
 
 class HeadSplatSceneProps(bpy.types.PropertyGroup):

@@ -2,11 +2,18 @@
 
 The avatar file (safetensors bytes, exactly what ``save_avatar`` writes) is kept two ways:
 
-* **packed**: the bytes are stored in a byte-string ID property on the point mesh
-  (``mesh["_headsplat_avatar_0"]``, ...; names starting with ``_`` are hidden from the
-  Custom Properties panel). ID properties are saved, undone, appended and linked with the
-  mesh by Blender itself, hold arbitrary bytes (NULs included) and need no fake image or
-  text datablock. Large avatars are split into parts of ``PART_BYTES``.
+* **packed**: the bytes are stored in byte-string ID properties (``"_headsplat_avatar_0"``,
+  ...) of a hidden Text datablock (``".HeadSplat avatar <data key>"``; names starting with
+  ``.`` are left out of Blender's ID menus) that the object points to
+  (``Object.headsplat.packed``). The pointer is a real user: the data is saved, undone,
+  appended and linked with the object, shared by its duplicates and dropped with the last
+  of them. ID properties hold arbitrary bytes (NULs included); large avatars are split into
+  parts of ``PART_BYTES``.
+
+  Not on the point mesh: Blender copies a mesh's ID properties every time it evaluates the
+  object (``mesh_calc_modifiers`` copies the mesh ID), so the ~60 MB of a FLAME-sized avatar
+  were copied on every frame, slider drag and LOD switch (about half the cost of a switch).
+  Files saved that way are moved over when they are opened (``migrate``).
 * **by path**: ``Object.headsplat.avatar_path`` (made relative to the .blend on save).
 
 Loading prefers the packed bytes (they match the mesh), then the path. When neither is
@@ -29,6 +36,7 @@ log = logging.getLogger(__name__)
 
 PACK_PREFIX = "_headsplat_avatar_"
 PACK_PARTS = "_headsplat_avatar_parts"
+KEY_PROP = "_headsplat_data_key"
 PART_BYTES = 512 * 1024 * 1024
 
 _cache: Dict[Tuple[str, str], object] = {}
@@ -48,34 +56,96 @@ def avatar_bytes(avatar) -> bytes:
             return f.read()
 
 
-def pack(mesh: bpy.types.Mesh, data: bytes) -> None:
-    unpack_remove(mesh)
+STORE_PREFIX = ".HeadSplat avatar "
+STORE_NOTE = ("HeadSplat keeps the packed avatar data of the objects that point here in this "
+              "datablock's custom properties. Unpack it from the Avatar panel instead of deleting it.\n")
+
+
+def pack(ob: bpy.types.Object, data: bytes) -> None:
+    """Pack ``data`` for ``ob`` (replacing what it had); objects with the same data share one store."""
+    unpack_remove(ob)
+    key = data_key(data)
+    store = next((t for t in bpy.data.texts if t.library is None and t.name.startswith(STORE_PREFIX)
+                  and t.get(KEY_PROP) == key and _has_parts(t)), None)
+    if store is None:
+        store = bpy.data.texts.new(f"{STORE_PREFIX}{key}")
+        store.use_fake_user = False   # texts start with one; the objects' pointers are its users
+        store.write(STORE_NOTE)
+        _write_parts(store, data)
+        store[KEY_PROP] = key
+    ob.headsplat.packed = store
+
+
+def packed_bytes(ob: bpy.types.Object) -> Optional[bytes]:
+    """The packed avatar file of ``ob`` (None when it is not packed)."""
+    for holder in _holders(ob):
+        data = _read_parts(holder)
+        if data is not None:
+            return data
+    return None
+
+
+def is_packed(ob: bpy.types.Object) -> bool:
+    return any(_has_parts(h) for h in _holders(ob))
+
+
+def unpack_remove(ob: bpy.types.Object) -> None:
+    """Forget ``ob``'s packed data; the store goes once no object uses it."""
+    store = ob.headsplat.packed
+    ob.headsplat.packed = None
+    if store is not None and store.users == 0 and store.library is None:
+        bpy.data.texts.remove(store)
+    if ob.type == "MESH" and ob.data.library is None:
+        _remove_parts(ob.data)
+
+
+def migrate(ob: bpy.types.Object) -> bool:
+    """Move data packed on the point mesh (files saved before the store) to a store; True if moved."""
+    if ob.library or ob.type != "MESH" or ob.data.library or not _has_parts(ob.data):
+        return False
+    data = _read_parts(ob.data)
+    if data is None:
+        return False
+    pack(ob, data)   # also removes the mesh's copy
+    return True
+
+
+def _holders(ob):
+    out = []
+    if ob.headsplat.packed is not None:
+        out.append(ob.headsplat.packed)
+    if ob.type == "MESH":
+        out.append(ob.data)   # files saved before the store existed
+    return out
+
+
+def _write_parts(holder, data: bytes) -> None:
     parts = max(1, (len(data) + PART_BYTES - 1) // PART_BYTES)
     for i in range(parts):
-        mesh[f"{PACK_PREFIX}{i}"] = data[i * PART_BYTES:(i + 1) * PART_BYTES]
-    mesh[PACK_PARTS] = parts
+        holder[f"{PACK_PREFIX}{i}"] = data[i * PART_BYTES:(i + 1) * PART_BYTES]
+    holder[PACK_PARTS] = parts
 
 
-def packed_bytes(mesh: bpy.types.Mesh) -> Optional[bytes]:
-    parts = mesh.get(PACK_PARTS)
+def _read_parts(holder) -> Optional[bytes]:
+    parts = holder.get(PACK_PARTS)
     if not parts:
         return None
     chunks = []
     for i in range(int(parts)):
-        c = mesh.get(f"{PACK_PREFIX}{i}")
+        c = holder.get(f"{PACK_PREFIX}{i}")
         if c is None:
             return None
         chunks.append(bytes(c))
     return b"".join(chunks)
 
 
-def is_packed(mesh: bpy.types.Mesh) -> bool:
-    return bool(mesh.get(PACK_PARTS))
+def _has_parts(holder) -> bool:
+    return bool(holder.get(PACK_PARTS))
 
 
-def unpack_remove(mesh: bpy.types.Mesh) -> None:
-    for k in [k for k in mesh.keys() if k.startswith(PACK_PREFIX) or k == PACK_PARTS]:
-        del mesh[k]
+def _remove_parts(holder) -> None:
+    for k in [k for k in holder.keys() if k.startswith(PACK_PREFIX) or k == PACK_PARTS]:
+        del holder[k]
 
 
 def absolute_path(ob: bpy.types.Object) -> str:
@@ -87,7 +157,7 @@ def absolute_path(ob: bpy.types.Object) -> str:
 
 def data_available(ob: bpy.types.Object) -> bool:
     ob = ob.original if getattr(ob, "is_evaluated", False) else ob
-    if ob.type == "MESH" and is_packed(ob.data):
+    if ob.type == "MESH" and is_packed(ob):
         return True
     p = absolute_path(ob)
     return bool(p) and os.path.isfile(p)
@@ -108,7 +178,7 @@ def set_source(ob: bpy.types.Object, avatar=None, path: str = "", pack_data: boo
     if data is not None:
         ob.headsplat.data_key = data_key(data)
         if pack_data or not path:
-            pack(ob.data, data)
+            pack(ob, data)
     if avatar is not None and data is not None:
         _cache[(ob.headsplat.data_key, "cpu")] = avatar.to("cpu")
     ob.headsplat.data_missing = False
@@ -146,7 +216,7 @@ def load_for_object(ob: bpy.types.Object, device: str = "cpu"):
 def _load_cpu(ob):
     from avatar_core.errors import AvatarFileError
     from avatar_core.io import load_avatar
-    data = packed_bytes(ob.data) if ob.type == "MESH" else None
+    data = packed_bytes(ob) if ob.type == "MESH" else None
     if data is not None:
         with tempfile.TemporaryDirectory(prefix="headsplat-") as d:
             path = os.path.join(d, "packed.avatar")
@@ -197,6 +267,9 @@ def check_all() -> list:
 @bpy.app.handlers.persistent
 def on_load_post(*_args):
     _cache.clear()
+    for ob in avatar_objects():
+        if migrate(ob):
+            log.info("HeadSplat: moved the packed avatar data of %r off its mesh", ob.name)
     for msg in check_all():
         print(msg)
 

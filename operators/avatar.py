@@ -156,7 +156,7 @@ class HEADSPLAT_OT_relink_avatar(bpy.types.Operator, ImportHelper):
             return {"CANCELLED"}
         storage.forget(ob)
         if not self.pack:
-            storage.unpack_remove(ob.data)
+            storage.unpack_remove(ob)
         storage.set_source(ob, path=path, pack_data=self.pack)
         self.report({"INFO"}, f"Relinked {ob.name!r} to {path}")
         return {"FINISHED"}
@@ -180,7 +180,7 @@ class HEADSPLAT_OT_pack_avatar(bpy.types.Operator):
         ob = lookup.avatar_of(context)
         if self.pack:
             path = storage.absolute_path(ob)
-            if storage.is_packed(ob.data):
+            if storage.is_packed(ob):
                 self.report({"INFO"}, "Already packed.")
                 return {"CANCELLED"}
             if not path or not os.path.isfile(path):
@@ -193,7 +193,7 @@ class HEADSPLAT_OT_pack_avatar(bpy.types.Operator):
                 self.report({"ERROR"}, "Unpacking would lose the avatar data: its file is missing. "
                                        "Relink or keep it packed.")
                 return {"CANCELLED"}
-            storage.unpack_remove(ob.data)
+            storage.unpack_remove(ob)
         return {"FINISHED"}
 
 

@@ -54,7 +54,7 @@ class VIEW3D_PT_headsplat_create(bpy.types.Panel):
             warn.label(text="but HeadSplat cannot render them.")
             box.operator("headsplat.relink_avatar", icon="FILE_REFRESH")
         else:
-            packed = storage.is_packed(ob.data)
+            packed = storage.is_packed(ob)
             row = box.row()
             row.label(text="Data packed in .blend" if packed else "Data by file path",
                       icon="PACKAGE" if packed else "UGLYPACKAGE")

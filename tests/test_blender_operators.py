@@ -83,11 +83,11 @@ def test_pack_unpack_and_poll_messages(bpy, scene, avatar_file):
     assert not bpy.ops.headsplat.export_ply.poll()
     bpy.ops.headsplat.import_avatar(filepath=str(avatar_file), pack=False)
     ob = bpy.context.active_object
-    assert not storage.is_packed(ob.data)
+    assert not storage.is_packed(ob)
     assert bpy.ops.headsplat.pack_avatar(pack=True) == {"FINISHED"}
-    assert storage.is_packed(ob.data)
+    assert storage.is_packed(ob)
     assert bpy.ops.headsplat.pack_avatar(pack=False) == {"FINISHED"}
-    assert not storage.is_packed(ob.data) and storage.data_available(ob)
+    assert not storage.is_packed(ob) and storage.data_available(ob)
 
 
 # --------------------------------------------------------------------------------- expressions

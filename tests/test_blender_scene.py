@@ -154,7 +154,7 @@ def test_save_and_reload_keeps_avatar_data(bpy, small_avatar, avatar_ob, tmp_pat
     bpy.ops.wm.open_mainfile(filepath=path)
     ob = bpy.data.objects["Test"]
     assert ob.headsplat.is_avatar and ob.headsplat.rig.name.startswith("FLAME rig")
-    assert not ob.headsplat.data_missing and storage.is_packed(ob.data)
+    assert not ob.headsplat.data_missing and storage.is_packed(ob)
     assert ob.data.shape_keys.key_blocks["jawOpen"].value == pytest.approx(0.4)
     storage.forget()
     av = storage.load_for_object(ob)
@@ -164,6 +164,38 @@ def test_save_and_reload_keeps_avatar_data(bpy, small_avatar, avatar_ob, tmp_pat
     # the geometry-nodes filter and drivers still work after reload
     ob.headsplat.lod = 0
     assert len(testing.evaluated_points(ob)) == len(small_avatar.select(0))
+
+
+def test_packed_data_is_kept_off_the_point_mesh(bpy, small_avatar, avatar_ob, tmp_path):
+    """Blender copies a mesh's ID properties on every evaluation of its object, so the packed
+    avatar lives in a hidden store the object points to; duplicates share it, the last one
+    to let go removes it, and files that packed it on the mesh are moved over on open."""
+    from blender_addon import storage
+    ob = avatar_ob
+    store = ob.headsplat.packed
+    assert store is not None and store.name.startswith(".") and store.users == 1
+    assert not any(k.startswith(storage.PACK_PREFIX) for k in ob.data.keys())
+    data = storage.packed_bytes(ob)
+    assert storage.data_key(data) == ob.headsplat.data_key
+    twin = ob.copy()
+    bpy.context.scene.collection.objects.link(twin)
+    assert twin.headsplat.packed == store and store.users == 2
+    storage.unpack_remove(twin)
+    assert storage.is_packed(ob) and not storage.is_packed(twin)
+    bpy.data.objects.remove(twin)
+    # a file from before the store: the bytes on the mesh, no pointer
+    storage.unpack_remove(ob)
+    assert not any(t.name.startswith(storage.STORE_PREFIX) for t in bpy.data.texts)
+    storage._write_parts(ob.data, data)
+    assert storage.is_packed(ob)
+    path = str(tmp_path / "old.blend")
+    bpy.ops.wm.save_as_mainfile(filepath=path)
+    bpy.ops.wm.open_mainfile(filepath=path)
+    ob = bpy.data.objects["Test"]
+    assert ob.headsplat.packed is not None and storage.packed_bytes(ob) == data
+    assert not any(k.startswith(storage.PACK_PREFIX) for k in ob.data.keys())
+    storage.forget()
+    assert storage.load_for_object(ob).num_gaussians == small_avatar.num_gaussians
 
 
 def test_reopen_with_avatar_file_missing_warns_but_shows_points(bpy, small_avatar, tmp_path, capsys):
@@ -176,7 +208,7 @@ def test_reopen_with_avatar_file_missing_warns_but_shows_points(bpy, small_avata
     blend = tmp_path / "scene.blend"
     bpy.ops.wm.save_as_mainfile(filepath=str(blend))   # so the path is stored relative
     ob = testing.add_avatar(small_avatar, name="Linked", pack=False, source_path=str(avatar_path))
-    assert not storage.is_packed(ob.data) and ob.headsplat.avatar_path == "//head.avatar"
+    assert not storage.is_packed(ob) and ob.headsplat.avatar_path == "//head.avatar"
     bpy.ops.wm.save_as_mainfile(filepath=str(blend))
     os.remove(avatar_path)
     bpy.ops.wm.open_mainfile(filepath=str(blend))

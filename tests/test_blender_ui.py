@@ -82,7 +82,7 @@ def test_sidebar_and_render_panels_draw(bpy, small_avatar):
     draw(render.RENDER_PT_headsplat, ctx)
     # a missing avatar file shows a warning and the relink button
     from blender_addon import storage
-    storage.unpack_remove(ob.data)
+    storage.unpack_remove(ob)
     ob.headsplat.avatar_path = "/nonexistent/x.avatar"
     log = draw(sidebar.VIEW3D_PT_headsplat_create, ctx)
     assert ("operator", "headsplat.relink_avatar") in log
