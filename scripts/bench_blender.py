@@ -10,6 +10,8 @@ Prints, for a FLAME-sized avatar (the built-in open head's synthetic avatar, ~10
   reconstruction); with ``--photo`` also a real Create Avatar run through the operator;
 * LOD switch: ms from setting LOD 0 -> 2 to the evaluated points (median of 7);
 * motion import: seconds for ``headsplat.import_motion`` of an N-frame ARKit-52 CSV;
+* frame step: ms to evaluate the next frame of that motion (what scrubbing and Solid-mode
+  playback cost before drawing);
 * engine overhead: per frame, avatar_core alone (animate + rasterise (+ depth only when the
   view layer has a Z pass, as the engine does) + refiner when the engine uses one) and the
   HeadSplat engine's ``bpy.ops.render.render()`` at the same frame, resolution, LOD and device,
@@ -164,6 +166,18 @@ def main(argv=None) -> int:
           f"(keys written in {ob.get('_headsplat_last_import_s', float('nan')):.2f} s incl. parsing)", flush=True)
     bpy.context.scene.frame_set(args.motion_frames // 2)
     lod_switch(f"all {avatar.num_expr} shape keys animated")
+
+    # ------------------------------------------------------------ frame step (scrubbing, playback in Solid mode)
+    wall = []
+    for f in range(args.motion_frames // 2 + 1, args.motion_frames // 2 + 8):
+        t = time.perf_counter()
+        bpy.context.scene.frame_set(f)
+        testing.evaluated_points(ob)
+        wall.append(time.perf_counter() - t)
+    out["frame_step_ms"] = 1000 * statistics.median(wall)
+    print(f"frame step at LOD 2 (all {avatar.num_expr} shape keys and 5 bones animated): "
+          f"{out['frame_step_ms']:.1f} ms wall (median of 7; {1000 / out['frame_step_ms']:.0f} fps in Solid mode "
+          f"before drawing)", flush=True)
 
     # ------------------------------------------------------------ engine overhead
     scene = bpy.context.scene
