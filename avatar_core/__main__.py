@@ -18,6 +18,7 @@ COMMANDS = {
     ("reconstruct",): ("avatar_core.recon.cli", "photo -> avatar file (+ preview sheet)"),
     ("track",): ("avatar_core.motion.cli_track", "video -> motion file (per-frame expression and pose)"),
     ("animate",): ("avatar_core.motion.cli_animate", "render an avatar driven by a motion to a video or frames"),
+    ("render",): ("avatar_core.recon.cli_render", "a still of an avatar at its source camera, turned, with expressions"),
     ("export-ply",): ("avatar_core.io.cli_ply", "write an avatar as a 3DGS PLY at a LOD and pose"),
     ("bench", "render"): ("avatar_core.eval.bench_render", "time the per-frame render path (FPS per LOD)"),
     ("bench", "recon"): ("avatar_core.eval.bench_recon", "time photo -> avatar file, stage by stage"),

@@ -1,0 +1,70 @@
+"""Animation that reads: the ``render`` still command, the mouth interior, eyes and gaze,
+and the figures ``eval expressions`` prints (issue 15), on a tiny reconstruction of the
+astronaut (quality "test": LOD 0, low resolution)."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import ROOT
+
+
+def _astronaut() -> np.ndarray:
+    from skimage import data
+    return data.astronaut()
+
+
+def _cli(*args, timeout=600):
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               PYTHONUNBUFFERED="1")
+    return subprocess.run([sys.executable, "-m", "avatar_core", *map(str, args)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """(avatar, path): one tiny reconstruction of the astronaut."""
+    from avatar_core.recon import reconstruct
+    out = tmp_path_factory.mktemp("expr") / "astronaut.avatar"
+    avatar, _ = reconstruct(_astronaut(), out_path=out, quality="test", device="cpu")
+    return avatar, out
+
+
+def test_render_still_sets_expressions_and_turns_about_the_head(tiny):
+    from avatar_core.recon.still import render_still
+    avatar, _ = tiny
+    neutral = render_still(avatar, res=96).astype(float)
+    jaw = render_still(avatar, {"jawOpen": 1.0}, res=96).astype(float)
+    turned = render_still(avatar, yaw=30, res=96).astype(float)
+    assert neutral.shape == (96, 96, 3)
+    # the jaw moves the lower face only; turning moves everything
+    diff = np.abs(jaw - neutral).mean(-1)
+    assert diff[60:].mean() > diff[:30].mean() + 1.0
+    assert np.abs(turned - neutral).mean() > np.abs(jaw - neutral).mean()
+
+
+def test_cli_render_writes_a_png(tiny, tmp_path):
+    import cv2
+    _, path = tiny
+    out = tmp_path / "still.png"
+    r = _cli("render", path, "-o", out, "--expr", "jawOpen=1", "--expr", "eyeBlinkLeft=0.5",
+             "--yaw", "20", "--pitch", "-5", "--res", "80", "--lod", "0", "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    img = cv2.imread(str(out))
+    assert img.shape == (80, 80, 3)
+    assert "jawOpen=1" in r.stdout
+
+
+@pytest.mark.parametrize("expr, words", [("jawopen=1", "did you mean jawOpen"), ("jawOpen", "NAME=VALUE"),
+                                         ("jawOpen=x", "not a number")])
+def test_cli_render_bad_expression_is_one_sentence(tiny, tmp_path, expr, words):
+    _, path = tiny
+    out = tmp_path / "bad.png"
+    r = _cli("render", path, "-o", out, "--expr", expr, "--res", "64", "--device", "cpu")
+    assert r.returncode == 1
+    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and words in lines[0], r.stderr
+    assert not out.exists()
