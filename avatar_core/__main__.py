@@ -19,7 +19,9 @@ COMMANDS = {
     ("track",): ("avatar_core.motion.cli_track", "video -> motion file (per-frame expression and pose)"),
     ("animate",): ("avatar_core.motion.cli_animate", "render an avatar driven by a motion to a video or frames"),
     ("render",): ("avatar_core.recon.cli_render", "a still of an avatar at its source camera, turned, with expressions"),
-    ("export-ply",): ("avatar_core.io.cli_ply", "write an avatar as a 3DGS PLY at a LOD and pose"),
+    ("export",): ("avatar_core.io.cli_export", "write an avatar's Gaussians as PLY, glTF (KHR_gaussian_splatting) "
+                                               "or SPZ: one frame, or a motion as a sequence"),
+    ("export-ply",): ("avatar_core.io.cli_ply", "the old name of export (same options)"),
     ("bench", "render"): ("avatar_core.eval.bench_render", "time the per-frame render path (FPS per LOD)"),
     ("bench", "recon"): ("avatar_core.eval.bench_recon", "time photo -> avatar file, stage by stage"),
     ("eval", "selfreenact"): ("avatar_core.eval.selfreenact", "self-reenactment report on video clips"),

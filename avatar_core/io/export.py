@@ -1,0 +1,230 @@
+"""Exporting Gaussians for other tools: one frame, or a sequence of frames, as PLY, GLB or SPZ.
+
+    write_frame("face.glb", frame, "glb")
+    export_sequence("take/", frames, "ply", fps=30)      # frames: iterable of GaussianFrame
+
+A sequence is a folder of ``frame_00000.<ext>``, ``frame_00001.<ext>``... plus ``sequence.json``
+(``SEQUENCE_FORMAT``: fps, frame count, file names, Gaussian count and what the colours are),
+the layout 4-D splat tools read frame by frame. It is written to a temporary folder beside the
+target and moved into place at the end; frames of an earlier export in that folder are
+replaced. Nothing is left half-written on an error or Ctrl-C.
+
+Colours are the avatar's own RGB channels (``features[..., :3]``); the neural refiner is not
+part of them. Coordinates are avatar_core's head frame (metres, +Y up, face toward +Z), which
+is also glTF's and SPZ's; ``transform_frame`` moves Gaussians by a similarity (e.g. an object's
+world matrix) when another frame is wanted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Union
+
+import numpy as np
+import torch
+
+from avatar_core.errors import AvatarError
+from avatar_core.gaussians.frame import GaussianFrame
+
+FORMATS = ("ply", "glb", "spz")
+SUFFIX = {"ply": ".ply", "glb": ".glb", "spz": ".spz"}
+SEQUENCE_FORMAT = "headsplat-gaussian-sequence"
+SEQUENCE_VERSION = 1
+INDEX_NAME = "sequence.json"
+COLOUR_NOTE = "the avatar's own RGB channels (features 0-2); the neural refiner is not part of them"
+
+
+def format_for(path: Union[str, Path], fmt: Optional[str] = None) -> str:
+    """``fmt`` checked, or the format named by the file's suffix."""
+    if fmt is None:
+        suffix = Path(path).suffix.lower()
+        fmt = {v: k for k, v in SUFFIX.items()}.get(suffix)
+        if fmt is None:
+            raise AvatarError(f"Cannot tell the export format of {str(path)!r}: name it .ply, .glb or .spz, "
+                              f"or give the format.")
+    if fmt not in FORMATS:
+        raise AvatarError(f"Unknown export format {fmt!r}; expected one of {', '.join(FORMATS)}.")
+    return fmt
+
+
+def write_frame(path: Union[str, Path], frame: GaussianFrame, fmt: Optional[str] = None, b: int = 0,
+                extras: Optional[dict] = None) -> Path:
+    """Write frame ``b`` of ``frame`` to ``path`` as ``fmt`` (default: from the suffix), atomically."""
+    fmt = format_for(path, fmt)
+    if not 0 <= b < frame.batch:
+        raise AvatarError(f"Frame {b} is outside the batch of {frame.batch}.")
+    if fmt == "ply":
+        from avatar_core.io.ply import write_ply
+        return write_ply(path, frame.index(b) if b else frame)
+    if fmt == "glb":
+        from avatar_core.io.gltf_splat import write_glb
+        return write_glb(path, frame, b, extras=extras)
+    from avatar_core.io.spz import write_spz
+    return write_spz(path, frame, b)
+
+
+def read_frame(path: Union[str, Path]) -> GaussianFrame:
+    """Read a .ply, .glb or .spz written by ``write_frame`` (or a peer tool) as a GaussianFrame (B = 1)."""
+    fmt = format_for(path)
+    if fmt == "ply":
+        from avatar_core.io.ply import read_ply
+        return read_ply(path)
+    if fmt == "glb":
+        from avatar_core.io.gltf_splat import read_glb
+        return read_glb(path)
+    from avatar_core.io.spz import read_spz
+    return read_spz(path)
+
+
+def frame_name(i: int, fmt: str) -> str:
+    return f"frame_{i:05d}{SUFFIX[fmt]}"
+
+
+def check_output(out: Union[str, Path], inputs: Sequence[Union[str, Path]] = (), folder: bool = False) -> Path:
+    """Refuse an output that is one of the inputs, or cannot be written; returns it as a Path."""
+    out = Path(out)
+    for inp in inputs:
+        if inp is None:
+            continue
+        inp = Path(inp)
+        same = inp.exists() and out.exists() and os.path.samefile(inp, out)
+        if same or out.resolve() == inp.resolve():
+            raise AvatarError(f"The output {str(out)!r} is the input {str(inp)!r}; choose another name.")
+    parent = out.parent if str(out.parent) else Path(".")
+    if not parent.is_dir():
+        raise AvatarError(f"Cannot write {str(out)!r}: the folder {str(parent)!r} does not exist.")
+    if not os.access(parent, os.W_OK):
+        raise AvatarError(f"Cannot write {str(out)!r}: the folder {str(parent)!r} is not writable.")
+    if folder and out.exists() and not out.is_dir():
+        raise AvatarError(f"Cannot write a sequence into {str(out)!r}: it is a file, not a folder.")
+    if not folder and out.is_dir():
+        raise AvatarError(f"Cannot write {str(out)!r}: a folder has that name.")
+    return out
+
+
+def export_sequence(out: Union[str, Path], frames: Iterable[GaussianFrame], fmt: str, fps: float,
+                    total: Optional[int] = None, first_frame: int = 0, extras: Optional[dict] = None,
+                    progress: Optional[Callable[[float, str], None]] = None, cancel=None) -> Dict:
+    """Write every frame of ``frames`` (GaussianFrames of any batch size, in order) into the
+    folder ``out`` as ``frame_00000.<ext>``... and ``sequence.json``; returns the index.
+
+    Args:
+        fmt: "ply" | "glb" | "spz". fps: the frames' rate (> 0). total: expected frame count
+            (for progress). first_frame: the source frame of file 0 (recorded in the index).
+        extras: more JSON-able facts for the index (and each GLB's metadata).
+        progress, cancel: ``progress(fraction, message)`` and a ``threading.Event``.
+    """
+    from avatar_core.progress import as_progress
+
+    fmt = format_for("x", fmt)
+    if not fps > 0:
+        raise AvatarError(f"fps must be positive, not {fps}.")
+    out = check_output(out, folder=True)
+    prog = as_progress(progress, cancel)
+    names: List[str] = []
+    num = None
+    with _staging_folder(out) as tmp:
+        for frame in frames:
+            for b in range(frame.batch):
+                prog.check()
+                name = frame_name(len(names), fmt)
+                write_frame(tmp / name, frame, fmt, b=b, extras=extras)
+                names.append(name)
+                num = frame.num if num is None else num
+                if total:
+                    prog(min(1.0, len(names) / total), f"frame {len(names)}/{total}")
+        if not names:
+            raise AvatarError(f"Nothing to export into {str(out)!r}: the sequence has no frames.")
+        index = {"format": SEQUENCE_FORMAT, "version": SEQUENCE_VERSION, "fps": float(fps),
+                 "frame_count": len(names), "first_frame": int(first_frame), "file_format": fmt,
+                 "num_gaussians": int(num), "files": names, "colours": COLOUR_NOTE,
+                 "coordinates": "metres, +Y up, face toward +Z"}
+        index.update(extras or {})
+        (tmp / INDEX_NAME).write_text(json.dumps(index, indent=1) + "\n")
+    return index
+
+
+@contextlib.contextmanager
+def _staging_folder(out: Path) -> Iterator[Path]:
+    """A temporary folder beside ``out``; on success its files replace out's frames and index."""
+    parent = out.parent if str(out.parent) else Path(".")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)
+    try:
+        yield tmp
+        if not out.exists():
+            os.replace(tmp, out)
+            return
+        for old in list(out.glob("frame_*.*")) + [out / INDEX_NAME]:
+            if old.suffix in (".ply", ".glb", ".spz", ".json") and old.is_file():
+                old.unlink()
+        for new in sorted(tmp.iterdir()):
+            os.replace(new, out / new.name)
+        tmp.rmdir()
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def read_index(folder: Union[str, Path]) -> Dict:
+    """The ``sequence.json`` of an exported sequence, checked."""
+    p = Path(folder) / INDEX_NAME
+    try:
+        index = json.loads(p.read_text())
+    except (OSError, ValueError) as exc:
+        raise AvatarError(f"{str(p)!r} is not a readable sequence index ({exc}).") from None
+    if index.get("format") != SEQUENCE_FORMAT:
+        raise AvatarError(f"{str(p)!r} is not a HeadSplat sequence index.")
+    return index
+
+
+# ----------------------------------------------------------------------------- frames
+def motion_frames(avatar, motion, lod: int, mask_threshold: float = 0.5,
+                  layers: Optional[Sequence[int]] = None, batch: int = 16) -> Iterator[GaussianFrame]:
+    """GaussianFrames of ``avatar`` driven by ``motion`` (already in its expression space, e.g.
+    ``motion.playback.bring_to_avatar``), ``batch`` frames at a time, in order."""
+    index = avatar.select(lod, layers, mask_threshold)
+    T = motion.num_frames
+    for start in range(0, T, batch):
+        stop = min(T, start + batch)
+        with torch.no_grad():
+            yield avatar.animate(index=index, **motion.frames(start, stop, device=avatar.device))
+
+
+def parse_frames(spec: Optional[str], num_frames: int) -> slice:
+    """``A:B`` (either side may be empty, B exclusive, negatives count from the end) -> slice."""
+    if not spec:
+        return slice(0, num_frames)
+    parts = spec.split(":")
+    try:
+        if len(parts) != 2:
+            raise ValueError
+        a = int(parts[0]) if parts[0].strip() else 0
+        b = int(parts[1]) if parts[1].strip() else num_frames
+    except ValueError:
+        raise AvatarError(f"--frames {spec!r} must look like A:B (e.g. 0:100, 50:, :-10).") from None
+    a, b, _ = slice(a, b).indices(num_frames)
+    if b <= a:
+        raise AvatarError(f"--frames {spec!r} selects no frame of the motion's {num_frames}.")
+    return slice(a, b)
+
+
+def transform_frame(frame: GaussianFrame, rotation, scale: float = 1.0, translation=None) -> GaussianFrame:
+    """The Gaussians moved by x -> scale * R x + t: rotation [3, 3] (proper), scale > 0, t [3]."""
+    from avatar_core.head.lbs import matrix_to_quaternion, quaternion_multiply
+
+    dt = frame.means.dtype
+    R = torch.as_tensor(np.asarray(rotation, dtype=np.float64), dtype=dt, device=frame.means.device)
+    t = torch.zeros(3, dtype=dt, device=R.device) if translation is None else \
+        torch.as_tensor(np.asarray(translation, dtype=np.float64), dtype=dt, device=R.device)
+    q = matrix_to_quaternion(R)
+    quats = quaternion_multiply(q.expand_as(frame.quats), frame.quats)
+    return GaussianFrame(scale * frame.means @ R.T + t, quats, frame.scales * scale, frame.opacities,
+                         frame.features)
