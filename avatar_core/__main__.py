@@ -23,6 +23,7 @@ COMMANDS = {
                                                "or SPZ: one frame, or a motion as a sequence"),
     ("export-ply",): ("avatar_core.io.cli_ply", "the old name of export (same options)"),
     ("bench", "render"): ("avatar_core.eval.bench_render", "time the per-frame render path (FPS per LOD)"),
+    ("bench", "export"): ("avatar_core.io.bench_export", "time a motion exported as a PLY/GLB/SPZ sequence"),
     ("bench", "recon"): ("avatar_core.eval.bench_recon", "time photo -> avatar file, stage by stage"),
     ("eval", "selfreenact"): ("avatar_core.eval.selfreenact", "self-reenactment report on video clips"),
     ("eval", "novelview"): ("avatar_core.eval.novelview", "novel-view report on the head scan"),
