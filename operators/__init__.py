@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import bpy
 
-from operators import avatar, create, dependencies, expressions, motion
+from operators import avatar, create, dependencies, export, expressions, motion
 
-classes = (*avatar.classes, *create.classes, *motion.classes, *expressions.classes, *dependencies.classes)
+classes = (*avatar.classes, *export.classes, *create.classes, *motion.classes, *expressions.classes, *dependencies.classes)
 _register_classes, _unregister_classes = bpy.utils.register_classes_factory(classes)
 
 
@@ -19,10 +19,10 @@ def _menu_import(self, context):
 def register():
     _register_classes()
     bpy.types.TOPBAR_MT_file_import.append(_menu_import)
-    bpy.types.TOPBAR_MT_file_export.append(avatar.menu_export)
+    bpy.types.TOPBAR_MT_file_export.append(export.menu_export)
 
 
 def unregister():
-    bpy.types.TOPBAR_MT_file_export.remove(avatar.menu_export)
+    bpy.types.TOPBAR_MT_file_export.remove(export.menu_export)
     bpy.types.TOPBAR_MT_file_import.remove(_menu_import)
     _unregister_classes()

@@ -1,12 +1,12 @@
-"""Avatar file operators: import an avatar, export PLY, relink / pack the avatar data."""
+"""Avatar file operators: import an avatar, relink / pack the avatar data (export: ``operators.export``)."""
 
 from __future__ import annotations
 
 import os
 
 import bpy
-from bpy.props import BoolProperty, EnumProperty, StringProperty
-from bpy_extras.io_utils import ExportHelper, ImportHelper
+from bpy.props import BoolProperty, StringProperty
+from bpy_extras.io_utils import ImportHelper
 
 from blender_addon import lookup
 from operators.common import CORE_MODULES, frame_camera, report_exception, require, use_engine
@@ -62,61 +62,6 @@ class HEADSPLAT_OT_import_avatar(bpy.types.Operator, ImportHelper):
             frame_camera(context, ob)
         self.report({"INFO"}, f"Added {ob.name!r}: {avatar.num_gaussians} Gaussians, "
                               f"{avatar.num_expr} expressions, LODs {avatar.available_lods()}.")
-        return {"FINISHED"}
-
-
-class HEADSPLAT_OT_export_ply(bpy.types.Operator, ExportHelper):
-    """Write the avatar's Gaussians at the current frame's expression, pose and LOD as a 3DGS PLY"""
-
-    bl_idname = "headsplat.export_ply"
-    bl_label = "Export Gaussian PLY"
-    bl_options = {"REGISTER"}
-
-    filename_ext = ".ply"
-    filter_glob: StringProperty(default="*.ply", options={"HIDDEN"})
-    coordinates: EnumProperty(
-        name="Coordinates", default="HEAD",
-        items=[("HEAD", "Head (Y up)", "avatar_core's head frame, like `python -m avatar_core export-ply`"),
-               ("BLENDER", "Blender World (Z up)", "Where the points are in this scene, object transform applied")])
-
-    @classmethod
-    def poll(cls, context):
-        return _avatar_poll(cls, context)
-
-    def execute(self, context):
-        if not require(self, *CORE_MODULES):
-            return {"CANCELLED"}
-        import numpy as np
-        import torch
-        from avatar_core.errors import AvatarError
-        from avatar_core.io import write_ply
-
-        from blender_addon import convert, params, storage
-        ob = lookup.avatar_of(context)
-        try:
-            avatar = storage.load_for_object(ob)
-            p = params.frame_params(ob, lookup.rig_of(ob), avatar)
-            hs = ob.headsplat
-            layers = lookup.layer_selection(hs)
-            frame = avatar.animate(expression=torch.as_tensor(p["expression"])[None],
-                                   pose=torch.as_tensor(p["pose"])[None],
-                                   translation=torch.as_tensor(p["translation"])[None],
-                                   lod=_nearest_lod(avatar, hs.lod), layers=layers,
-                                   mask_threshold=hs.mask_threshold)
-            if self.coordinates == "BLENDER":
-                rigid, s = convert.split_similarity(np.array(ob.matrix_world))
-                R = torch.as_tensor(rigid[:3, :3], dtype=frame.means.dtype)
-                t = torch.as_tensor(rigid[:3, 3], dtype=frame.means.dtype)
-                q = torch.as_tensor(convert.matrix_to_quaternion(rigid[:3, :3]), dtype=frame.means.dtype)
-                from avatar_core.head.lbs import quaternion_multiply
-                frame.means = s * frame.means @ R.T + t
-                frame.quats = quaternion_multiply(q.expand_as(frame.quats), frame.quats)
-                frame.scales = frame.scales * s
-            write_ply(bpy.path.abspath(self.filepath), frame)
-        except AvatarError as exc:
-            report_exception(self, exc, "Exporting the PLY")
-            return {"CANCELLED"}
-        self.report({"INFO"}, f"Wrote {frame.num} Gaussians to {self.filepath}")
         return {"FINISHED"}
 
 
@@ -201,17 +146,8 @@ def _stem(path: str) -> str:
     return os.path.splitext(os.path.basename(path))[0] or "HeadSplat Avatar"
 
 
-def _nearest_lod(avatar, lod: int) -> int:
-    lods = avatar.available_lods()
-    return lod if lod in lods else min(lods, key=lambda k: abs(k - lod))
-
-
 def menu_import(self, context):
     self.layout.operator(HEADSPLAT_OT_import_avatar.bl_idname, text="HeadSplat Avatar (.avatar)")
 
 
-def menu_export(self, context):
-    self.layout.operator(HEADSPLAT_OT_export_ply.bl_idname, text="HeadSplat Gaussians (.ply)")
-
-
-classes = (HEADSPLAT_OT_import_avatar, HEADSPLAT_OT_export_ply, HEADSPLAT_OT_relink_avatar, HEADSPLAT_OT_pack_avatar)
+classes = (HEADSPLAT_OT_import_avatar, HEADSPLAT_OT_relink_avatar, HEADSPLAT_OT_pack_avatar)
