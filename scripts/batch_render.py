@@ -1,9 +1,13 @@
 """Headless batch rendering of a HeadSplat avatar driven by a motion.
 
 Inside Blender:
-    blender -b scene.blend -P scripts/batch_render.py -- --avatar A.avatar --motion M.csv --out DIR [--lod 2] [--res 512]
+    blender -b [scene.blend] -P scripts/batch_render.py -- --avatar A.avatar --motion M.csv --out DIR [--lod 2] [--res 512] [--camera frame|scene]
 With the bpy module (plain Python):
     python scripts/batch_render.py [--blend scene.blend] --avatar A.avatar --motion M.csv --out DIR [--lod 2] [--res 512]
+
+The camera frames the avatar (its bounding box fills ~83% of the frame's height or width, a
+"HeadSplat Camera" placed in front of it) unless ``--camera scene`` asks for the scene's own
+camera (which is framed only when the scene has none).
 
 ``--avatar`` adds the avatar (or reuses the one built from that file in the .blend); without
 it the .blend's avatars are rendered. ``--motion`` keys a FLAME npz, ARKit CSV, HeadSplat
@@ -30,6 +34,8 @@ def parse(argv):
     ap.add_argument("--out", required=True, help="output folder")
     ap.add_argument("--lod", type=int, choices=(0, 1, 2), help="level of detail (default: each avatar's)")
     ap.add_argument("--res", default=None, help="resolution: N (square) or WxH (default: the scene's)")
+    ap.add_argument("--camera", default="frame", choices=("frame", "scene"),
+                    help="frame: a camera framing the avatar (default); scene: the scene's own camera")
     ap.add_argument("--frames", type=int, default=None, help="render only the first N frames")
     ap.add_argument("--format", default="PNG", choices=("PNG", "EXR"), help="image format (default PNG)")
     ap.add_argument("--device", default=None, choices=("auto", "cpu", "cuda"), help="render device")
@@ -129,8 +135,6 @@ def run(args) -> int:
         scene.frame_end = scene.frame_start + args.frames - 1
 
     use_engine(context)
-    if scene.camera is None:
-        frame_camera(context, avatars[0])
     if args.lod is not None:
         scene.headsplat.render_lod = str(args.lod)
     if args.res:
@@ -142,6 +146,8 @@ def run(args) -> int:
             return fail(f"--res must be N or WxH, not {args.res!r}.")
         scene.render.resolution_x, scene.render.resolution_y = w, h
         scene.render.resolution_percentage = 100
+    # after the resolution: the framing depends on the frame's aspect
+    frame_camera(context, avatars[0], refit=args.camera == "frame")
     scene.render.film_transparent = bool(args.transparent)
     settings = scene.render.image_settings
     if hasattr(settings, "media_type"):

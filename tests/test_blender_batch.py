@@ -60,3 +60,44 @@ def test_batch_render_bad_input(files, tmp_path):
     assert r.returncode == 1 and "does not exist" in r.stderr
     r = _run(["--out", str(tmp_path / "x")], tmp_path)
     assert r.returncode == 1 and "no avatar" in r.stderr
+
+
+def _height_fraction(png) -> float:
+    """Rows the avatar covers (alpha > 0.1) over the frame's height."""
+    from PIL import Image
+    a = np.asarray(Image.open(png))[..., 3]
+    rows = np.nonzero((a > 25).any(1))[0]
+    return 0.0 if rows.size == 0 else (rows[-1] - rows[0] + 1) / a.shape[0]
+
+
+FAR_CAMERA_SCENE = """
+import bpy, sys
+bpy.ops.wm.read_factory_settings(use_empty=True)
+cam = bpy.data.objects.new("Camera", bpy.data.cameras.new("Camera"))
+bpy.context.scene.collection.objects.link(cam)
+cam.location = (7.36, -6.93, 4.96)             # the startup file's camera, ~11 m away
+cam.rotation_euler = (1.109, 0.0, 0.815)
+bpy.context.scene.camera = cam
+bpy.ops.wm.save_as_mainfile(filepath=sys.argv[1])
+"""
+
+
+@pytest.mark.parametrize("with_blend", [False, True], ids=["no-blend", "far-camera-blend"])
+def test_batch_render_frames_the_avatar_unless_the_scene_camera_is_asked_for(files, tmp_path, with_blend):
+    args = ["--avatar", str(files / "head.avatar"), "--res", "64x48", "--lod", "0", "--frames", "1",
+            "--transparent"]
+    if with_blend:
+        blend = tmp_path / "far.blend"
+        env = dict(os.environ, BLENDER_USER_RESOURCES=str(tmp_path / "blender-user"))
+        r = subprocess.run([sys.executable, "-c", FAR_CAMERA_SCENE, str(blend)], capture_output=True, text=True,
+                           env=env, timeout=300)
+        assert r.returncode == 0, r.stderr[-2000:]
+        args += ["--blend", str(blend)]
+    r = _run(args + ["--out", str(tmp_path / "framed")], tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    framed = _height_fraction(tmp_path / "framed" / "frame_0001.png")
+    assert 1 / 3 <= framed <= 1.0, framed
+    if with_blend:
+        r = _run(args + ["--camera", "scene", "--out", str(tmp_path / "own")], tmp_path)
+        assert r.returncode == 0, r.stderr[-2000:]
+        assert _height_fraction(tmp_path / "own" / "frame_0001.png") < 0.2   # the user's far camera kept

@@ -97,8 +97,9 @@ def test_preferences_draw_and_dependency_box(bpy, monkeypatch):
     for name in ("device", "head_model", "flame_path", "quality", "cpu_threads"):
         assert name in cls.bl_rna.properties
     # the dependency box lists what is missing and offers the install operator
-    missing = deps.Status("3.11", "/x", [(deps.REQUIREMENTS[6], "not installed, needed for face detection")], [])
+    anny = next(r for r in deps.REQUIREMENTS if r.module == "anny")
+    missing = deps.Status("3.11", "/x", [(anny, "not installed, needed for the built-in open head")], [])
     monkeypatch.setattr(deps, "status", lambda refresh=False: missing)
     prefs.draw_dependencies(stand_in.layout)
     assert ("operator", "headsplat.install_dependencies") in log
-    assert any("mediapipe==0.10.21" in t for k, t in log if k == "label")
+    assert any("anny==0.6.2" in t for k, t in log if k == "label")
