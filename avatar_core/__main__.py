@@ -13,6 +13,7 @@ import sys
 
 # (command words) -> (module, one-line help)
 COMMANDS = {
+    ("fetch-models",): ("avatar_core.face.cli_fetch", "set up the face models (from the mediapipe 0.10.21 wheel) once"),
     ("head", "info"): ("avatar_core.head.cli_info", "print a head model's sizes per LOD, expressions and joints"),
     ("head", "preview"): ("avatar_core.head.cli_preview", "render a picture of the head at each LOD and a few expressions"),
     ("reconstruct",): ("avatar_core.recon.cli", "photo -> avatar file (+ preview sheet)"),
@@ -24,6 +25,7 @@ COMMANDS = {
     ("export-ply",): ("avatar_core.io.cli_ply", "the old name of export (same options)"),
     ("bench", "render"): ("avatar_core.eval.bench_render", "time the per-frame render path (FPS per LOD)"),
     ("bench", "export"): ("avatar_core.io.bench_export", "time a motion exported as a PLY/GLB/SPZ sequence"),
+    ("bench", "face"): ("avatar_core.eval.bench_face", "the torch face models against mediapipe 0.10.21 (parity, speed) as JSON"),
     ("bench", "recon"): ("avatar_core.eval.bench_recon", "time photo -> avatar file, stage by stage"),
     ("eval", "selfreenact"): ("avatar_core.eval.selfreenact", "self-reenactment report on video clips"),
     ("eval", "novelview"): ("avatar_core.eval.novelview", "novel-view report on the head scan"),

@@ -1,4 +1,4 @@
-"""The face pipeline on real mediapipe and real files, including bad input.
+"""The face pipeline (our torch face models, weights fetched once) on real files, including bad input.
 
 The portrait is scikit-image's astronaut (the same photo as ../shared/data/portraits/
 astronaut.png, always available); the shared file is used where the file itself matters.
@@ -18,6 +18,7 @@ from avatar_core.errors import Cancelled, FaceNotFoundError, FaceTooSmallError, 
 from avatar_core.face import FaceTracker, crop_with, load_image, process_portrait
 from avatar_core.face.landmarks import LEFT_IRIS, LOWER_LIP, NOSE_TIP, RIGHT_IRIS, UPPER_LIP
 from avatar_core.face.matte import face_hull_mask
+from tests.conftest import shared_data
 
 ROOT = Path(__file__).resolve().parents[1]
 PORTRAITS = ROOT.parent / "shared" / "data" / "portraits"
@@ -304,7 +305,7 @@ def status(key):  # kB, from /proc/self/status
             return int(line.split()[1])
 
 
-process_portrait(data.astronaut(), size=256)            # warm up mediapipe
+process_portrait(data.astronaut(), size=256)            # warm up the face models
 try:  # reset the peak-RSS mark (Linux), so the peak below is this call's own
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
@@ -335,3 +336,129 @@ def test_huge_image_bounded_memory(tmp_path, astronaut, portrait):
     assert res["extra_mb"] < 1500, res
     want = _landmarks_in_original(portrait)[NOSE_TIP] * (10000 / 512)
     assert np.linalg.norm(np.array(res["nose"]) - want) < 40  # 2 px of the 512 image
+
+
+# ------------------------------------------------------------------ our torch face models
+
+
+def test_ssd_anchors_and_weighted_nms():
+    from avatar_core.face.nets import DETECTORS, ssd_anchors, weighted_nms
+    short, full = DETECTORS[0], DETECTORS[1]
+    a = ssd_anchors(short.size, short.strides, short.interpolated)
+    assert a.shape == (896, 2)                       # 16x16x2 + 8x8x6
+    np.testing.assert_allclose(a[0], [0.5 / 16, 0.5 / 16])
+    assert ssd_anchors(full.size, full.strides, full.interpolated).shape == (2304, 2)   # 48x48
+    boxes = np.array([[0, 0, 10, 10], [1, 1, 11, 11], [50, 50, 60, 60]], float)
+    scores = np.array([0.9, 0.6, 0.8])
+    kps = np.zeros((3, 6, 2))
+    b, s, _ = weighted_nms(boxes, scores, kps)
+    assert len(b) == 2 and s.tolist() == [0.9, 0.8]
+    np.testing.assert_allclose(b[0], (boxes[0] * 0.9 + boxes[1] * 0.6) / 1.5)
+
+
+def test_graph_ops_follow_tflite_semantics():
+    import torch
+    from avatar_core.face.graph import TfliteGraph, _same_pads
+    assert _same_pads(128, 3, 2) == (0, 1) and _same_pads(128, 5, 1) == (2, 2)
+    g = TfliteGraph({"ops": [], "inputs": [0], "outputs": [0], "names": {"0": "x"}, "ranks": {}, "shapes": {}}, {})
+    x = torch.arange(2 * 8 * 2 * 3, dtype=torch.float32).reshape(2, 8, 2, 3)        # NCHW, C = 8
+    y = g._depth_to_space({}, x, [0], {"block_size": 2}, 2, 0)
+    nhwc, out = x.permute(0, 2, 3, 1), y.permute(0, 2, 3, 1)                       # TF: DCR order
+    for h, w, i, j in [(0, 0, 0, 1), (1, 2, 1, 0), (1, 1, 1, 1)]:
+        assert torch.equal(out[:, 2 * h + i, 2 * w + j], nhwc[:, h, w, (i * 2 + j) * 2:(i * 2 + j) * 2 + 2])
+
+
+def test_weights_errors_name_the_command(tmp_path, monkeypatch):
+    import shutil
+    from avatar_core.face import weights
+    from avatar_core.face.weights import FaceModelsMissing
+    monkeypatch.setenv("HEADSPLAT_CACHE_DIR", str(tmp_path))
+    weights._loaded.clear()
+    with pytest.raises(FaceModelsMissing, match=r"run `python -m avatar_core fetch-models` once"):
+        weights.load_model("face_detection_short_range")
+    monkeypatch.delenv("HEADSPLAT_CACHE_DIR")
+    good = weights.model_path("face_detection_short_range")
+    monkeypatch.setenv("HEADSPLAT_CACHE_DIR", str(tmp_path))
+    target = weights.model_path("face_detection_short_range")
+    target.parent.mkdir(parents=True)
+    shutil.copy(good, target)
+    target.write_bytes(target.read_bytes()[:-100])                                    # truncated
+    with pytest.raises(FaceModelsMissing, match=r"corrupt.*fetch-models --force"):
+        weights.load_model("face_detection_short_range")
+    assert not weights.models_ready()
+    with pytest.raises(FaceModelsMissing, match="does not exist"):
+        weights.fetch_models(tmp_path / "nowhere.whl")
+    weights._loaded.clear()
+
+
+def test_cli_without_weights_says_the_command(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(ROOT), HEADSPLAT_CACHE_DIR=str(tmp_path))
+    photo = PORTRAITS / "astronaut.png"
+    if not photo.exists():
+        pytest.skip(f"shared portrait {photo} is absent")
+    code = ("import sys; from avatar_core.face import process_portrait; from avatar_core.errors import AvatarError\n"
+            "try:\n    process_portrait(sys.argv[1])\nexcept AvatarError as e:\n    print(e); sys.exit(1)")
+    out = subprocess.run([sys.executable, "-c", code, str(photo)], capture_output=True, text=True, env=env)
+    assert out.returncode == 1 and "python -m avatar_core fetch-models" in out.stdout
+    assert "Traceback" not in out.stderr
+
+
+def test_fetch_models_is_fast_when_done_and_no_mediapipe_or_jax_is_imported():
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    out = subprocess.run([sys.executable, "-m", "avatar_core", "fetch-models"], capture_output=True, text=True,
+                         env=env, timeout=120)
+    assert out.returncode == 0 and "already" in out.stdout, out.stderr
+    code = ("import sys\nfrom skimage import data\nfrom avatar_core.face import process_portrait\n"
+            "process_portrait(data.astronaut(), size=128)\n"
+            "assert 'mediapipe' not in sys.modules and 'jax' not in sys.modules, 'mediapipe or jax imported'")
+    assert subprocess.run([sys.executable, "-c", code], env=env, timeout=300).returncode == 0
+
+
+def test_tracker_batches_agree_with_frame_by_frame():
+    from avatar_core.fit.track import read_video
+    frames, _ = read_video(shared_data("grid", "s1", "bbaf2n.mpg"), max_frames=20)
+    with FaceTracker(batch_size=8) as tr:
+        batched = tr.track_batch(frames)
+    with FaceTracker() as tr:
+        single = np.stack([tr.track(f) for f in frames])
+    assert np.isfinite(batched).all()
+    d = np.linalg.norm(batched[:, :, :2] - single[:, :, :2], axis=-1)
+    assert np.median(d) < 0.3 and np.percentile(d, 95) < 1.0, (np.median(d), np.percentile(d, 95))
+
+
+def test_fetch_models_from_the_installed_mediapipe_folder_matches_the_cache(tmp_path, monkeypatch):
+    mp = pytest.importorskip("mediapipe", reason="the parity tests need mediapipe 0.10.21 (Python 3.11 only)")
+    from safetensors.numpy import load_file
+    from avatar_core.face import weights
+    cached = {n: load_file(str(weights.model_path(n))) for n in weights.MODELS}
+    monkeypatch.setenv("HEADSPLAT_CACHE_DIR", str(tmp_path))
+    out = weights.fetch_models(Path(mp.__file__).parent / "modules")
+    assert (out / "NOTICE").read_text().startswith("The files in this folder are converted") and (out / "LICENSE").exists()
+    for name, tensors in cached.items():
+        again = load_file(str(out / f"{name}.safetensors"))
+        assert again.keys() == tensors.keys() and all(np.array_equal(again[k], tensors[k]) for k in tensors)
+    t = __import__("time").perf_counter()
+    weights.fetch_models(Path("/nonexistent"))          # already done: the source is not even read
+    assert __import__("time").perf_counter() - t < 1.0
+    weights._loaded.clear()
+
+
+def test_parity_with_mediapipe_on_portraits_and_a_clip():
+    pytest.importorskip("mediapipe", reason="the parity tests need mediapipe 0.10.21 (Python 3.11 only)")
+    import torch
+    from avatar_core.eval import bench_face
+    from avatar_core.fit.track import read_video
+    paths = [shared_data("portraits", n) for n in ("obama.jpg", "painting_s5.jpg")]
+    import cv2
+    images = [(p.name, np.ascontiguousarray(cv2.imread(str(p))[..., ::-1])) for p in paths]
+    frames, _ = read_video(shared_data("grid", "s1", "bbaf3s.mpg"), max_frames=30)
+    images += [(f"grid:{i}", f) for i, f in enumerate(frames[::10])]
+    mp = bench_face._Mediapipe()
+    res = bench_face.parity(images, mp, torch.device("cpu"))
+    print(res)
+    assert not res["found_by_one_only"]
+    assert res["landmarks_px_at_512"]["median"] <= 1.0 and res["landmarks_px_at_512"]["p95"] <= 3.0
+    assert res["detection_iou"]["short_range"]["min"] >= 0.9 and res["detection_iou"]["full_range"]["min"] >= 0.9
+    assert res["matte_iou"]["general"]["min"] >= 0.97 and res["matte_iou"]["landscape"]["min"] >= 0.97
+    track, _ = bench_face.tracking([("clip", frames)], mp, torch.device("cpu"), None)
+    assert track["clips"]["clip"]["median_px"] <= 1.0, track

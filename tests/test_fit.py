@@ -1,4 +1,4 @@
-"""Landmark correspondence, single-image fit and video tracking (real mediapipe, real head)."""
+"""Landmark correspondence, single-image fit and video tracking (real face models, real head)."""
 
 import numpy as np
 import pytest

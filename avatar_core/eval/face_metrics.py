@@ -18,8 +18,7 @@ from avatar_core.eval.metrics import psnr
 
 __all__ = ["LIP_LANDMARKS", "akd", "mouth_box", "box_psnr", "landmark_sequence"]
 
-# the lips of MediaPipe's face mesh (mediapipe.solutions.face_mesh_connections.FACEMESH_LIPS,
-# outer and inner contours)
+# the lips of the face mesh, outer and inner contours (avatar_core.fit.landmark_sets.LIPS)
 LIP_LANDMARKS = np.array([61, 146, 91, 181, 84, 17, 314, 405, 321, 375, 291, 185, 40, 39, 37, 0, 267, 269,
                           270, 409, 78, 95, 88, 178, 87, 14, 317, 402, 318, 324, 308, 191, 80, 81, 82, 13,
                           312, 311, 310, 415])

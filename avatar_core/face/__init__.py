@@ -1,8 +1,9 @@
 """The face pipeline: image loading, face detection, 478 landmarks, head crop, matte.
 
 ``process_portrait(path)`` does it all for one photo; ``FaceTracker`` and ``crop_with``
-handle video frames. mediapipe (0.10.21, legacy solutions, models inside the wheel) is
-imported on first use, not on import.
+handle video frames. The models are mediapipe 0.10.21's, run in torch (``nets``, ``graph``)
+from weights converted once into the cache (``weights``, ``python -m avatar_core fetch-models``);
+torch and the weights are loaded on first use, not on import.
 """
 
 from avatar_core.face._models import close_models

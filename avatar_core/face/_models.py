@@ -1,93 +1,71 @@
-"""Lazily created, shared mediapipe graphs (face detection, face mesh, selfie segmentation).
+"""Lazily built, shared torch face models (detection, face mesh + iris, selfie segmentation).
 
-mediapipe 0.10.21's legacy solutions carry their models inside the wheel, so they work
-offline. A graph is not re-entrant: each shared one is created once, on first use, and
-every call to it holds that graph's own lock, so threads may share them safely.
-``close_models()`` frees them (it also runs at interpreter exit).
+Each model is built once per device on first use from the converted weights in the cache
+(``avatar_core.face.weights``; ``python -m avatar_core fetch-models`` puts them there). The
+modules are stateless, so threads may share them. ``close_models()`` frees them.
+The device is ``$HEADSPLAT_FACE_DEVICE`` if set, else CUDA when available, else the CPU.
 """
 
 from __future__ import annotations
 
-import atexit
 import logging
 import os
 import threading
-from typing import Callable, Dict, Tuple
+from typing import Dict, Tuple
 
 import numpy as np
 
 log = logging.getLogger(__name__)
 
-_registry_lock = threading.Lock()
-_graphs: Dict[Tuple, Tuple[object, threading.Lock]] = {}
+_lock = threading.Lock()
+_models: Dict[Tuple, object] = {}
 
 
-def solutions():
-    """The ``mediapipe.python.solutions`` package (imported on first use; ~1 s)."""
-    os.environ.setdefault("GLOG_minloglevel", "2")  # quieten mediapipe's C++ logging
-    from mediapipe.python import solutions as mp_solutions
+def default_device():
+    """torch.device for the face models."""
+    import torch
 
-    return mp_solutions
+    name = os.environ.get("HEADSPLAT_FACE_DEVICE", "auto")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
 
 
-def _make(key: Tuple) -> object:
-    sol = solutions()
-    kind = key[0]
+def _build(kind: str, selection: int):
+    from avatar_core.face import nets
+    from avatar_core.face.weights import build_module
+
     if kind == "detection":
-        _, model_selection, min_conf = key
-        return sol.face_detection.FaceDetection(model_selection=model_selection,
-                                                min_detection_confidence=min_conf)
+        return nets.FaceDetector(build_module(nets.DETECTORS[selection].model), selection)
     if kind == "mesh":
-        _, max_faces, min_conf = key
-        return sol.face_mesh.FaceMesh(static_image_mode=True, max_num_faces=max_faces,
-                                      refine_landmarks=True, min_detection_confidence=min_conf)
+        return nets.FaceMesh(build_module("face_landmark_with_attention"))
     if kind == "selfie":
-        _, model_selection = key
-        return sol.selfie_segmentation.SelfieSegmentation(model_selection=model_selection)
+        return nets.SelfieSegmenter(build_module(nets.SELFIE_MODELS[selection][0]), selection)
     raise KeyError(kind)
 
 
-def _graph(key: Tuple) -> Tuple[object, threading.Lock]:
-    entry = _graphs.get(key)
-    if entry is None:
-        with _registry_lock:
-            entry = _graphs.get(key)
-            if entry is None:
-                log.debug("creating mediapipe graph %s", key)
-                entry = (_make(key), threading.Lock())
-                _graphs[key] = entry
-    return entry
+def get(kind: str, selection: int = 0, device=None):
+    """The shared model: kind "detection" (selection 0 short range, 1 full range), "mesh"
+    or "selfie" (0 general, 1 landscape), on ``device`` (default ``default_device()``)."""
+    import torch
 
-
-def run(key: Tuple, image_u8: np.ndarray, read: Callable):
-    """Run the shared graph ``key`` on an image and extract what is needed under its lock.
-
-    Args:
-        key: ("detection", model_selection, min_confidence), ("mesh", max_faces,
-            min_confidence) or ("selfie", model_selection).
-        image_u8: [H, W, 3] uint8 RGB, C-contiguous.
-        read: called with the graph's result while the lock is still held (the result's
-            buffers may be reused by the next call); its return value is returned.
-    """
-    graph, lock = _graph(key)
-    with lock:
-        return read(graph.process(image_u8))
+    device = torch.device(device) if device is not None else default_device()
+    key = (kind, selection, str(device))
+    model = _models.get(key)
+    if model is None:
+        with _lock:
+            model = _models.get(key)
+            if model is None:
+                log.debug("building face model %s", key)
+                model = _build(kind, selection).to(device).eval()
+                _models[key] = model
+    return model
 
 
 def close_models() -> None:
-    """Close every shared mediapipe graph; the next use creates them again."""
-    with _registry_lock:
-        entries = list(_graphs.items())
-        _graphs.clear()
-    for key, (graph, lock) in entries:
-        with lock:
-            try:
-                graph.close()
-            except Exception:  # noqa: BLE001 - closing at exit must not raise
-                log.debug("closing mediapipe graph %s failed", key, exc_info=True)
-
-
-atexit.register(close_models)
+    """Drop every shared face model; the next use builds them again."""
+    with _lock:
+        _models.clear()
 
 
 def to_u8(rgb: np.ndarray) -> np.ndarray:
@@ -95,3 +73,14 @@ def to_u8(rgb: np.ndarray) -> np.ndarray:
     if rgb.dtype == np.uint8:
         return np.ascontiguousarray(rgb)
     return np.ascontiguousarray(np.clip(rgb * 255.0 + 0.5, 0, 255).astype(np.uint8))
+
+
+def to_tensor(images_u8: np.ndarray, device) -> "torch.Tensor":
+    """[H, W, 3] or [B, H, W, 3] uint8 -> [B, 3, H, W] float32 (0..255) on ``device``."""
+    import torch
+
+    arr = np.asarray(images_u8)
+    if arr.ndim == 3:
+        arr = arr[None]
+    t = torch.from_numpy(np.ascontiguousarray(arr)).to(device)
+    return t.permute(0, 3, 1, 2).float()

@@ -1,4 +1,4 @@
-"""Face detection with mediapipe's short- and full-range BlazeFace models.
+"""Face detection with mediapipe's short- and full-range BlazeFace models (run in torch).
 
 The short-range model (128 px input) finds faces that fill much of the frame; the
 full-range one (192 px input) finds faces down to about a fifteenth of the frame. Both
@@ -60,28 +60,12 @@ class FaceDetection:
         return 0.5 * (self.box[:2] + self.box[2:])
 
 
-def _read(offset: np.ndarray, size: np.ndarray):
-    """A result reader mapping mediapipe's relative boxes into pixels of the full image."""
-
-    def read(result) -> List[FaceDetection]:
-        out = []
-        for det in result.detections or []:
-            loc = det.location_data
-            rb = loc.relative_bounding_box
-            box = np.array([rb.xmin, rb.ymin, rb.xmin + rb.width, rb.ymin + rb.height]) * np.tile(size, 2)
-            box += np.tile(offset, 2)
-            kp = np.array([[k.x, k.y] for k in loc.relative_keypoints], dtype=np.float64).reshape(-1, 2)
-            kp = kp * size + offset
-            out.append(FaceDetection(box=box, score=float(det.score[0]), keypoints=kp))
-        return out
-
-    return read
-
-
-def _run(image_u8: np.ndarray, model: int, x0: int = 0, y0: int = 0) -> List[FaceDetection]:
-    h, w = image_u8.shape[:2]
-    return _models.run(("detection", model, MIN_CONFIDENCE), image_u8,
-                       _read(np.array([x0, y0], dtype=np.float64), np.array([w, h], dtype=np.float64)))
+def _run(image: "torch.Tensor", model: int, x0: int = 0, y0: int = 0) -> List[FaceDetection]:
+    """BlazeFace on [1, 3, h, w] (0..255) pixels; detections shifted by (x0, y0)."""
+    boxes, scores, kps = _models.get("detection", model, image.device)(image, MIN_CONFIDENCE)[0]
+    off = np.array([x0, y0], dtype=np.float64)
+    return [FaceDetection(box=b + np.tile(off, 2), score=float(s), keypoints=k + off)
+            for b, s, k in zip(boxes, scores, kps)]
 
 
 def _overlap(a: FaceDetection, b: FaceDetection) -> float:
@@ -119,15 +103,14 @@ def detect_faces(rgb: np.ndarray) -> List[FaceDetection]:
     Returns:
         detections in the image's pixels, sorted by box area, largest first; empty if none.
     """
-    image = _models.to_u8(rgb)
-    h, w = image.shape[:2]
+    image = _models.to_tensor(_models.to_u8(rgb), _models.default_device())
+    h, w = image.shape[2:]
     dets = _run(image, SHORT_RANGE) + _run(image, FULL_RANGE)
     for n in TILE_LEVELS:
         if any(d.score >= CONFIDENT for d in dets) or 2 * min(w, h) / (n + 1) < 192:
             break
         for x0, y0, x1, y1 in _tiles(w, h, n):
-            tile = np.ascontiguousarray(image[y0:y1, x0:x1])
-            dets += _run(tile, FULL_RANGE, x0, y0)
+            dets += _run(image[:, :, y0:y1, x0:x1], FULL_RANGE, x0, y0)
         log.debug("no confident face in the whole image; %d detections after %dx%d tiles", len(dets), n, n)
     faces = _merge(dets)
     faces.sort(key=lambda d: -d.area)

@@ -1,4 +1,4 @@
-"""Portrait matte: mediapipe selfie segmentation, cleaned up and snapped to the image's edges.
+"""Portrait matte: mediapipe's selfie segmentation (run in torch), cleaned up and snapped to the image's edges.
 
 The raw segmentation is a soft, low-resolution (256 x 256) person mask. It is refined by:
 keeping only the connected person region that contains the face, filling its holes,
@@ -30,9 +30,10 @@ def segment_person(rgb: np.ndarray, model: int = SELFIE_MODEL) -> np.ndarray:
     Returns:
         [H, W] float32 in [0, 1], the person probability.
     """
-    image = _models.to_u8(rgb)
-    mask = _models.run(("selfie", model), image, lambda r: np.array(r.segmentation_mask, dtype=np.float32))
-    return np.clip(mask, 0.0, 1.0)
+    device = _models.default_device()
+    image = _models.to_tensor(_models.to_u8(rgb), device)
+    mask = _models.get("selfie", model, device)(image)[0]
+    return np.clip(mask.cpu().numpy().astype(np.float32), 0.0, 1.0)
 
 
 def _box(x: np.ndarray, r: int) -> np.ndarray:
@@ -155,7 +156,7 @@ def portrait_matte(rgb: np.ndarray, landmarks: Optional[np.ndarray] = None, mode
     Args:
         rgb: [S, S, 3] float32 in [0, 1], the crop.
         landmarks: [478, 3] in crop pixels (used to keep the person whose face it is).
-        model: mediapipe selfie-segmentation model, 0 (general) or 1 (landscape).
+        model: selfie-segmentation model, 0 (general, 256 x 256) or 1 (landscape, 144 x 256).
 
     Returns:
         [S, S] float32 alpha in [0, 1].

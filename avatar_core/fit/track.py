@@ -1,7 +1,8 @@
 """Video tracking: per-frame expression and pose with a shared identity.
 
 Frames are cropped exactly like the first frame with a face (the same square crop the
-photo pipeline makes), MediaPipe's face mesh tracks 478 landmarks frame to frame, and
+photo pipeline makes), the face mesh tracks 478 landmarks frame to frame (batched, as
+mediapipe's video mode does: ``FaceTracker.track_batch``), and
 all frames are fitted at once (``fit_landmarks``) with one identity, one focal length and a
 temporal smoothness term. Frames without a face are filled in by the smoothness term and
 reported. The rigid head motion, fitted as a per-frame camera, is re-expressed relative to
@@ -99,14 +100,9 @@ def track_frames(frames: np.ndarray, fps: float, head, embedding=None, size: int
         warnings.append(f"frames 0-{first - 1} have no face; cropped like frame {first}.")
     prog(0.1, "landmarks")
     crops = np.stack([crop_with(f, portrait.transform) for f in frames])
-    lms = np.full((T, 478, 3), np.nan)
     with FaceTracker() as tracker:
-        for t in range(T):
-            lm = tracker.track(crops[t])
-            if lm is not None:
-                lms[t] = lm
-            if t % 10 == 0:
-                prog(0.1 + 0.4 * t / T, f"landmarks {t}/{T}")
+        lms = tracker.track_batch(crops, progress=lambda done, total: prog(0.1 + 0.4 * done / total,
+                                                                           f"landmarks {done}/{total}"))
     valid = ~np.isnan(lms[:, 0, 0])
     missing = np.nonzero(~valid)[0]
     if len(missing):

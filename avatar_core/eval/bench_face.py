@@ -1,0 +1,268 @@
+"""``python -m avatar_core bench face``: the torch face models against mediapipe 0.10.21, as JSON.
+
+Parity (needs mediapipe 0.10.21 installed, Python 3.11; it is only the reference):
+- landmarks: face_mesh in static-image mode with refine_landmarks=True against ours on the
+  same image; distances in pixels of the 512 head crop around mediapipe's landmarks;
+- detection: the best box of each BlazeFace model (short and full range), IoU;
+- matte: the selfie segmentation (general and landscape) thresholded at 0.5, IoU;
+on the portraits, and every ``--step``-th frame of the GRID clips and the driving videos.
+Tracking: each GRID clip cropped like ``track`` crops it (512 px), mediapipe's video mode
+against ``FaceTracker.track_batch``: median landmark distance per clip, and both timed on
+the same clip in the same run (``speed``). ``--gpu-only`` skips mediapipe and times
+batched landmarks on the device (frames/s at the 192 x 192 input).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+
+
+def add_arguments(p):
+    p.add_argument("--data", default=str(DATA), help="the shared data folder (portraits/, grid/, driving/)")
+    p.add_argument("--step", type=int, default=10, help="every step-th video frame is compared")
+    p.add_argument("--quick", action="store_true", help="2 portraits, 2 GRID clips, 1 driving video")
+    p.add_argument("--speed-clip", default="grid/s1/bbaf2n.mpg", help="the clip timed for tracking speed")
+    p.add_argument("--gpu-only", action="store_true", help="only the batched-landmark throughput (no mediapipe)")
+    p.add_argument("--batch", type=int, default=32, help="batch size of the throughput figure")
+    p.add_argument("--device", default=None, help="torch device (default: the face models' default)")
+    p.add_argument("-o", "--output", default=None, help="also write the JSON here")
+
+
+def _frames(path, step=1, max_frames=None):
+    import cv2
+    cap = cv2.VideoCapture(str(path))
+    out, i = [], 0
+    while True:
+        ok, bgr = cap.read()
+        if not ok or (max_frames and len(out) >= max_frames):
+            break
+        if i % step == 0:
+            out.append(np.ascontiguousarray(bgr[..., ::-1]))
+        i += 1
+    cap.release()
+    return out
+
+
+def _iou_box(a, b) -> float:
+    lo, hi = np.maximum(a[:2], b[:2]), np.minimum(a[2:], b[2:])
+    inter = float(np.prod(np.clip(hi - lo, 0, None)))
+    union = float(np.prod(a[2:] - a[:2]) + np.prod(b[2:] - b[:2]) - inter)
+    return inter / union if union > 0 else 0.0
+
+
+def _iou_mask(a, b) -> float:
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / union) if union else 1.0
+
+
+class _Mediapipe:
+    def __init__(self):
+        os.environ.setdefault("GLOG_minloglevel", "2")
+        from mediapipe.python import solutions
+        self.s = solutions
+        self.mesh = solutions.face_mesh.FaceMesh(static_image_mode=True, max_num_faces=1, refine_landmarks=True,
+                                                 min_detection_confidence=0.5)
+        self.det = [solutions.face_detection.FaceDetection(model_selection=m, min_detection_confidence=0.5)
+                    for m in (0, 1)]
+        self.selfie = [solutions.selfie_segmentation.SelfieSegmentation(model_selection=m) for m in (0, 1)]
+
+    def landmarks(self, img):
+        h, w = img.shape[:2]
+        r = self.mesh.process(img)
+        if not r.multi_face_landmarks:
+            return None
+        return np.array([[p.x * w, p.y * h, p.z * w] for p in r.multi_face_landmarks[0].landmark])
+
+    def box(self, img, model):
+        h, w = img.shape[:2]
+        r = self.det[model].process(img)
+        if not r.detections:
+            return None
+        d = max(r.detections, key=lambda d: d.score[0])
+        bb = d.location_data.relative_bounding_box
+        return np.array([bb.xmin, bb.ymin, bb.xmin + bb.width, bb.ymin + bb.height]) * np.array([w, h, w, h])
+
+    def matte(self, img, model):
+        return np.array(self.selfie[model].process(img).segmentation_mask) > 0.5
+
+    def video_tracker(self):
+        return self.s.face_mesh.FaceMesh(static_image_mode=False, max_num_faces=1, refine_landmarks=True,
+                                         min_detection_confidence=0.5, min_tracking_confidence=0.5)
+
+
+def _ours_landmarks(img):
+    from avatar_core.face.landmarks import _static_landmarks
+    found = _static_landmarks(img, 1, 0.5)
+    return found[0] if found else None
+
+
+def _ours_box(img, model, device):
+    from avatar_core.face import _models
+    boxes, scores, _ = _models.get("detection", model, device)(_models.to_tensor(img, device), 0.5)[0]
+    return boxes[int(np.argmax(scores))] if len(boxes) else None
+
+
+def _ours_matte(img, model, device):
+    from avatar_core.face import _models
+    return _models.get("selfie", model, device)(_models.to_tensor(img, device))[0].cpu().numpy() > 0.5
+
+
+def _crop_scale(ref_lms) -> float:
+    """Pixels of the 512 head crop per image pixel (avatar_core.face.crop.head_crop)."""
+    from avatar_core.face.crop import head_crop
+    return head_crop(ref_lms, 512).scale
+
+
+def _summary(values, kind="px"):
+    v = np.asarray(values, dtype=np.float64)
+    if not len(v):
+        return {"n": 0}
+    if kind == "px":
+        return {"n": int(len(v)), "median": round(float(np.median(v)), 4), "p95": round(float(np.percentile(v, 95)), 4),
+                "max": round(float(v.max()), 4)}
+    return {"n": int(len(v)), "min": round(float(v.min()), 4), "mean": round(float(v.mean()), 4)}
+
+
+def parity(images, mp, device):
+    """Per-image comparisons over a list of (name, [H, W, 3] uint8)."""
+    dists, misses = [], []
+    per_image_median = []
+    ious = {"short_range": [], "full_range": []}
+    mattes = {"general": [], "landscape": []}
+    for name, img in images:
+        ref, ours = mp.landmarks(img), _ours_landmarks(img)
+        if (ref is None) != (ours is None):
+            misses.append(name)
+        elif ref is not None:
+            d = np.linalg.norm(ours[:, :2] - ref[:, :2], axis=1) * _crop_scale(ref)
+            dists.append(d)
+            per_image_median.append(float(np.median(d)))
+        for m, key in enumerate(ious):
+            a, b = mp.box(img, m), _ours_box(img, m, device)
+            if (a is None) != (b is None):
+                misses.append(f"{name}:{key}")
+            elif a is not None:
+                ious[key].append(_iou_box(a, b))
+        for m, key in enumerate(mattes):
+            mattes[key].append(_iou_mask(mp.matte(img, m), _ours_matte(img, m, device)))
+    all_d = np.concatenate(dists) if dists else np.zeros(0)
+    return {"images": len(images), "landmarks_px_at_512": _summary(all_d),
+            "worst_image_median_px": round(max(per_image_median), 4) if per_image_median else None,
+            "detection_iou": {k: _summary(v, "iou") for k, v in ious.items()},
+            "matte_iou": {k: _summary(v, "iou") for k, v in mattes.items()},
+            "found_by_one_only": misses}
+
+
+def _clip_crops(frames, mp):
+    """The clip's frames cropped like ``track`` crops them: the 512 head crop of the first face."""
+    from avatar_core.face.crop import crop_with, head_crop
+    for f in frames:
+        ref = mp.landmarks(f) if mp is not None else _ours_landmarks(f)
+        if ref is not None:
+            t = head_crop(ref, 512)
+            return np.stack([crop_with(x, t) for x in frames])
+    return None
+
+
+def tracking(clips, mp, device, speed_clip):
+    from avatar_core.face import FaceTracker
+    per_clip, speed = {}, None
+    for name, frames in clips:
+        crops = _clip_crops(frames, mp)
+        if crops is None:
+            per_clip[name] = None
+            continue
+        timed = name == speed_clip
+        with mp.video_tracker() as vt:
+            t0 = time.perf_counter()
+            ref = []
+            for c in crops:
+                r = vt.process(c)
+                ref.append(np.array([[p.x * 512, p.y * 512] for p in r.multi_face_landmarks[0].landmark])
+                           if r.multi_face_landmarks else None)
+            t_mp = time.perf_counter() - t0
+        with FaceTracker(device=device) as tr:
+            t0 = time.perf_counter()
+            ours = tr.track_batch(crops)
+            t_ours = time.perf_counter() - t0
+        d = [np.linalg.norm(o[:, :2] - r, axis=1) for o, r in zip(ours, ref) if r is not None and np.isfinite(o).all()]
+        d = np.concatenate(d) if d else np.zeros(0)
+        per_clip[name] = {"frames": len(crops), "median_px": round(float(np.median(d)), 4) if len(d) else None,
+                          "p95_px": round(float(np.percentile(d, 95)), 4) if len(d) else None,
+                          "missing_mp": int(sum(r is None for r in ref)),
+                          "missing_ours": int((~np.isfinite(ours[:, 0, 0])).sum())}
+        if timed:
+            speed = {"clip": name, "frames": len(crops), "mediapipe_s": round(t_mp, 3), "ours_s": round(t_ours, 3),
+                     "ratio_mediapipe_over_ours": round(t_mp / t_ours, 3)}
+    medians = [v["median_px"] for v in per_clip.values() if v and v["median_px"] is not None]
+    return {"clips": per_clip, "worst_clip_median_px": max(medians) if medians else None}, speed
+
+
+def throughput(device, batch: int, repeats: int = 20):
+    """Batched landmarks: frames/s of the attention mesh (crop + model + decoding) at 192 x 192."""
+    import torch
+
+    from avatar_core.face import _models
+    mesh = _models.get("mesh", 0, device)
+    g = torch.Generator().manual_seed(0)
+    images = (torch.rand(batch, 3, 256, 256, generator=g) * 255).to(device)
+    rois = torch.tensor([[128.0, 128.0, 200.0, 200.0, 0.1]], device=device).expand(batch, 5)
+    res = {}
+    for name, dtype in (("fp32", None),):
+        for _ in range(3):
+            mesh(images, rois)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            mesh(images, rois)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        dt = time.perf_counter() - t0
+        res[name] = round(batch * repeats / dt, 1)
+    return {"device": str(device), "batch": batch, "frames_per_s": res,
+            "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None}
+
+
+def run(args) -> int:
+    import torch
+
+    from avatar_core.face import _models
+    device = torch.device(args.device) if args.device else _models.default_device()
+    out = {"device": str(device), "torch": torch.__version__}
+    if args.gpu_only:
+        out["throughput"] = throughput(device, args.batch)
+        print(json.dumps(out, indent=1))
+        return 0
+    data = Path(args.data)
+    mp = _Mediapipe()
+    import cv2
+    portraits = sorted((data / "portraits").glob("*.*"))
+    grid = sorted((data / "grid").rglob("*.mpg"))
+    driving = sorted((data / "driving").glob("*.mp4"))
+    if args.quick:
+        portraits, grid, driving = portraits[:2], grid[:2], driving[:1]
+    t0 = time.perf_counter()
+    imgs = [(p.name, np.ascontiguousarray(cv2.imread(str(p))[..., ::-1])) for p in portraits]
+    out["portraits"] = parity(imgs, mp, device)
+    out["grid_every_%d" % args.step] = parity([(f"{p.name}:{i}", f) for p in grid
+                                               for i, f in enumerate(_frames(p, args.step))], mp, device)
+    out["driving_every_%d" % args.step] = parity([(f"{p.name}:{i}", f) for p in driving
+                                                  for i, f in enumerate(_frames(p, args.step))], mp, device)
+    clips = [(str(p.relative_to(data)), _frames(p)) for p in grid]
+    if args.speed_clip not in [c for c, _ in clips] and (data / args.speed_clip).exists():
+        clips.append((args.speed_clip, _frames(data / args.speed_clip)))
+    out["grid_tracking_512"], out["cpu_tracking_speed"] = tracking(clips, mp, device, args.speed_clip)
+    out["seconds"] = round(time.perf_counter() - t0, 1)
+    text = json.dumps(out, indent=1)
+    print(text)
+    if args.output:
+        Path(args.output).write_text(text + "\n")
+    return 0

@@ -1,0 +1,355 @@
+"""A TensorFlow Lite graph run as a torch module (batched, CPU or CUDA).
+
+``graph_spec(model)`` turns a parsed .tflite model (``avatar_core.face.tflite``) into a
+JSON-able op list plus its constant tensors: constant-only ops (DEQUANTIZE of fp16
+weights, DENSIFY of sparse ones) are folded. ``TfliteGraph(spec, tensors)`` runs it.
+
+Layout: TFLite is NHWC; here every 4-D activation is NCHW. Layout-sensitive ops
+(RESHAPE, CONCATENATION, PAD, MEAN, DEPTH_TO_SPACE) translate their axes; 4-D outputs are
+returned in TFLite's NHWC order. Batch: the file's batch of 1 becomes any B. TF 'SAME'
+padding is reproduced exactly (the extra pixel of an odd total goes after).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Dict, List, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from avatar_core.face.tflite import TfliteModel
+
+SUPPORTED = {
+    "CONV_2D", "DEPTHWISE_CONV_2D", "Convolution2DTransposeBias", "TRANSPOSE_CONV", "ADD", "MUL", "SUB",
+    "PRELU", "RELU", "RELU6", "LOGISTIC", "HARD_SWISH", "TANH", "MAX_POOL_2D", "AVERAGE_POOL_2D", "MEAN",
+    "PAD", "RESHAPE", "CONCATENATION", "RESIZE_BILINEAR", "DEPTH_TO_SPACE", "STRIDED_SLICE",
+    # mediapipe's custom ops of the attention face mesh (version 2 of each)
+    "Landmarks2TransformMatrix", "TransformTensorBilinear", "TransformLandmarks",
+}
+_FLEXBUFFER_OPS = {"Landmarks2TransformMatrix", "TransformTensorBilinear", "TransformLandmarks"}
+_FOLDABLE = {"DEQUANTIZE", "DENSIFY"}
+_NHWC_TO_NCHW_AXIS = {0: 0, 1: 2, 2: 3, 3: 1}
+
+
+class UnsupportedGraph(ValueError):
+    """The model uses an op this module does not implement."""
+
+
+def graph_spec(model: TfliteModel) -> Tuple[dict, Dict[str, np.ndarray]]:
+    """(spec, constants): the op list (JSON-able) and the constants it reads, named ``t<index>``."""
+    const = {i: t.data for i, t in enumerate(model.tensors) if t.data is not None}
+    ops = []
+    for op in model.operators:
+        if op.op in _FOLDABLE:
+            src = const.get(op.inputs[0])
+            if src is None:
+                raise UnsupportedGraph(f"{op.op} of a non-constant tensor")
+            const[op.outputs[0]] = src.astype(np.float32)
+            continue
+        if op.op not in SUPPORTED:
+            raise UnsupportedGraph(f"op {op.op} is not supported")
+        options = dict(op.options)
+        if op.op == "Convolution2DTransposeBias":
+            # mediapipe's custom op: raw TfLiteTransposeConvParams {padding, stride_w, stride_h} (int32)
+            pad, sw, sh = np.frombuffer(op.custom_options[:12], dtype="<i4")
+            options = {"padding": 0 if pad == 1 else 1, "stride_w": int(sw), "stride_h": int(sh)}
+        elif op.op in _FLEXBUFFER_OPS:
+            if op.version != 2:
+                raise UnsupportedGraph(f"{op.op} version {op.version} is not supported")
+            from flatbuffers import flexbuffers  # custom-op options are a flexbuffer map
+
+            options = {k: (list(v) if isinstance(v, (list, tuple)) else v)
+                       for k, v in (flexbuffers.Loads(op.custom_options) if op.custom_options else {}).items()}
+        ops.append({"op": op.op, "inputs": list(op.inputs), "outputs": list(op.outputs), "options": options})
+    used = {i for o in ops for i in o["inputs"] if i in const}
+    tensors = {f"t{i}": np.ascontiguousarray(const[i].astype(np.float32) if const[i].dtype == np.float16
+                                             else const[i]) for i in sorted(used)}
+    spec = {
+        "ops": ops,
+        "inputs": list(model.inputs), "outputs": list(model.outputs),
+        "names": {str(i): model.tensors[i].name for i in list(model.inputs) + list(model.outputs)},
+        "ranks": {str(i): len(t.shape) for i, t in enumerate(model.tensors)},
+        "shapes": {str(i): model.tensors[i].shape for o in ops for i in o["outputs"] + o["inputs"]},
+    }
+    return spec, tensors
+
+
+def _same_pads(size: int, k: int, s: int, d: int = 1) -> Tuple[int, int]:
+    out = math.ceil(size / s)
+    total = max((out - 1) * s + (k - 1) * d + 1 - size, 0)
+    return total // 2, total - total // 2
+
+
+def _act(x: torch.Tensor, code: int) -> torch.Tensor:
+    if code == 0:
+        return x
+    if code == 1:
+        return torch.relu(x)
+    if code == 2:
+        return x.clamp(-1.0, 1.0)
+    if code == 3:
+        return x.clamp(0.0, 6.0)
+    if code == 4:
+        return torch.tanh(x)
+    raise UnsupportedGraph(f"fused activation {code} is not supported")
+
+
+class TfliteGraph(torch.nn.Module):
+    """A converted TFLite graph.
+
+    Args:
+        spec: from ``graph_spec`` (or read back from the weights file).
+        tensors: name -> array, the constants ``spec`` reads.
+
+    ``forward(x)`` takes [B, C, H, W] float (NCHW) for the model's single 4-D input and
+    returns {output name: tensor}, shaped like the TFLite outputs with batch B (NHWC).
+    """
+
+    def __init__(self, spec: dict, tensors: Dict[str, np.ndarray]):
+        super().__init__()
+        self.spec = spec
+        self._ranks = {int(k): v for k, v in spec["ranks"].items()}
+        self._shapes = {int(k): v for k, v in spec["shapes"].items()}
+        self._const: Dict[int, str] = {}
+        for op in spec["ops"]:
+            kind, ins = op["op"], op["inputs"]
+            for pos, i in enumerate(ins):
+                key = f"t{i}"
+                if i < 0 or key not in tensors or i in self._const:
+                    continue
+                arr = torch.from_numpy(np.array(tensors[key]))
+                if kind in ("CONV_2D",) and pos == 1:
+                    arr = arr.permute(0, 3, 1, 2)                      # [O, kh, kw, I] -> [O, I, kh, kw]
+                elif kind == "DEPTHWISE_CONV_2D" and pos == 1:
+                    arr = arr.permute(3, 0, 1, 2)                      # [1, kh, kw, O] -> [O, 1, kh, kw]
+                elif kind == "Convolution2DTransposeBias" and pos == 1:
+                    arr = arr.permute(3, 0, 1, 2)                      # [O, kh, kw, I] -> [I, O, kh, kw]
+                elif kind == "TRANSPOSE_CONV" and pos == 1:
+                    arr = arr.permute(3, 0, 1, 2)
+                elif kind == "PRELU" and pos == 1:
+                    arr = arr.reshape(-1, 1, 1) if self._ranks[ins[0]] == 4 else arr
+                elif kind in ("ADD", "MUL", "SUB") and self._ranks[ins[1 - pos]] == 4:
+                    # broadcast against NCHW: [1, H, W, C] -> [1, C, H, W]; [..., C] -> [C, 1, 1]
+                    arr = arr.permute(0, 3, 1, 2) if arr.dim() == 4 else arr.reshape(-1, 1, 1)
+                arr = arr.contiguous()
+                if arr.is_floating_point():
+                    arr = arr.float()
+                name = f"c{i}"
+                self.register_buffer(name, arr, persistent=False)
+                self._const[i] = name
+
+    def _get(self, env: Dict[int, torch.Tensor], i: int) -> torch.Tensor:
+        if i in env:
+            return env[i]
+        return getattr(self, self._const[i])
+
+    def _host(self, env, i: int) -> np.ndarray:
+        """A small constant (paddings, axes) as numpy."""
+        return self._get(env, i).detach().cpu().numpy()
+
+    def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:  # x: [B, C, H, W]
+        spec = self.spec
+        env: Dict[int, torch.Tensor] = {spec["inputs"][0]: x}
+        B = x.shape[0]
+        for op in spec["ops"]:
+            kind, ins, opt = op["op"], op["inputs"], op["options"]
+            a = self._get(env, ins[0])
+            y = getattr(self, "_" + kind.lower())(env, a, ins, opt, B, op["outputs"][0])
+            env[op["outputs"][0]] = y
+        out = {}
+        for i in spec["outputs"]:
+            t = env[i]
+            if t.dim() == 4:
+                t = t.permute(0, 2, 3, 1)
+            out[spec["names"][str(i)]] = t
+        return out
+
+    # -- ops: each (env, first input, input ids, options, batch, output id) -> tensor
+    def _conv_2d(self, env, a, ins, opt, B, out):
+        w = self._get(env, ins[1])
+        bias = self._get(env, ins[2]) if len(ins) > 2 and ins[2] >= 0 else None
+        s, d = (opt["stride_h"], opt["stride_w"]), (opt["dilation_h"], opt["dilation_w"])
+        a = self._pad_same(a, w.shape[2:], s, d, opt["padding"])
+        return _act(F.conv2d(a, w, bias, s, 0, d), opt["activation"])
+
+    def _depthwise_conv_2d(self, env, a, ins, opt, B, out):
+        w = self._get(env, ins[1])
+        bias = self._get(env, ins[2]) if len(ins) > 2 and ins[2] >= 0 else None
+        s, d = (opt["stride_h"], opt["stride_w"]), (opt["dilation_h"], opt["dilation_w"])
+        a = self._pad_same(a, w.shape[2:], s, d, opt["padding"])
+        return _act(F.conv2d(a, w, bias, s, 0, d, groups=a.shape[1]), opt["activation"])
+
+    def _convolution2dtransposebias(self, env, a, ins, opt, B, out):
+        w = self._get(env, ins[1])                    # [I, O, kh, kw]
+        bias = self._get(env, ins[2])
+        s = (opt["stride_h"], opt["stride_w"])
+        y = F.conv_transpose2d(a, w, bias, s)
+        if opt["padding"] == 0:                       # SAME: output = input * stride, crop the rest
+            oh, ow = a.shape[2] * s[0], a.shape[3] * s[1]
+            th, tw = y.shape[2] - oh, y.shape[3] - ow
+            y = y[:, :, th // 2: th // 2 + oh, tw // 2: tw // 2 + ow]
+        return y
+
+    @staticmethod
+    def _pad_same(a, k, s, d, padding, value: float = 0.0):
+        if padding != 0:  # VALID
+            return a
+        ph = _same_pads(a.shape[2], k[0], s[0], d[0])
+        pw = _same_pads(a.shape[3], k[1], s[1], d[1])
+        if any(ph) or any(pw):
+            a = F.pad(a, (pw[0], pw[1], ph[0], ph[1]), value=value)
+        return a
+
+    def _binary(self, env, a, ins, fn, opt):
+        b = self._get(env, ins[1])
+        return _act(fn(a, b), opt.get("activation", 0))
+
+    def _add(self, env, a, ins, opt, B, out):
+        return self._binary(env, a, ins, torch.add, opt)
+
+    def _mul(self, env, a, ins, opt, B, out):
+        return self._binary(env, a, ins, torch.mul, opt)
+
+    def _sub(self, env, a, ins, opt, B, out):
+        return self._binary(env, a, ins, torch.sub, opt)
+
+    def _prelu(self, env, a, ins, opt, B, out):
+        alpha = self._get(env, ins[1])
+        return torch.where(a >= 0, a, a * alpha)
+
+    def _relu(self, env, a, ins, opt, B, out):
+        return torch.relu(a)
+
+    def _relu6(self, env, a, ins, opt, B, out):
+        return a.clamp(0.0, 6.0)
+
+    def _logistic(self, env, a, ins, opt, B, out):
+        return torch.sigmoid(a)
+
+    def _tanh(self, env, a, ins, opt, B, out):
+        return torch.tanh(a)
+
+    def _hard_swish(self, env, a, ins, opt, B, out):
+        return a * (a + 3.0).clamp(0.0, 6.0) / 6.0
+
+    def _max_pool_2d(self, env, a, ins, opt, B, out):
+        k, s = (opt["filter_h"], opt["filter_w"]), (opt["stride_h"], opt["stride_w"])
+        a = self._pad_same(a, k, s, (1, 1), opt["padding"], value=float("-inf"))
+        return _act(F.max_pool2d(a, k, s), opt["activation"])
+
+    def _average_pool_2d(self, env, a, ins, opt, B, out):
+        k, s = (opt["filter_h"], opt["filter_w"]), (opt["stride_h"], opt["stride_w"])
+        if opt["padding"] == 0:
+            ones = torch.ones_like(a[:1, :1])
+            num = F.avg_pool2d(self._pad_same(a, k, s, (1, 1), 0), k, s)
+            den = F.avg_pool2d(self._pad_same(ones, k, s, (1, 1), 0), k, s)
+            y = num / den                                # TF averages over the pixels inside only
+        else:
+            y = F.avg_pool2d(a, k, s)
+        return _act(y, opt["activation"])
+
+    def _mean(self, env, a, ins, opt, B, out):
+        axes = [int(v) for v in np.atleast_1d(self._host(env, ins[1]))]
+        if a.dim() == 4:
+            axes = [_NHWC_TO_NCHW_AXIS[v % 4] for v in axes]
+        return a.mean(dim=axes, keepdim=bool(opt["keep_dims"]))
+
+    def _pad(self, env, a, ins, opt, B, out):
+        p = self._host(env, ins[1]).astype(int)           # [rank, 2], TFLite axis order
+        if a.dim() == 4:
+            p = p[[0, 3, 1, 2]]
+        flat: List[int] = []
+        for before, after in p[::-1]:
+            flat += [int(before), int(after)]
+        return F.pad(a, flat)
+
+    def _reshape(self, env, a, ins, opt, B, out):
+        if a.dim() == 4:
+            a = a.permute(0, 2, 3, 1)
+        shape = list(self._shapes[out])
+        y = a.reshape(B, *shape[1:])
+        if y.dim() == 4:
+            y = y.permute(0, 3, 1, 2)
+        return y
+
+    def _concatenation(self, env, a, ins, opt, B, out):
+        parts = [self._get(env, i) for i in ins]
+        axis = opt["axis"] % parts[0].dim()
+        if parts[0].dim() == 4:
+            axis = _NHWC_TO_NCHW_AXIS[axis]
+        return _act(torch.cat(parts, dim=axis), opt["activation"])
+
+    def _resize_bilinear(self, env, a, ins, opt, B, out):
+        size = [int(v) for v in self._host(env, ins[1])]
+        if opt["align_corners"]:
+            return F.interpolate(a, size=size, mode="bilinear", align_corners=True)
+        if opt["half_pixel_centers"]:
+            return F.interpolate(a, size=size, mode="bilinear", align_corners=False)
+        raise UnsupportedGraph("RESIZE_BILINEAR without half-pixel centres or aligned corners")
+
+    def _depth_to_space(self, env, a, ins, opt, B, out):
+        # TF (DCR): out[b, h*r + i, w*r + j, c] = in[b, h, w, (i*r + j)*C + c]
+        r = opt["block_size"]
+        b, c, h, w = a.shape
+        y = a.reshape(b, r, r, c // (r * r), h, w).permute(0, 3, 4, 1, 5, 2)
+        return y.reshape(b, c // (r * r), h * r, w * r)
+
+    def _strided_slice(self, env, a, ins, opt, B, out):
+        begin, end, strides = (self._host(env, i).astype(int) for i in ins[1:4])
+        if a.dim() == 4:
+            a = a.permute(0, 2, 3, 1)
+        idx = (slice(None),) + tuple(slice(int(b), int(e), int(s)) for b, e, s in zip(begin[1:], end[1:], strides[1:]))
+        y = a[idx]
+        return y.permute(0, 3, 1, 2) if y.dim() == 4 else y
+
+    # -- mediapipe's custom ops (mediapipe/util/tflite/operations, version 2)
+    def _landmarks2transformmatrix(self, env, a, ins, opt, B, out):
+        """[B, N, 3] landmarks -> [B, 4, 4]: output pixel (u, v, 0, 1) -> input pixel, for a crop of
+        the rotated bounding box of a landmark subset (rotation from two landmarks)."""
+        left, right = a[:, opt["left_rotation_idx"], :2], a[:, opt["right_rotation_idx"], :2]
+        rot = opt["target_rotation_radians"] - torch.atan2(right[:, 1] - left[:, 1], right[:, 0] - left[:, 0])
+        c, s = torch.cos(rot)[:, None], torch.sin(rot)[:, None]
+        pts = a[:, list(opt["subset_idxs"]), :2]
+        rx = c * pts[..., 0] - s * pts[..., 1]
+        ry = s * pts[..., 0] + c * pts[..., 1]
+        w = rx.max(1).values - rx.min(1).values
+        h = ry.max(1).values - ry.min(1).values
+        mx = 0.5 * (rx.max(1).values + rx.min(1).values)
+        my = 0.5 * (ry.max(1).values + ry.min(1).values)
+        ci, si = c[:, 0], -s[:, 0]                   # cos, sin of -rot
+        cx, cy = ci * mx - si * my, si * mx + ci * my
+        ow, oh = opt["output_width"], opt["output_height"]
+        sx, sy = opt["scale_x"] * w / ow, opt["scale_y"] * h / oh
+        m = torch.zeros(a.shape[0], 4, 4, dtype=a.dtype, device=a.device)
+        m[:, 0, 0], m[:, 0, 1] = ci * sx, -si * sy
+        m[:, 0, 3] = cx - ci * sx * ow / 2 + si * sy * oh / 2
+        m[:, 1, 0], m[:, 1, 1] = si * sx, ci * sy
+        m[:, 1, 3] = cy - si * sx * ow / 2 - ci * sy * oh / 2
+        m[:, 2, 2] = 1.0
+        m[:, 3, 3] = 1.0
+        return m
+
+    def _transformtensorbilinear(self, env, a, ins, opt, B, out):
+        """[B, C, H, W] features sampled at output pixel centres mapped through [B, 4, 4]; zero outside."""
+        m = self._get(env, ins[1])
+        oh, ow = self._shapes[out][1:3]
+        H, W = a.shape[2:]
+        tx = m[:, 0, 3] + 0.5 * (m[:, 0, 0] + m[:, 0, 1]) - 0.5
+        ty = m[:, 1, 3] + 0.5 * (m[:, 1, 0] + m[:, 1, 1]) - 0.5
+        v, u = torch.meshgrid(torch.arange(oh, dtype=a.dtype, device=a.device),
+                              torch.arange(ow, dtype=a.dtype, device=a.device), indexing="ij")
+        x = m[:, 0, 0, None, None] * u + m[:, 0, 1, None, None] * v + tx[:, None, None]   # [B, oh, ow]
+        y = m[:, 1, 0, None, None] * u + m[:, 1, 1, None, None] * v + ty[:, None, None]
+        inside = (x >= 0) & (x <= W - 1) & (y >= 0) & (y <= H - 1)
+        grid = torch.stack([2 * x / (W - 1) - 1, 2 * y / (H - 1) - 1], -1)
+        res = F.grid_sample(a, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+        return res * inside[:, None].to(res.dtype)
+
+    def _transformlandmarks(self, env, a, ins, opt, B, out):
+        """[B, N, 2 or 3] landmarks through [B, 4, 4] (x, y only)."""
+        m = self._get(env, ins[1])
+        x = m[:, 0, 0, None] * a[..., 0] + m[:, 0, 1, None] * a[..., 1] + m[:, 0, 3, None]
+        y = m[:, 1, 0, None] * a[..., 0] + m[:, 1, 1, None] * a[..., 1] + m[:, 1, 3, None]
+        return torch.cat([torch.stack([x, y], -1), a[..., 2:]], -1)
