@@ -61,7 +61,20 @@ def server(tmp_path):
     httpd.server_close()
 
 
-def test_three_js_draws_the_exported_glb(tmp_path, server, small_avatar):
+def _draw(chromium, url, shot):
+    """(the page's status line, the screenshot as [H, W, 3] int array)."""
+    dom = subprocess.run([chromium, *CHROMIUM_FLAGS, "--dump-dom", url], capture_output=True, text=True, timeout=180)
+    status = re.search(r'<pre id="status">([^<]*)', dom.stdout)
+    assert status is not None, dom.stderr[-2000:]
+    subprocess.run([chromium, *CHROMIUM_FLAGS, f"--screenshot={shot}", url], capture_output=True, timeout=180)
+    assert shot.is_file()
+    from PIL import Image
+    return status.group(1), np.asarray(Image.open(shot).convert("RGB")).astype(np.int32)
+
+
+def test_three_js_draws_the_exported_glb_and_spz(tmp_path, server, small_avatar):
+    """GLB through three.js' KHR_gaussian_splatting loader draws the face; the SPZ of the same
+    frame through three.js' SPZLoader (an independent SPZ reader) draws the same picture."""
     chromium = _chromium()
     if not (JS / "node_modules" / "three" / "examples" / "jsm" / "loaders" / "GLTFGaussianSplatLoaderExtension.js").is_file():
         pytest.skip("three.js (with GLTFGaussianSplatLoaderExtension) is not installed: run `npm ci --prefix tests/js`")
@@ -73,26 +86,22 @@ def test_three_js_draws_the_exported_glb(tmp_path, server, small_avatar):
     with torch.no_grad():
         frame = avatar.animate(lod=avatar.available_lods()[-1])
     write_frame(tmp_path / "face.glb", frame, "glb")
-    url = f"{server}/view_glb.html?glb=/model/face.glb&webgl=1"
+    write_frame(tmp_path / "face.spz", frame, "spz")
 
-    dom = subprocess.run([chromium, *CHROMIUM_FLAGS, "--dump-dom", url], capture_output=True, text=True, timeout=180)
-    status = re.search(r'<pre id="status">([^<]*)', dom.stdout)
-    assert status is not None, dom.stderr[-2000:]
-    assert status.group(1).startswith("ok "), status.group(1)
-    assert "splat_object=GaussianSplat" in status.group(1) and f"count={frame.num}" in status.group(1)
-
-    shot = tmp_path / "shot.png"
-    subprocess.run([chromium, *CHROMIUM_FLAGS, f"--screenshot={shot}", url], capture_output=True, timeout=180)
-    assert shot.is_file()
+    status, rgb = _draw(chromium, f"{server}/view_splats.html?glb=/model/face.glb&webgl=1", tmp_path / "glb.png")
+    assert status.startswith("ok "), status
+    assert "splat_object=GaussianSplat" in status and f"count={frame.num} " in status
     artefacts = Path(os.environ.get("HEADSPLAT_ARTEFACTS", ROOT / "out" / "artefacts"))
     artefacts.mkdir(parents=True, exist_ok=True)
-    shutil.copy(shot, artefacts / "export_three_glb.png")
-
-    from PIL import Image
-    rgb = np.asarray(Image.open(shot).convert("RGB")).astype(np.int32)
+    shutil.copy(tmp_path / "glb.png", artefacts / "export_three_glb.png")
     drawn = rgb.max(-1) > 24                                               # the page's background is black
     assert drawn.mean() > 0.03, f"only {100 * drawn.mean():.1f}% of the image is drawn"
     ys, xs = np.nonzero(drawn)
     h, w = drawn.shape
     assert abs(xs.mean() / w - 0.5) < 0.2 and abs(ys.mean() / h - 0.5) < 0.25   # framed, not off to a side
     assert rgb[drawn].std(0).mean() > 5                                    # shaded colours, not one flat blob
+
+    status, rgb_spz = _draw(chromium, f"{server}/view_splats.html?spz=/model/face.spz&webgl=1", tmp_path / "spz.png")
+    assert status.startswith("ok ") and f"count={frame.num} " in status, status
+    shutil.copy(tmp_path / "spz.png", artefacts / "export_three_spz.png")
+    assert np.abs(rgb_spz - rgb).mean() < 3.0                               # 8-bit SPZ vs float glTF
