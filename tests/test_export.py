@@ -325,3 +325,35 @@ def test_avatar_core_export_does_not_import_bpy():
     code = ("import sys; import avatar_core.io.export, avatar_core.io.spz, avatar_core.io.gltf_splat, "
             "avatar_core.io.cli_export; assert 'bpy' not in sys.modules")
     subprocess.run([os.fspath(Path(os.sys.executable)), "-c", code], check=True, cwd=ROOT)
+
+
+def test_blender_ply_importer_reads_a_sequence_frame(tmp_path, avatar_file, small_avatar):
+    """Blender's own PLY importer (the bpy of this Python, in a subprocess: 5.0 here, 5.3 in the
+    Python 3.13 lane, where it makes a Gaussian point cloud) reads a frame of an exported sequence."""
+    import sys
+    pytest.importorskip("bpy")
+    csv = _csv(tmp_path / "take.csv", 3)
+    assert _cli("export", avatar_file, "-o", tmp_path / "seq", "--lod", 0, "--motion", csv, "--motion-fps", 30) == 0
+    p = tmp_path / "seq" / "frame_00001.ply"
+    script = f"""
+import bpy
+bpy.ops.wm.read_factory_settings(use_empty=True)
+bpy.ops.wm.ply_import(filepath={str(p)!r})
+d = bpy.context.selected_objects[0].data
+pts = d.points if hasattr(d, "points") else d.vertices
+print("VERSION", bpy.app.version_string)
+print("COUNT", len(pts))
+print("X0", pts[0].co.x)
+print("ATTRS", ",".join(sorted(a.name for a in d.attributes)))
+"""
+    env = dict(os.environ, BLENDER_USER_RESOURCES=str(tmp_path / "bur"))
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    got = dict(line.split(" ", 1) for line in out.stdout.splitlines() if line.split(" ")[0] in
+               ("VERSION", "COUNT", "X0", "ATTRS"))
+    ref = small_avatar.animate(expression={"jawOpen": 0.1, "eyeBlinkLeft": 0.1}, lod=0)
+    assert int(got["COUNT"]) == ref.num
+    assert abs(float(got["X0"]) - float(ref.means[0, 0, 0])) < 1e-5
+    attrs = set(got["ATTRS"].split(","))
+    # Blender < 5.3 keeps the PLY's properties; 5.3 makes a Gaussian point cloud
+    assert {"f_dc_0", "opacity", "scale_0", "rot_0"} <= attrs or {"radiance:base", "scale", "rotation"} <= attrs

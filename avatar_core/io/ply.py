@@ -47,7 +47,8 @@ def write_ply(path: Union[str, Path], frame: GaussianFrame, sh_rest: np.ndarray 
     names += ["opacity", "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"]
     cols += [np.log(opac / (1 - opac))[:, None], np.log(scales), quats]
     data = np.concatenate([c.astype(np.float32) for c in cols], 1)
-    header = "ply\nformat binary_little_endian 1.0\ncomment written by HeadSplat\n"
+    header = ("ply\nformat binary_little_endian 1.0\ncomment written by HeadSplat\n"
+              "comment colours: the avatar's own RGB channels; the neural refiner is not part of them\n")
     header += f"element vertex {n}\n" + "".join(f"property float {nm}\n" for nm in names) + "end_header\n"
     with atomic_path(path, "PLY file") as tmp:
         with open(tmp, "wb") as f:
