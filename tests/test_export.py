@@ -145,6 +145,14 @@ def test_glb_round_trip(tmp_path, frame):
     assert _rotation_error(back.quats, frame.quats) < 1e-6
 
 
+def test_glb_without_pygltflib_is_one_sentence(tmp_path, frame, monkeypatch):
+    import sys
+    monkeypatch.setitem(sys.modules, "pygltflib", None)                   # import fails
+    with pytest.raises(AvatarError, match="pip install pygltflib"):
+        write_glb(tmp_path / "a.glb", frame)
+    assert list(tmp_path.iterdir()) == []
+
+
 def _validate(paths):
     node = shutil.which("node")
     if node is None:

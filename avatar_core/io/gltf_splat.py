@@ -50,6 +50,15 @@ _ARRAY_BUFFER = 34962
 _POINTS = 0
 
 
+def _pygltflib():
+    try:
+        import pygltflib
+    except ImportError:
+        raise AvatarFileError("glTF files need the Python package pygltflib, which is not installed "
+                              "(pip install pygltflib).") from None
+    return pygltflib
+
+
 def _srgb_to_linear(c: np.ndarray) -> np.ndarray:
     return np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
 
@@ -81,7 +90,7 @@ def write_glb(path: Union[str, Path], frame: GaussianFrame, b: int = 0, name: st
         frame: GaussianFrame; RGB = features[..., :3]. extras: JSON-able metadata stored under
             ``asset.extras.headsplat`` (what was exported, how).
     """
-    import pygltflib as gl
+    gl = _pygltflib()
 
     arrays = frame_arrays(frame, b)
     n = arrays["POSITION"].shape[0]
@@ -128,7 +137,7 @@ def read_glb(path: Union[str, Path]) -> GaussianFrame:
     Float accessors only (what ``write_glb`` and most exporters write); node transforms are
     not applied. Features are RGB from the degree-0 SH coefficient.
     """
-    import pygltflib as gl
+    gl = _pygltflib()
 
     path = Path(path)
     if not path.is_file():
