@@ -45,7 +45,8 @@ class HEADSPLAT_OT_export_ply(bpy.types.Operator, ExportHelper):
                                         "(fps, frame count) for the scene's frame range")])
     coordinates: EnumProperty(
         name="Coordinates", default="HEAD",
-        items=[("HEAD", "Head (Y up)", "avatar_core's head frame, which is glTF's: like `python -m avatar_core export`"),
+        items=[("HEAD", "Head (Y up)",
+                "avatar_core's head frame, which is glTF's: like `python -m avatar_core export`"),
                ("BLENDER", "Blender World (Z up)", "Where the points are in this scene, object transform applied")])
 
     @classmethod

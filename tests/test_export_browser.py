@@ -76,7 +76,8 @@ def test_three_js_draws_the_exported_glb_and_spz(tmp_path, server, small_avatar)
     """GLB through three.js' KHR_gaussian_splatting loader draws the face; the SPZ of the same
     frame through three.js' SPZLoader (an independent SPZ reader) draws the same picture."""
     chromium = _chromium()
-    if not (JS / "node_modules" / "three" / "examples" / "jsm" / "loaders" / "GLTFGaussianSplatLoaderExtension.js").is_file():
+    loaders = JS / "node_modules" / "three" / "examples" / "jsm" / "loaders"
+    if not (loaders / "GLTFGaussianSplatLoaderExtension.js").is_file():
         pytest.skip("three.js (with GLTFGaussianSplatLoaderExtension) is not installed: run `npm ci --prefix tests/js`")
     from avatar_core.io.export import write_frame
     avatar = small_avatar
