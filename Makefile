@@ -21,13 +21,10 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
-	$(MAKE) --no-print-directory models
 
-# the face models (our own torch weights), once avatar_core can fetch them
-models:
-	@if $(PY) -m avatar_core --help 2>/dev/null | grep -q fetch-models; then \
-		$(PY) -m avatar_core fetch-models; \
-	else echo "(avatar_core has no fetch-models command yet: face models not fetched)"; fi
+# the face models (our own torch weights, converted once into ~/.cache/headsplat; quick when done)
+models: $(STAMP)
+	$(PY) -m avatar_core fetch-models
 
 # bpy 4.2 LTS (the manifest's blender_version_min) over the main venv's other packages:
 # only bpy is installed here; a .pth adds .venv's site-packages after its own
@@ -39,7 +36,7 @@ $(STAMP42): $(STAMP)
 		> $$($(VENV42)/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/headsplat-main-venv.pth
 	touch $(STAMP42)
 
-setup: $(STAMP)
+setup: $(STAMP) models
 
 setup-py313:
 	scripts/lane313.sh setup
@@ -54,7 +51,7 @@ test: $(STAMP) $(STAMP42)
 	$(MAKE) --no-print-directory test-py313 || status=1; \
 	exit $$status
 
-test-py311: $(STAMP) $(STAMP42)
+test-py311: $(STAMP) $(STAMP42) models
 	@echo "== lane py311: Python 3.11, bpy 5.0.1 (oldest Blender: bpy $(BPY_OLDEST))"
 	HEADSPLAT_BPY_OLDEST='$(abspath $(VENV42))/bin/python' $(PY) -m pytest -q $(PYTEST_ARGS)
 

@@ -213,3 +213,22 @@ def inspection_rgb(mode: str, split_layer: torch.Tensor, soft_mask: torch.Tensor
         hi = torch.tensor(MASK_HIGH, device=rgb.device, dtype=rgb.dtype)
         return lo * (1 - s) + hi * s
     return rgb
+
+
+# ------------------------------------------------------------------ native Gaussian splats
+SH_C0 = 0.28209479177387814   # the degree-0 spherical-harmonic constant of 3DGS (colour = 0.5 + C0 * dc)
+
+
+def splat_radiance(rgba: np.ndarray, linear: bool = False) -> np.ndarray:
+    """[N, 4] colour + opacity (the point mesh's ``color``) -> [N, 4] ``radiance:base`` as
+    Blender 5.3's own splat renderer reads it: its PLY importer stores the file's f_dc_0..2
+    (degree-0 SH coefficients) and sigmoid(opacity). ``linear``: convert the sRGB colour to
+    linear first (for a renderer that takes SH colour as scene-linear)."""
+    rgba = np.asarray(rgba, np.float32).reshape(-1, 4)
+    rgb = rgba[:, :3]
+    if linear:
+        rgb = np.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)
+    out = np.empty_like(rgba)
+    out[:, :3] = (rgb - 0.5) / SH_C0
+    out[:, 3] = rgba[:, 3]
+    return out

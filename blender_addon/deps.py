@@ -8,8 +8,8 @@ constrained to the numpy already present).
 numpy follows the Blender: official builds bundle it (Blender 4.2 to 5.0 on Python 3.11:
 numpy 1.x; 5.1+ on Python 3.13: numpy >= 2.2) and pip is held to that version. A
 distribution's Blender on the system Python may lack it; ``numpy_sentence`` says what to do.
-After pip, the face models are fetched once (``avatar_core.face.fetch_models``, when that
-avatar_core has it). On failure ``install`` raises ``InstallError`` with one sentence: the
+After pip, the face models are set up once (``avatar_core.face.weights.fetch_models``: our own
+torch models, converted from mediapipe 0.10.21's wheel, which pip downloads for any Python). On failure ``install`` raises ``InstallError`` with one sentence: the
 decisive pip line and where the full log is (it also goes to the console).
 """
 
@@ -44,6 +44,7 @@ REQUIREMENTS: Tuple[Requirement, ...] = (
     Requirement("cv2", "opencv-python-headless", "opencv-python-headless", "photos and videos"),
     Requirement("scipy", "scipy", "scipy", "reconstruction"),
     Requirement("anny", "anny", "anny==0.6.2", "the built-in open head"),
+    Requirement("flatbuffers", "flatbuffers", "flatbuffers>=2.0", "setting up the face models"),
     Requirement("gsplat", "gsplat", "gsplat==1.5.3", "fast rendering on NVIDIA GPUs", optional=True),
     Requirement("packaging", "packaging", "packaging", "gsplat", optional=True),
 )
@@ -113,14 +114,18 @@ class Status:
     target: str
     missing: List[Tuple[Requirement, str]]
     optional_missing: List[Requirement]
+    models_missing: bool = False   # the packages are there, the face models not yet set up
 
     @property
     def ok(self) -> bool:
-        return not self.missing
+        return not self.missing and not self.models_missing
 
     def sentence(self) -> str:
         if self.ok:
             return f"All HeadSplat dependencies are present for Python {self.python}."
+        if not self.missing:
+            return ("HeadSplat's face models are not set up yet: use Preferences > Add-ons > HeadSplat > "
+                    "Install Dependencies (it converts them once from mediapipe's wheel, which pip downloads).")
         names = ", ".join(f"{pip_spec(r)} ({why})" for r, why in self.missing)
         lead = numpy_sentence() + " " if any(r.module == "numpy" for r, _ in self.missing) else ""
         return (f"{lead}HeadSplat needs these packages in Blender's Python {self.python}: {names}. Use "
@@ -142,7 +147,18 @@ def check(requirements: Sequence[Requirement] = REQUIREMENTS) -> Status:
             optional.append(r)
         else:
             missing.append((r, why))
-    return Status(python_tag(), _target, missing, optional)
+    models_missing = not missing and requirements is REQUIREMENTS and _models_ready() is False
+    return Status(python_tag(), _target, missing, optional, models_missing)
+
+
+def _models_ready() -> Optional[bool]:
+    """Whether avatar_core's face models are set up (None: this avatar_core cannot tell)."""
+    try:
+        from avatar_core.face import weights
+    except Exception:  # noqa: BLE001 - any import problem: not ours to report here
+        return None
+    ready = getattr(weights, "models_ready", None)
+    return None if ready is None else bool(ready())
 
 
 _status_cache: Optional[Status] = None
@@ -226,6 +242,8 @@ def install(requirements: Optional[Sequence[Requirement]] = None, target_dir: Op
     if not target_dir:
         raise InstallError("No folder to install dependencies into (the add-on sets one when registered).")
     os.makedirs(target_dir, exist_ok=True)
+    if requirements is None:
+        requirements = [r for r, _ in check().missing]
     cmd = command(requirements, target_dir)
     log_path = os.path.join(os.path.dirname(os.path.abspath(target_dir)), LOG_NAME)
     with tempfile.TemporaryDirectory(prefix="headsplat-pip-") as tmp, open(log_path, "w") as log_file:
@@ -241,6 +259,12 @@ def install(requirements: Optional[Sequence[Requirement]] = None, target_dir: Op
             if log:
                 log(line)
 
+        if not requirements:   # only the face models to set up
+            set_target(target_dir)
+            if fetch_models:
+                _fetch_face_models(emit, log_path)
+            status(refresh=True)
+            return
         emit("$ " + " ".join(cmd))
         if subprocess.run([cmd[0], "-m", "pip", "--version"], capture_output=True).returncode != 0:
             r = subprocess.run([cmd[0], "-m", "ensurepip", "--upgrade"], capture_output=True, text=True)
@@ -269,19 +293,18 @@ def install(requirements: Optional[Sequence[Requirement]] = None, target_dir: Op
 
 
 def _fetch_face_models(emit, log_path: str) -> None:
-    """The face models avatar_core needs, fetched once (where this avatar_core can)."""
+    """The face models avatar_core needs, converted once into its cache."""
     try:
-        from avatar_core import face
+        from avatar_core.face import weights
     except Exception as exc:  # noqa: BLE001 - reported as a sentence
-        raise InstallError(f"The packages installed, but avatar_core does not import: "
+        raise InstallError(f"The packages installed, but avatar_core's face module does not import: "
                            f"{type(exc).__name__}: {exc} (full log: {log_path}).", log_path) from exc
-    fetch = getattr(face, "fetch_models", None)
-    if fetch is None:
+    if weights.models_ready():
         return
-    emit("fetching the face models")
+    emit("setting up the face models")
     try:
-        fetch()
+        weights.fetch_models(progress=emit)
     except Exception as exc:  # noqa: BLE001
         emit(f"{type(exc).__name__}: {exc}")
-        raise InstallError(f"The packages installed, but fetching the face models failed: {exc} "
+        raise InstallError(f"The packages installed, but setting up the face models failed: {exc} "
                            f"(full log: {log_path}).", log_path) from exc

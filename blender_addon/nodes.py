@@ -18,7 +18,7 @@ import bpy
 
 from blender_addon.constants import LAYER_COLOURS, MASK_HIGH, MASK_LOW, MAX_LAYERS, REGION_COLOURS
 
-GROUP_NAME = "HeadSplat Points v2"
+GROUP_NAME = "HeadSplat Points v3"
 MATERIAL_NAME = "HeadSplat Points"
 MODIFIER_NAME = "HeadSplat Points"
 ARMATURE_MODIFIER_NAME = "FLAME Armature"
@@ -30,7 +30,25 @@ INPUTS = (
     ("Layer Mask", "NodeSocketInt", None, 255),      # driven by headsplat.layers[0..7]
     ("Colour Mode", "NodeSocketInt", None, 0),       # driven by headsplat.colour_mode
     ("Point Size", "NodeSocketFloat", "headsplat.point_size", 1.0),
+    ("Gaussian Splats", "NodeSocketBool", "headsplat.native_splats", False),
 )
+SPLAT_ATTRIBUTE = "radiance:base"   # what Blender 5.3's splat renderer reads (with scale, rotation)
+
+
+def supports_gaussian_splats() -> bool:
+    """Whether this Blender renders point clouds as 3D Gaussian splats (5.3+): it has the
+    geometry node that sets a point cloud's type."""
+    return hasattr(bpy.types, "GeometryNodePointsSetType")
+
+
+def _set_menu(socket, *names) -> None:
+    for name in names:
+        try:
+            socket.default_value = name
+            return
+        except (TypeError, ValueError):
+            continue
+    raise ValueError(f"none of {names} is an item of {socket.name!r}")
 
 
 def _named(ng, name, data_type):
@@ -210,7 +228,22 @@ def ensure_group() -> bpy.types.NodeTree:
     setmat = ng.nodes.new("GeometryNodeSetMaterial")
     setmat.inputs["Material"].default_value = ensure_material()
     ng.links.new(store.outputs["Geometry"], setmat.inputs["Geometry"])
-    ng.links.new(setmat.outputs["Geometry"], go.inputs[0])
+    out = setmat.outputs["Geometry"]
+    if supports_gaussian_splats():
+        # Gaussian Splats on: the kept points become a 3D Gaussian splat cloud, which Blender's
+        # own renderers draw from position, scale, rotation and radiance:base (the mesh's
+        # attributes, carried over by Mesh to Points). A Switch on a single value evaluates
+        # only the branch it picks.
+        set_type = ng.nodes.new("GeometryNodePointsSetType")
+        _set_menu(set_type.inputs["Type"], "3D Gaussian Splat", "GAUSSIAN_SPLAT")
+        ng.links.new(out, set_type.inputs["Points"])
+        switch = ng.nodes.new("GeometryNodeSwitch")
+        switch.input_type = "GEOMETRY"
+        ng.links.new(inp["Gaussian Splats"], switch.inputs["Switch"])
+        ng.links.new(out, switch.inputs["False"])
+        ng.links.new(set_type.outputs[0], switch.inputs["True"])
+        out = switch.outputs[0]
+    ng.links.new(out, go.inputs[0])
     _layout(ng)
     return ng
 

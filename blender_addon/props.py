@@ -57,6 +57,26 @@ def _points_in_renders(self, context):
     set_points_in_renders(self.id_data, self.points_in_renders)
 
 
+def _native_splats(self, context):
+    """An avatar drawn by Blender's own renderers as Gaussian splats must be evaluated in
+    final renders, and its mesh needs the splat colour attribute."""
+    ob = self.id_data
+    if self.native_splats:
+        from blender_addon import nodes, scene
+        if nodes.supports_gaussian_splats():
+            scene.ensure_splat_attribute(ob)
+    if self.points_in_renders != self.native_splats:
+        self.points_in_renders = self.native_splats
+    _redraw(self, context)
+
+
+def _scene_native_splats(self, context):
+    scene = self.id_data
+    for ob in scene.objects:
+        if ob.type == "MESH" and ob.headsplat.is_avatar and ob.headsplat.native_splats != self.native_splats:
+            ob.headsplat.native_splats = self.native_splats
+
+
 def _lod_update(self, context):
     """Snap to the nearest level this avatar has (a reconstruction may keep only LOD 0)."""
     levels = [int(x) for x in self.lod_levels.split(",") if x.strip().lstrip("-").isdigit()]
@@ -86,6 +106,11 @@ class HeadSplatObjectProps(bpy.types.PropertyGroup):
         description="Evaluate the point object (shape keys, Armature and point modifiers) in final renders. "
                     "HeadSplat's engine does not need it (it animates the Gaussians itself from the keys and "
                     "bones), so it is skipped to save time; turn on to render the points with Cycles or EEVEE")
+    native_splats: BoolProperty(
+        name="Gaussian Splats", default=False, update=_native_splats,
+        description="Blender 5.3+: the avatar's points become 3D Gaussian splats that Blender's own renderers "
+                    "(EEVEE, Cycles) draw with the rest of the scene, deformed by the shape keys and bones "
+                    "(turns on Points in Final Renders)")
     # bookkeeping (set by the scene builder)
     num_layers: IntProperty(name="Split Layers", default=0, options={"HIDDEN"})
     lod_levels: StringProperty(name="LOD Levels", default="0,1,2", options={"HIDDEN"})
@@ -111,6 +136,11 @@ class HeadSplatSceneProps(bpy.types.PropertyGroup):
                                   description="While navigating on CPU, render at 1/N of the viewport resolution")
     inspect_in_viewport: BoolProperty(name="Inspection Colours in Viewport", default=True,
                                       description="Rendered viewport shows each avatar's inspection colours")
+    native_splats: BoolProperty(
+        name="Native Gaussian Splats", default=False, update=_scene_native_splats,
+        description="Blender 5.3+: the scene's avatars are drawn by Blender's own renderers (EEVEE, Cycles) as "
+                    "3D Gaussian splats, composited with other objects; the HeadSplat engine (neural refiner, exact "
+                    "deformation) still renders them when it is the render engine")
     render_lod: EnumProperty(name="Render LOD", default="OBJECT",
                              items=[("OBJECT", "Per Object", "Each avatar's LOD property"),
                                     ("0", "0", ""), ("1", "1", ""), ("2", "2", "")],

@@ -95,6 +95,8 @@ def build_avatar(context, avatar, name: str = "HeadSplat Avatar", source_path: s
     # point object; the rig keeps its shape keys in the render depsgraph
     rig.headsplat.shape_keys = ob.data.shape_keys
     set_points_in_renders(ob, False)
+    if getattr(context.scene.headsplat, "native_splats", False):
+        hs.native_splats = True     # (update: splat attribute, points in final renders)
     report(0.92, "storing the avatar data")
     storage.set_source(ob, avatar=avatar, path=source_path, pack_data=pack, data=data)
     for o in context.view_layer.objects:
@@ -191,6 +193,26 @@ def _add_shape_keys(ob, avatar, arr, report) -> None:
 
 
 # --------------------------------------------------------------------------------- helpers
+SPLAT_RGB_LINEAR = False   # Blender 5.3 takes the splats' SH colour as display (sRGB) values
+
+
+def ensure_splat_attribute(ob) -> None:
+    """Give an avatar's point mesh the ``radiance:base`` attribute Blender's splat renderer
+    reads (degree-0 SH colour and opacity, from its ``color``); position, ``scale`` (linear)
+    and ``rotation`` (w, x, y, z) are already there in that renderer's conventions."""
+    me = ob.data
+    if nodes.SPLAT_ATTRIBUTE in me.attributes or "color" not in me.attributes:
+        return
+    from blender_addon.avatar_data import splat_radiance
+    n = len(me.vertices)
+    rgba = np.empty(n * 4, np.float32)
+    me.attributes["color"].data.foreach_get("color", rgba)
+    values = splat_radiance(rgba.reshape(n, 4), linear=SPLAT_RGB_LINEAR)
+    me.attributes.new(nodes.SPLAT_ATTRIBUTE, "FLOAT4", "POINT")
+    me.attributes[nodes.SPLAT_ATTRIBUTE].data.foreach_set("vector", values.ravel())
+    me.update()
+
+
 def remove_avatar(ob) -> None:
     """Delete an avatar's objects and their data (used to undo a failed build)."""
     rig = lookup.rig_of(ob)

@@ -21,6 +21,9 @@ def draw_render_settings(layout, scene) -> None:
     col.prop(scene.render, "film_transparent", text="Transparent Film")
     col.prop(bpy.context.view_layer, "use_pass_z", text="Depth Pass")
     col.prop(scene.render, "use_persistent_data", text="Persistent Data")
+    from blender_addon import nodes
+    if nodes.supports_gaussian_splats():
+        col.prop(hs, "native_splats")
     col.separator()
     col.label(text="Viewport")
     col.prop(hs, "viewport_scale")
@@ -44,4 +47,24 @@ class RENDER_PT_headsplat(bpy.types.Panel):
         draw_render_settings(self.layout, context.scene)
 
 
-classes = (RENDER_PT_headsplat,)
+class RENDER_PT_headsplat_splats(bpy.types.Panel):
+    """Blender 5.3+: the avatars as Blender's own Gaussian splats, for every other engine."""
+    bl_space_type = "PROPERTIES"
+    bl_region_type = "WINDOW"
+    bl_context = "render"
+    bl_label = "HeadSplat Avatars"
+    bl_options = {"DEFAULT_CLOSED"}
+
+    @classmethod
+    def poll(cls, context):
+        from blender_addon import nodes
+        return context.engine != "HEADSPLAT" and nodes.supports_gaussian_splats()
+
+    def draw(self, context):
+        col = self.layout.column()
+        col.use_property_split = True
+        col.use_property_decorate = False
+        col.prop(context.scene.headsplat, "native_splats")
+
+
+classes = (RENDER_PT_headsplat, RENDER_PT_headsplat_splats)

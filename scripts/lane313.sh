@@ -23,7 +23,8 @@ BPY_VERSION="${HEADSPLAT_BPY313:-5.3.0}"
 BASE_PACKAGES=python3.13,python3.13-venv,python3-pip,git,ca-certificates
 # Debian's Blender (4.3 on the system Python 3.13, which lacks numpy without python3-numpy),
 # and what the GUI check under Xvfb needs.
-BLENDER_PACKAGES="blender python3-numpy xvfb xauth xdotool imagemagick"
+# EGL and Mesa's software drivers: EEVEE (bpy and the binary) renders headless through them.
+BLENDER_PACKAGES="blender python3-numpy xvfb xauth xdotool imagemagick libegl1 libegl-mesa0 libgl1-mesa-dri libglx-mesa0"
 
 log() { echo "[lane313] $*" >&2; }
 
@@ -89,15 +90,17 @@ setup_base() {
 }
 
 setup_blender() {
-    if [ -f "$CHROOT/.headsplat-blender" ]; then return; fi
+    if [ "$(cat "$CHROOT/.headsplat-blender" 2>/dev/null)" = "$BLENDER_PACKAGES" ]; then return; fi
     log "apt-get install $BLENDER_PACKAGES (Debian's Blender)"
     in_chroot sh -c "apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $BLENDER_PACKAGES >/var/log/headsplat-apt.log 2>&1" \
         || { tail -n 20 "$CHROOT/var/log/headsplat-apt.log" >&2; exit 1; }
-    touch "$CHROOT/.headsplat-blender"
+    echo "$BLENDER_PACKAGES" >"$CHROOT/.headsplat-blender"
 }
 
+VENV_RECIPE=1   # bump when setup_venv changes what it installs
 venv_key() {
-    cat "$REPO/pyproject.toml" "$REPO/constraints.txt" "$0" | sha256sum | cut -c1-16
+    { cat "$REPO/pyproject.toml" "$REPO/constraints.txt"; echo "bpy==$BPY_VERSION recipe $VENV_RECIPE"; } \
+        | sha256sum | cut -c1-16
 }
 
 setup_venv() {
@@ -134,6 +137,8 @@ setup() {
     setup_blender
     copy_host_config   # apt may have rebuilt the CA bundle
     setup_venv
+    # the face models, converted once into the chroot's ~/.cache/headsplat (quick when there)
+    in_chroot sh -c 'cd "$0" && PYTHONPATH="$0" '"$VENV"'/bin/python -m avatar_core fetch-models' "$REPO" >&2
     log "chroot ready in $((SECONDS - t0)) s: $CHROOT"
 }
 

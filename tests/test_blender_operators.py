@@ -3,14 +3,18 @@
 reconstruction, since a real one takes minutes on CPU), import motion (timing, retargeting,
 refusal), export PLY, reset / key expressions, pack / relink, dependencies."""
 
+import os
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from blender_addon import testing
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -356,6 +360,72 @@ def test_install_dependencies_into_target_folder(tmp_path):
         if str(target) in sys.path:
             sys.path.remove(str(target))
         deps.set_target(old)
+
+
+PIP_SCIPY_FAILURE = """Collecting scipy==1.99
+  Downloading something
+ERROR: Ignored the following versions that require a different python version: 1.6.2 Requires-Python >=3.7,<3.10; 1.6.3 Requires-Python >=3.7,<3.10; 1.7.0 Requires-Python >=3.7,<3.10; 1.7.1 Requires-Python >=3.7,<3.10
+ERROR: Could not find a version that satisfies the requirement scipy==1.99 (from versions: 1.11.0, 1.11.1, 1.11.2)
+ERROR: No matching distribution found for scipy==1.99
+"""
+
+
+def test_pip_failure_is_one_sentence_with_the_decisive_line(tmp_path):
+    from blender_addon import deps
+    assert deps.decisive_line(PIP_SCIPY_FAILURE.splitlines()) == "ERROR: No matching distribution found for scipy==1.99"
+    assert deps.decisive_line(["Collecting x", "ERROR: Ignored the following versions ...", "ERROR: boom"]) == "ERROR: boom"
+    req = deps.Requirement("headsplat_no_such_module", "nope", "headsplat-nope==1.0", "the test")
+    (tmp_path / "empty").mkdir()
+    target = tmp_path / "ext" / "site-packages"
+    old = deps.target()
+    try:
+        with pytest.raises(deps.InstallError) as info:
+            deps.install([req], target_dir=str(target), fetch_models=False,
+                         extra_args=["--no-index", "--find-links", str(tmp_path / "empty")])
+    finally:
+        deps.set_target(old)
+    sentence = str(info.value)
+    assert "No matching distribution found for headsplat-nope==1.0" in sentence
+    assert sentence.count("\n") == 0 and len(sentence) < 400, sentence
+    log = tmp_path / "ext" / deps.LOG_NAME
+    assert info.value.log_path == str(log) and str(log) in sentence
+    assert "Could not find a version that satisfies" in log.read_text()   # the full log is kept
+
+
+def test_numpy_rule_and_the_sentence_for_a_blender_without_numpy(monkeypatch):
+    import importlib.metadata
+    import sys
+    from blender_addon import deps
+    import numpy
+    assert deps.numpy_spec() == f"numpy=={numpy.__version__}"   # never replace Blender's own numpy
+    real = importlib.metadata.version
+
+    def no_numpy(name):
+        if name == "numpy":
+            raise importlib.metadata.PackageNotFoundError(name)
+        return real(name)
+    monkeypatch.setattr(importlib.metadata, "version", no_numpy)
+    want = "numpy>=1.26,<2" if sys.version_info < (3, 12) else "numpy>=2.2"
+    assert deps.numpy_spec() == want
+    sentence = deps.numpy_sentence()
+    assert "has no numpy" in sentence and "apt install python3-numpy" in sentence and want in sentence
+    numpy_req = next(r for r in deps.REQUIREMENTS if r.module == "numpy")
+    st = deps.Status("3.13", "/x", [(numpy_req, "not installed, needed for everything")], [])
+    assert st.sentence().startswith("This Blender's Python") and want in st.sentence()
+
+
+def test_addon_registers_without_numpy_and_says_why_it_cannot_render(tmp_path):
+    """A distribution's Blender without numpy: registration works, the engine reports the sentence."""
+    import subprocess
+    import sys
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import bpy; sys.modules['numpy'] = None\n"
+            "import blender_addon; blender_addon.register()\n"
+            "from blender_addon import deps; assert not deps.check().ok\n"
+            "print('REGISTERED', deps.check().sentence())")
+    env = dict(os.environ, BLENDER_USER_RESOURCES=str(tmp_path / "user"))
+    r = subprocess.run([sys.executable, "-c", code, str(ROOT)], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "REGISTERED This Blender's Python" in r.stdout and "has no numpy" in r.stdout
 
 
 def test_operators_refuse_clearly_when_dependencies_are_missing(bpy, scene, avatar_file, monkeypatch):
