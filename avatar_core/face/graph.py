@@ -7,12 +7,18 @@ weights, DENSIFY of sparse ones) are folded. ``TfliteGraph(spec, tensors)`` runs
 Layout: TFLite is NHWC; here every 4-D activation is NCHW. Layout-sensitive ops
 (RESHAPE, CONCATENATION, PAD, MEAN, DEPTH_TO_SPACE) translate their axes; 4-D outputs are
 returned in TFLite's NHWC order. Batch: the file's batch of 1 becomes any B. TF 'SAME'
-padding is reproduced exactly (the extra pixel of an odd total goes after).
+padding is reproduced exactly (the extra pixel of an odd total goes after). On the CPU the
+graph is traced, frozen and optimised for inference on first use (``HEADSPLAT_FACE_JIT=0``
+keeps it eager).
 """
 
 from __future__ import annotations
 
+import logging
 import math
+import os
+import threading
+import warnings
 from typing import Dict, List, Tuple
 
 import numpy as np
@@ -31,6 +37,7 @@ SUPPORTED = {
 _FLEXBUFFER_OPS = {"Landmarks2TransformMatrix", "TransformTensorBilinear", "TransformLandmarks"}
 _FOLDABLE = {"DEQUANTIZE", "DENSIFY"}
 _NHWC_TO_NCHW_AXIS = {0: 0, 1: 2, 2: 3, 3: 1}
+log = logging.getLogger(__name__)
 
 
 class UnsupportedGraph(ValueError):
@@ -96,6 +103,17 @@ def _act(x: torch.Tensor, code: int) -> torch.Tensor:
     raise UnsupportedGraph(f"fused activation {code} is not supported")
 
 
+class _AsTuple(torch.nn.Module):
+    """The graph's outputs as a tuple (for tracing)."""
+
+    def __init__(self, graph: "TfliteGraph"):
+        super().__init__()
+        self.graph = graph
+
+    def forward(self, x):
+        return tuple(self.graph._eager(x).values())
+
+
 class TfliteGraph(torch.nn.Module):
     """A converted TFLite graph.
 
@@ -112,7 +130,13 @@ class TfliteGraph(torch.nn.Module):
         self.spec = spec
         self._ranks = {int(k): v for k, v in spec["ranks"].items()}
         self._shapes = {int(k): v for k, v in spec["shapes"].items()}
+        self._output_names = [spec["names"][str(i)] for i in spec["outputs"]]
+        self._frozen = None
+        self._tracing = False
+        self._build_lock = threading.Lock()
         self._const: Dict[int, str] = {}
+        self._cache = None
+        self._steps = [getattr(self, "_" + op["op"].lower()) for op in spec["ops"]]
         for op in spec["ops"]:
             kind, ins = op["op"], op["inputs"]
             for pos, i in enumerate(ins):
@@ -136,28 +160,61 @@ class TfliteGraph(torch.nn.Module):
                 arr = arr.contiguous()
                 if arr.is_floating_point():
                     arr = arr.float()
+                if arr.dim() == 4 and kind in ("CONV_2D", "DEPTHWISE_CONV_2D"):
+                    arr = arr.contiguous(memory_format=torch.channels_last)   # oneDNN / cuDNN's fast path
                 name = f"c{i}"
                 self.register_buffer(name, arr, persistent=False)
                 self._const[i] = name
 
+    def _apply(self, fn, *args, **kwargs):
+        self._cache = None
+        self._frozen = None
+        return super()._apply(fn, *args, **kwargs)
+
     def _get(self, env: Dict[int, torch.Tensor], i: int) -> torch.Tensor:
         if i in env:
             return env[i]
-        return getattr(self, self._const[i])
+        if self._cache is None:  # constants by tensor index (Module.__getattr__ is slow per op)
+            self._cache = {k: getattr(self, name) for k, name in self._const.items()}
+        return self._cache[i]
 
     def _host(self, env, i: int) -> np.ndarray:
         """A small constant (paddings, axes) as numpy."""
         return self._get(env, i).detach().cpu().numpy()
 
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:  # x: [B, C, H, W]
+        if x.device.type == "cpu" and not self._tracing and os.environ.get("HEADSPLAT_FACE_JIT", "1") != "0":
+            frozen = self._frozen_for_cpu(x)
+            if frozen is not None:
+                return dict(zip(self._output_names, frozen(x)))
+        return self._eager(x)
+
+    def _frozen_for_cpu(self, x: torch.Tensor):
+        """The graph traced, frozen and optimised for inference (oneDNN fusions: ~2x on the CPU),
+        built once on first use; None (eager) if that fails."""
+        if self._frozen is None:
+            with self._build_lock:
+                if self._frozen is None:
+                    self._frozen = False
+                    try:
+                        self._tracing = True
+                        with warnings.catch_warnings(), torch.no_grad():
+                            warnings.simplefilter("ignore")
+                            traced = torch.jit.trace(_AsTuple(self), x[:2].clone(), check_trace=False)
+                            self._frozen = torch.jit.optimize_for_inference(torch.jit.freeze(traced.eval()))
+                    except Exception:  # noqa: BLE001 - any failure: the eager path
+                        log.debug("tracing the face model failed; running it eagerly", exc_info=True)
+                    finally:
+                        self._tracing = False
+        return self._frozen or None
+
+    def _eager(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
         spec = self.spec
-        env: Dict[int, torch.Tensor] = {spec["inputs"][0]: x}
+        env: Dict[int, torch.Tensor] = {spec["inputs"][0]: x.contiguous(memory_format=torch.channels_last)}
         B = x.shape[0]
-        for op in spec["ops"]:
-            kind, ins, opt = op["op"], op["inputs"], op["options"]
-            a = self._get(env, ins[0])
-            y = getattr(self, "_" + kind.lower())(env, a, ins, opt, B, op["outputs"][0])
-            env[op["outputs"][0]] = y
+        for op, step in zip(spec["ops"], self._steps):
+            ins = op["inputs"]
+            env[op["outputs"][0]] = step(env, self._get(env, ins[0]), ins, op["options"], B, op["outputs"][0])
         out = {}
         for i in spec["outputs"]:
             t = env[i]
@@ -171,15 +228,15 @@ class TfliteGraph(torch.nn.Module):
         w = self._get(env, ins[1])
         bias = self._get(env, ins[2]) if len(ins) > 2 and ins[2] >= 0 else None
         s, d = (opt["stride_h"], opt["stride_w"]), (opt["dilation_h"], opt["dilation_w"])
-        a = self._pad_same(a, w.shape[2:], s, d, opt["padding"])
-        return _act(F.conv2d(a, w, bias, s, 0, d), opt["activation"])
+        a, pad = self._pad_same_conv(a, w.shape[2:], s, d, opt["padding"])
+        return _act(F.conv2d(a, w, bias, s, pad, d), opt["activation"])
 
     def _depthwise_conv_2d(self, env, a, ins, opt, B, out):
         w = self._get(env, ins[1])
         bias = self._get(env, ins[2]) if len(ins) > 2 and ins[2] >= 0 else None
         s, d = (opt["stride_h"], opt["stride_w"]), (opt["dilation_h"], opt["dilation_w"])
-        a = self._pad_same(a, w.shape[2:], s, d, opt["padding"])
-        return _act(F.conv2d(a, w, bias, s, 0, d, groups=a.shape[1]), opt["activation"])
+        a, pad = self._pad_same_conv(a, w.shape[2:], s, d, opt["padding"])
+        return _act(F.conv2d(a, w, bias, s, pad, d, groups=a.shape[1]), opt["activation"])
 
     def _convolution2dtransposebias(self, env, a, ins, opt, B, out):
         w = self._get(env, ins[1])                    # [I, O, kh, kw]
@@ -191,6 +248,17 @@ class TfliteGraph(torch.nn.Module):
             th, tw = y.shape[2] - oh, y.shape[3] - ow
             y = y[:, :, th // 2: th // 2 + oh, tw // 2: tw // 2 + ow]
         return y
+
+    @staticmethod
+    def _pad_same_conv(a, k, s, d, padding):
+        """(input, conv padding): symmetric 'SAME' padding goes to the conv itself, the rest is explicit."""
+        if padding != 0:
+            return a, 0
+        ph = _same_pads(a.shape[2], k[0], s[0], d[0])
+        pw = _same_pads(a.shape[3], k[1], s[1], d[1])
+        if ph[0] == ph[1] and pw[0] == pw[1]:
+            return a, (ph[0], pw[0])
+        return F.pad(a, (pw[0], pw[1], ph[0], ph[1])), 0
 
     @staticmethod
     def _pad_same(a, k, s, d, padding, value: float = 0.0):
@@ -217,6 +285,8 @@ class TfliteGraph(torch.nn.Module):
 
     def _prelu(self, env, a, ins, opt, B, out):
         alpha = self._get(env, ins[1])
+        if a.dim() == 4 and alpha.numel() == a.shape[1]:
+            return F.prelu(a, alpha.reshape(-1))       # per-channel slopes: the fused kernel
         return torch.where(a >= 0, a, a * alpha)
 
     def _relu(self, env, a, ins, opt, B, out):

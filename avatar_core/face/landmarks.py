@@ -24,6 +24,7 @@ NUM_LANDMARKS = 478
 MESH_INPUT = 384          # side of the square crop face_mesh runs on
 MESH_CONTEXT = (2.2, 1.6, 3.2)  # crop side / detection box side, tried in turn
 MESH_MIN_CONFIDENCE = 0.3  # the face is already detected: its own detector may be lenient
+ROI_TOLERANCE = 0.01       # tracking: a frame's ROI within this share of its side of the batch's is reused
 MIN_PRESENCE = 0.5         # mediapipe's min_tracking_confidence: the mesh's own face-presence score
 
 # a few named landmarks (the subject's right/left)
@@ -110,8 +111,9 @@ class FaceTracker:
     landmarks, and detection runs again only after the face is lost (presence under
     ``min_tracking_confidence``). ``track(frame)`` does one frame; ``track_batch(frames)``
     runs the mesh on batches of frames: a first pass with the ROI the batch starts from,
-    then each frame again with the ROI of its predecessor's first-pass landmarks (the
-    frame-to-frame ROI of video mode, batched). Not for concurrent use by several threads
+    then, for the frames where the ROI of the predecessor's first-pass landmarks moved
+    from it by more than ``ROI_TOLERANCE`` of its side (centre, side or rotation), a
+    second pass with that ROI (the frame-to-frame ROI of video mode, batched). Not for concurrent use by several threads
     (calls are serialised by a lock). Use as a context manager or call ``close()``.
 
     Args:
@@ -128,6 +130,7 @@ class FaceTracker:
         self.min_tracking = float(min_tracking_confidence)
         self.device = torch.device(device) if device is not None else _models.default_device()
         self.batch_size = int(batch_size or (64 if self.device.type == "cuda" else 16))
+        self.roi_tolerance = ROI_TOLERANCE
         self._mesh = _models.get("mesh", 0, self.device)
         self._detector = _models.get("detection", SHORT_RANGE, self.device)
         self._prev = None                               # [1, 478, 3] tensor, the last frame's landmarks
@@ -196,7 +199,7 @@ class FaceTracker:
 
         from avatar_core.face import nets
 
-        with self._lock:
+        with self._lock, torch.inference_mode():
             if self._closed:
                 raise RuntimeError("FaceTracker.track_batch called after close()")
             T = len(frames)
@@ -221,10 +224,12 @@ class FaceTracker:
                 first = nets.landmark_rois(self._prev).expand(n, 5)
                 lm1, p1 = self._mesh(batch, first)                        # pass 1: the batch's start ROI
                 if n > 1:
-                    rois = nets.landmark_rois(lm1[:-1])                   # pass 2: each frame's predecessor
-                    lm2, p2 = self._mesh(batch[1:], rois)
-                    lm1 = torch.cat([lm1[:1], lm2])
-                    p1 = torch.cat([p1[:1], p2])
+                    # pass 2: frames whose predecessor's ROI differs from the start ROI run again with it
+                    rois = torch.cat([first[:1], nets.landmark_rois(lm1[:-1])])
+                    again = nets.roi_moved(rois, first, self.roi_tolerance).nonzero()[:, 0]
+                    if len(again):
+                        lm2, p2 = self._mesh(batch, rois[again], again)
+                        lm1[again], p1[again] = lm2, p2
                 lost = (p1 < self.min_tracking).nonzero()
                 keep = n if len(lost) == 0 else int(lost[0, 0])
                 out[t:t + keep] = lm1[:keep].cpu().numpy()

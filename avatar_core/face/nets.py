@@ -59,14 +59,17 @@ def warp_rois(images: torch.Tensor, rois: torch.Tensor, out_w: int, out_h: int, 
         [B, C, out_h, out_w], rounded to whole values like mediapipe's uint8 warp.
     """
     B = rois.shape[0]
-    m = roi_matrices(rois.to(torch.float64), out_w, out_h, flip)
-    u = torch.arange(out_w, dtype=torch.float64, device=rois.device)
-    v = torch.arange(out_h, dtype=torch.float64, device=rois.device)
-    vv, uu = torch.meshgrid(v, u, indexing="ij")
-    grid = torch.stack([uu, vv, torch.ones_like(uu)], -1)                  # [h, w, 3]
-    src = torch.einsum("bij,hwj->bhwi", m, grid)                            # [B, h, w, 2]
     H, W = images.shape[-2:]
-    norm = torch.stack([2.0 * src[..., 0] / max(W - 1, 1) - 1.0, 2.0 * src[..., 1] / max(H - 1, 1) - 1.0], -1)
+    m = roi_matrices(rois.to(torch.float64), out_w, out_h, flip)
+    # straight to grid_sample's [-1, 1] (align_corners=True: -1 and 1 are the first and last pixel centres)
+    m = m * torch.tensor([[2.0 / max(W - 1, 1)], [2.0 / max(H - 1, 1)]], dtype=m.dtype, device=m.device)
+    m[:, :, 2] -= 1.0
+    m = m.to(torch.float32)
+    u = torch.arange(out_w, dtype=torch.float32, device=rois.device)
+    v = torch.arange(out_h, dtype=torch.float32, device=rois.device)
+    # norm[b, y, x] = m[b, :, 0] u_x + m[b, :, 1] v_y + m[b, :, 2]
+    norm = (m[:, None, None, :, 0] * u[None, None, :, None] + m[:, None, None, :, 1] * v[None, :, None, None]
+            + m[:, None, None, :, 2])                                      # [B, h, w, 2]
     imgs = images if index is None else images[index]
     if imgs.shape[0] != B:
         imgs = imgs.expand(B, -1, -1, -1)
@@ -308,6 +311,15 @@ class FaceMesh(torch.nn.Module):
             lm[:, irange.start:irange.stop, 2] = lm[:, eye[:EYE_CONTOUR_POINTS], 2].mean(1, keepdim=True)
         presence = torch.sigmoid(out["conv_faceflag"].reshape(B).double())
         return _project(lm, rois.double(), MESH_SIZE), presence
+
+
+def roi_moved(a: torch.Tensor, b: torch.Tensor, tolerance: float) -> torch.Tensor:
+    """[B, 5], [B, 5] -> [B] bool: centre, side or rotation (as arc at the side) differ by more than
+    ``tolerance`` of the side."""
+    side = b[:, 2]
+    shift = (a[:, :2] - b[:, :2]).norm(dim=-1)
+    turn = torch.remainder(a[:, 4] - b[:, 4] + math.pi, 2 * math.pi) - math.pi
+    return (shift > tolerance * side) | ((a[:, 2] - side).abs() > tolerance * side) | (turn.abs() > tolerance)
 
 
 def landmark_rois(landmarks: torch.Tensor) -> torch.Tensor:
