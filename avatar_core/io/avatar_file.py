@@ -19,7 +19,8 @@ from safetensors.torch import load_file, save_file
 
 from avatar_core.errors import AvatarFileError
 from avatar_core.gaussians.avatar import Avatar
-from avatar_core.io.atomic import atomic_path
+from avatar_core.io.atomic import OutputError, atomic_path
+from avatar_core.validate import check_avatar_metadata, check_avatar_tensors
 
 FORMAT_NAME = "headsplat-avatar"
 FORMAT_VERSION = 1
@@ -51,8 +52,12 @@ def save_avatar(avatar: Avatar, path: Union[str, Path]) -> Path:
         "refiner": avatar.refiner_config if avatar.refiner_state else None,
         "info": avatar.info,
     }
-    with atomic_path(path, "avatar file") as tmp:
-        save_file(tensors, str(tmp), metadata={"headsplat": json.dumps(meta)})
+    size = sum(t.numel() * t.element_size() for t in tensors.values()) + 64 * len(tensors) + (1 << 16)
+    with atomic_path(path, "avatar file", size_hint=size) as tmp:
+        try:
+            save_file(tensors, str(tmp), metadata={"headsplat": json.dumps(meta)})
+        except SafetensorError as exc:  # an OSError inside the Rust writer (disk full, I/O)
+            raise OutputError(f"Cannot write the avatar file {str(path)!r}: {exc}.") from None
     return path
 
 
@@ -72,16 +77,9 @@ def read_metadata(path: Union[str, Path]) -> dict:
         raise AvatarFileError(f"{str(path)!r} is a safetensors file but not a HeadSplat avatar (no 'headsplat' metadata).")
     try:
         meta = json.loads(raw)
-    except json.JSONDecodeError:
-        raise AvatarFileError(f"{str(path)!r} has corrupt avatar metadata.") from None
-    if meta.get("format") != FORMAT_NAME:
-        raise AvatarFileError(f"{str(path)!r} is not a HeadSplat avatar (format {meta.get('format')!r}).")
-    version = int(meta.get("version", 0))
-    if version > FORMAT_VERSION:
-        raise AvatarFileError(
-            f"{str(path)!r} was written by a newer HeadSplat (avatar format {version}; this one reads up to "
-            f"{FORMAT_VERSION}); please update HeadSplat.")
-    return meta
+    except (json.JSONDecodeError, RecursionError):
+        raise AvatarFileError(f"{str(path)!r} has corrupt avatar metadata (not JSON).") from None
+    return check_avatar_metadata(meta, repr(str(path)), FORMAT_NAME, FORMAT_VERSION)
 
 
 def load_avatar(path: Union[str, Path], device=None) -> Avatar:
@@ -112,6 +110,7 @@ def load_avatar(path: Union[str, Path], device=None) -> Avatar:
     bad = [k for k in Avatar.GAUSSIAN_FIELDS if fields[k].shape[0] != n]
     if bad:
         raise AvatarFileError(f"{str(path)!r} is inconsistent: {bad[0]} has {fields[bad[0]].shape[0]} rows, expected {n}.")
+    check_avatar_tensors(fields, meta, repr(str(path)))
     source = {k[len("source."):]: v for k, v in tensors.items() if k.startswith("source.")}
     refiner = {k[len("refiner."):]: v for k, v in tensors.items() if k.startswith("refiner.")} or None
     return Avatar(

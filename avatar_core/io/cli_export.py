@@ -15,7 +15,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from avatar_core.errors import AvatarError, ParameterError
+from avatar_core.errors import AvatarError
 
 
 def add_arguments(p):
@@ -43,16 +43,8 @@ def add_arguments(p):
 
 
 def _expressions(items):
-    expr = {}
-    for item in items:
-        if "=" not in item:
-            raise ParameterError(f"--expr {item!r} must look like NAME=VALUE.")
-        k, v = item.split("=", 1)
-        try:
-            expr[k] = float(v)
-        except ValueError:
-            raise ParameterError(f"--expr {item!r}: {v!r} is not a number.") from None
-    return expr
+    from avatar_core.validate import parse_expression_value
+    return dict(parse_expression_value(item) for item in items)
 
 
 def _name(p) -> str:
@@ -112,12 +104,14 @@ def _sequence(args, out, fmt) -> int:
     from avatar_core.motion.load import load_motion
     from avatar_core.motion.playback import bring_to_avatar
 
-    if args.fps is not None and not args.fps > 0:
-        raise AvatarError(f"--fps must be positive, not {args.fps}.")
+    from avatar_core.validate import check_fps, check_frame_count, resampled_frames
+    check_fps(args.fps)
+    check_fps(args.motion_fps, "--motion-fps")
     motion = load_motion(args.motion, fps=args.motion_fps)
     avatar, lod = _avatar_and_lod(args)
     motion = bring_to_avatar(motion, avatar, args.motion_head)
     if args.fps is not None:
+        check_frame_count(resampled_frames(motion.num_frames, motion.fps, args.fps), args.fps, repr(args.motion))
         motion = motion.resample(args.fps)
     for w in motion.warnings:
         print(f"warning: {w}", file=sys.stderr)

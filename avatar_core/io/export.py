@@ -17,11 +17,8 @@ world matrix) when another frame is wanted.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Union
 
@@ -58,6 +55,11 @@ def write_frame(path: Union[str, Path], frame: GaussianFrame, fmt: Optional[str]
     fmt = format_for(path, fmt)
     if not 0 <= b < frame.batch:
         raise AvatarError(f"Frame {b} is outside the batch of {frame.batch}.")
+    for name in ("means", "scales", "quats", "opacities", "features"):
+        t = getattr(frame, name, None)
+        if t is not None and not bool(torch.isfinite(t[b]).all()):
+            raise AvatarError(f"Cannot write {str(path)!r}: the Gaussian {name} contain NaN or infinite values "
+                              "(check the expression values and the avatar).")
     if fmt == "ply":
         from avatar_core.io.ply import write_ply
         return write_ply(path, frame.index(b) if b else frame)
@@ -86,25 +88,10 @@ def frame_name(i: int, fmt: str) -> str:
 
 
 def check_output(out: Union[str, Path], inputs: Sequence[Union[str, Path]] = (), folder: bool = False) -> Path:
-    """Refuse an output that is one of the inputs, or cannot be written; returns it as a Path."""
-    out = Path(out)
-    for inp in inputs:
-        if inp is None:
-            continue
-        inp = Path(inp)
-        same = inp.exists() and out.exists() and os.path.samefile(inp, out)
-        if same or out.resolve() == inp.resolve():
-            raise AvatarError(f"The output {str(out)!r} is the input {str(inp)!r}; choose another name.")
-    parent = out.parent if str(out.parent) else Path(".")
-    if not parent.is_dir():
-        raise AvatarError(f"Cannot write {str(out)!r}: the folder {str(parent)!r} does not exist.")
-    if not os.access(parent, os.W_OK):
-        raise AvatarError(f"Cannot write {str(out)!r}: the folder {str(parent)!r} is not writable.")
-    if folder and out.exists() and not out.is_dir():
-        raise AvatarError(f"Cannot write a sequence into {str(out)!r}: it is a file, not a folder.")
-    if not folder and out.is_dir():
-        raise AvatarError(f"Cannot write {str(out)!r}: a folder has that name.")
-    return out
+    """Refuse an output that is one of the inputs, or cannot be written; returns it as a Path
+    (the shared guard, ``atomic.check_output``)."""
+    from avatar_core.io.atomic import check_output as guard
+    return guard(out, inputs, what="sequence folder" if folder else "output file", folder=folder)
 
 
 def export_sequence(out: Union[str, Path], frames: Iterable[GaussianFrame], fmt: str, fps: float,
@@ -149,28 +136,11 @@ def export_sequence(out: Union[str, Path], frames: Iterable[GaussianFrame], fmt:
     return index
 
 
-@contextlib.contextmanager
-def _staging_folder(out: Path) -> Iterator[Path]:
+def _staging_folder(out: Path):
     """A temporary folder beside ``out``; on success its files replace out's frames and index."""
-    parent = out.parent if str(out.parent) else Path(".")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)
-    try:
-        yield tmp
-        if not out.exists():
-            os.replace(tmp, out)
-            return
-        for old in list(out.glob("frame_*.*")) + [out / INDEX_NAME]:
-            if old.suffix in (".ply", ".glb", ".spz", ".json") and old.is_file():
-                old.unlink()
-        for new in sorted(tmp.iterdir()):
-            os.replace(new, out / new.name)
-        tmp.rmdir()
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    from avatar_core.io.atomic import atomic_folder
+    return atomic_folder(out, replace_glob=[f"frame_*{sfx}" for sfx in SUFFIX.values()] + [INDEX_NAME],
+                         what="sequence folder")
 
 
 def read_index(folder: Union[str, Path]) -> Dict:

@@ -50,7 +50,7 @@ def write_ply(path: Union[str, Path], frame: GaussianFrame, sh_rest: np.ndarray 
     header = ("ply\nformat binary_little_endian 1.0\ncomment written by HeadSplat\n"
               "comment colours: the avatar's own RGB channels; the neural refiner is not part of them\n")
     header += f"element vertex {n}\n" + "".join(f"property float {nm}\n" for nm in names) + "end_header\n"
-    with atomic_path(path, "PLY file") as tmp:
+    with atomic_path(path, "PLY file", size_hint=len(header) + data.size * 4) as tmp:
         with open(tmp, "wb") as f:
             f.write(header.encode("ascii"))
             f.write(np.ascontiguousarray(data, dtype="<f4").tobytes())
