@@ -5,28 +5,24 @@ expression space (``retarget``), optionally resampled to ``--fps``, and rendered
 frame in small batches, through the avatar's fitted source camera (``--camera source``; a
 frontal camera when the avatar has none) or a camera swinging +-30 degrees around the head
 (``--camera orbit``). The output is an mp4 (``mp4v``) when the name ends in .mp4/.avi/.mov,
-else a folder of ``frame_00000.png``... Both are written atomically: a video to a
-temporary file renamed at the end; frames to a temporary folder moved into place at the end
-(existing ``frame_*.png`` in the folder are replaced). Nothing is left half-written on an
+else a folder of ``frame_00000.png``... Both are written atomically (``io.video.frame_writer``): a video to a
+temporary file, reopened and its frame count checked, renamed at the end; frames to a temporary
+folder moved into place at the end (existing ``frame_*.png`` in the folder are replaced). Nothing is left half-written on an
 error or Ctrl-C.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
-import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 from avatar_core.errors import AvatarError
 
 log = logging.getLogger(__name__)
 
-VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".m4v")
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".m4v")  # as io.video
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -64,21 +60,26 @@ def run(args) -> int:
     from avatar_core.motion.load import load_motion
     from avatar_core.motion.playback import bring_to_avatar, load_refiner, make_cameras, render_motion
 
+    from avatar_core.io.atomic import check_output
+    from avatar_core.io.video import frame_writer
+    from avatar_core.validate import check_fps, check_frame_count, check_range, check_resolution, resampled_frames
+
     out = Path(args.output)
     video = out.suffix.lower() in VIDEO_SUFFIXES
-    _check_output(out, video)
-    if args.res < 16 or args.res > 8192:
-        raise AvatarError(f"--res must be between 16 and 8192 pixels, not {args.res}.")
-    if args.batch < 1:
-        raise AvatarError(f"--batch must be at least 1, not {args.batch}.")
-    if args.fps is not None and not args.fps > 0:
-        raise AvatarError(f"--fps must be positive, not {args.fps}.")
+    check_output(out, [args.avatar, args.motion, args.motion_head], "video" if video else "frame folder",
+                 folder=not video)
+    check_resolution(args.res)
+    check_range(args.batch, "--batch", 1, 256)
+    check_fps(args.fps)
+    check_fps(args.motion_fps, "--motion-fps")
+    check_range(args.background, "--background", 0.0, 1.0)
     device = resolve_device(args.device)
 
     motion = load_motion(args.motion, fps=args.motion_fps, head_joint=args.head_joint)
     avatar = load_avatar(args.avatar, device=device)
     motion = bring_to_avatar(motion, avatar, args.motion_head)
     if args.fps is not None:
+        check_frame_count(resampled_frames(motion.num_frames, motion.fps, args.fps), args.fps, repr(args.motion))
         motion = motion.resample(args.fps)
     for w in motion.warnings:
         print(f"warning: {w}", file=sys.stderr)
@@ -98,87 +99,10 @@ def run(args) -> int:
 
     T = motion.num_frames
     bar = ProgressBar("animate")
-    with _writer(out, video, motion.fps, cameras.width, cameras.height) as write:
+    with frame_writer(out, motion.fps, cameras.width, cameras.height) as write:
         for i, rgb in render_motion(avatar, motion, cameras, lod=lod, refiner=refiner, batch=args.batch,
                                     background=args.background, progress=bar):
             write(i, rgb)
     print(f"wrote {T} frames at {motion.fps:g} fps ({cameras.width}x{cameras.height}, LOD {lod}"
           f"{', refiner' if refiner is not None else ''}) to {out}")
     return 0
-
-
-# ----------------------------------------------------------------------------- output
-def _check_output(out: Path, video: bool) -> None:
-    parent = out.parent if str(out.parent) else Path(".")
-    if not parent.is_dir():
-        raise AvatarError(f"Cannot write {str(out)!r}: the folder {str(parent)!r} does not exist.")
-    if not os.access(parent, os.W_OK):
-        raise AvatarError(f"Cannot write {str(out)!r}: the folder {str(parent)!r} is not writable.")
-    if video and out.is_dir():
-        raise AvatarError(f"Cannot write the video {str(out)!r}: a folder has that name.")
-    if not video and out.exists() and not out.is_dir():
-        raise AvatarError(f"Cannot write frames into {str(out)!r}: it is a file, not a folder "
-                          f"(name the output .mp4 for a video).")
-    if not video and out.is_dir() and not os.access(out, os.W_OK):
-        raise AvatarError(f"Cannot write frames into {str(out)!r}: the folder is not writable.")
-
-
-@contextlib.contextmanager
-def _writer(out: Path, video: bool, fps: float, width: int, height: int):
-    """Yields write(i, rgb [H, W, 3] uint8); publishes the result only on success."""
-    import cv2
-
-    parent = out.parent if str(out.parent) else Path(".")
-    if video:
-        fd, tmp = tempfile.mkstemp(prefix=f".{out.stem}.", suffix=out.suffix, dir=parent)
-        os.close(fd)
-        _default_mode(tmp, 0o666)
-        writer = cv2.VideoWriter(tmp, cv2.VideoWriter_fourcc(*"mp4v"), float(fps), (width, height))
-        if not writer.isOpened():
-            os.unlink(tmp)
-            raise AvatarError(f"Cannot write the video {str(out)!r}: OpenCV could not open an mp4v writer.")
-
-        def write(i, rgb):
-            writer.write(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-
-        try:
-            yield write
-            writer.release()
-            if os.path.getsize(tmp) == 0:
-                raise AvatarError(f"Writing the video {str(out)!r} failed: OpenCV wrote nothing.")
-            os.replace(tmp, out)
-        except BaseException:
-            writer.release()
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
-        return
-
-    tmpdir = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=parent))
-    _default_mode(tmpdir, 0o777)
-
-    def write(i, rgb):
-        path = tmpdir / f"frame_{i:05d}.png"
-        if not cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
-            raise AvatarError(f"Cannot write the frame {str(out / path.name)!r}.")
-
-    try:
-        yield write
-        if not out.exists():
-            os.replace(tmpdir, out)
-        else:
-            for old in out.glob("frame_*.png"):
-                old.unlink()
-            for new in sorted(tmpdir.iterdir()):
-                os.replace(new, out / new.name)
-            tmpdir.rmdir()
-    except BaseException:
-        shutil.rmtree(tmpdir, ignore_errors=True)
-        raise
-
-
-def _default_mode(path, mode: int) -> None:
-    """Give a temporary file/folder the permissions a normal one would get (mkstemp uses 0600)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, mode & ~umask)

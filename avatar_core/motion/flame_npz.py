@@ -42,6 +42,8 @@ Rules:
 from __future__ import annotations
 
 import logging
+import zipfile
+import zlib
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
@@ -83,7 +85,7 @@ def read_npz(path, fps: Optional[float] = None) -> MotionSequence:
     where = repr(str(path))
     try:
         archive = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as exc:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise MotionError(f"{where} is not a readable .npz file ({exc}).") from None
     if not hasattr(archive, "files"):
         raise MotionError(f"{where} holds a single array, not an .npz archive of named motion parameters.")
@@ -92,7 +94,7 @@ def read_npz(path, fps: Optional[float] = None) -> MotionSequence:
             arrays = {k: archive[k] for k in archive.files}
         except ValueError as exc:  # object arrays need pickle, which we never load
             raise MotionError(f"{where} contains pickled Python objects ({exc}); expected plain numeric arrays.") from None
-        except (OSError, EOFError) as exc:
+        except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
             raise MotionError(f"{where} is truncated or corrupt ({exc}).") from None
     if FORMAT_KEY in arrays:
         seq = MotionSequence.from_dict(arrays, source=str(path))

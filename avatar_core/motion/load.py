@@ -36,8 +36,11 @@ def load_motion(path, fps: Optional[float] = None, head_joint: str = "neck",
     path = Path(path)
     if not path.exists():
         raise MotionError(f"The motion file {str(path)!r} does not exist.")
-    if not path.is_file():
+    if path.is_dir():
         raise MotionError(f"The motion path {str(path)!r} is a folder; expected a {ACCEPTED} file.")
+    if not path.is_file():
+        raise MotionError(f"The motion path {str(path)!r} is not a regular file (a device, pipe or socket); "
+                          f"expected a {ACCEPTED} file.")
     if fps is not None and not fps > 0:
         raise MotionError(f"fps must be a positive number, not {fps}.")
     try:
@@ -48,13 +51,20 @@ def load_motion(path, fps: Optional[float] = None, head_joint: str = "neck",
     ext = path.suffix.lower()
     if head.startswith(b"PK\x03\x04") or (ext == ".npz" and not head):
         from avatar_core.motion.flame_npz import read_npz
-        return read_npz(path, fps=fps)
+        return _checked(read_npz(path, fps=fps), path)
     if ext == ".npz" or head.startswith(b"\x93NUMPY"):
         raise MotionError(f"{str(path)!r} is not an .npz archive; expected a {ACCEPTED} file.")
     if ext in (".csv", ".txt") or _looks_like_text(head):
         from avatar_core.motion.arkit_csv import read_csv
-        return read_csv(path, fps=fps, head_joint=head_joint, euler_signs=euler_signs)
+        return _checked(read_csv(path, fps=fps, head_joint=head_joint, euler_signs=euler_signs), path)
     raise MotionError(f"{str(path)!r} is not a motion file HeadSplat reads; expected a {ACCEPTED} file.")
+
+
+def _checked(seq: MotionSequence, path: Path) -> MotionSequence:
+    """The shared bounds (finite, sane magnitudes, frame count) the CLI and Import Motion apply."""
+    from avatar_core.validate import check_motion_values
+    check_motion_values(seq, repr(str(path)))
+    return seq
 
 
 def _looks_like_text(head: bytes) -> bool:

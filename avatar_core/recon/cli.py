@@ -34,10 +34,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args) -> int:
     from avatar_core.cli_util import ProgressBar, resolve_device
-    from avatar_core.io.atomic import check_writable
+    from avatar_core.io.atomic import atomic_paths, check_output
     from avatar_core.recon import reconstruct
     from avatar_core.recon.pipeline import check_output_path
-    from avatar_core.recon.preview import preview_path, preview_sheet, write_png
+    from avatar_core.recon.preview import preview_path, preview_sheet
 
     from avatar_core.errors import CheckpointError
     if args.method == "feedforward" and not args.checkpoint:
@@ -45,9 +45,11 @@ def run(args) -> int:
     device = resolve_device(args.device)
     preview = None if args.no_preview else preview_path(args.output)
     # fail before the work, not after it
+    inputs = [args.photo, args.checkpoint, args.head]
+    check_output(args.output, inputs, "avatar file")
     check_output_path(args.output)
     if preview is not None:
-        check_writable(preview, "preview image")
+        check_output(preview, inputs, "preview image")
     bar = ProgressBar("reconstruct")
     try:
         if args.method == "feedforward":
@@ -60,15 +62,17 @@ def run(args) -> int:
             bar(0.98, "rendering the preview")
             sheet = preview_sheet(avatar, source_image, device=device)
         from avatar_core.io import save_avatar
-        save_avatar(avatar, args.output)
-        if preview is not None:
-            try:
-                write_png(sheet, preview)
-            except BaseException:
-                # keep the pair consistent: no avatar without its preview
-                with suppress(OSError):
-                    os.unlink(args.output)
-                raise
+        # the avatar and its preview are published together, only when both are written; a
+        # failure leaves the previous pair as it was
+        targets = [(args.output, "avatar file")] + ([(preview, "preview image")] if preview is not None else [])
+        with atomic_paths(targets) as tmps:
+            save_avatar(avatar, tmps[0])
+            if preview is not None:
+                tmps[1].write_bytes(_png_bytes(sheet))
+        stale = preview_path(args.output)
+        if preview is None and stale.is_file():
+            with suppress(OSError):  # the old preview shows the old avatar
+                os.unlink(stale)
     except BaseException:
         bar.close()  # end the progress line, so the error sentence starts a line of its own
         raise
@@ -78,6 +82,16 @@ def run(args) -> int:
     print(summary)
     print(f"wrote {args.output}" + (f" and {preview}" if preview is not None else ""))
     return 0
+
+
+def _png_bytes(image) -> bytes:
+    import cv2
+    import numpy as np
+    ok, buf = cv2.imencode(".png", np.ascontiguousarray(image[..., ::-1]))
+    if not ok:
+        from avatar_core.errors import AvatarError
+        raise AvatarError("Could not encode the preview image as PNG.")
+    return buf.tobytes()
 
 
 def _feedforward(args, device, bar):
