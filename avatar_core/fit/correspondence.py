@@ -14,13 +14,15 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import zipfile
+import zlib
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 import torch
 
-from avatar_core.errors import HeadModelError
+from avatar_core.errors import AvatarError, HeadModelError
 from avatar_core.head.model import HeadModel
 
 log = logging.getLogger(__name__)
@@ -55,7 +57,7 @@ def load_embedding_file(path) -> Embedding:
         z = np.load(path, allow_pickle=False)
         return Embedding(z["landmark_indices"].astype(np.int64), z["lmk_face_idx"].astype(np.int64),
                          z["lmk_b_coords"].astype(np.float32))
-    except (OSError, KeyError, ValueError) as exc:
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
         raise HeadModelError(f"{str(path)!r} is not a landmark embedding with lmk_face_idx, lmk_b_coords "
                              f"and landmark_indices ({exc}).") from None
 
@@ -235,13 +237,20 @@ def landmark_embedding(head: HeadModel, embedding_file: Optional[str] = None) ->
     path = cache_dir() / f"landmarks-{head.identity()}-v{CACHE_VERSION}.npz"
     if path.is_file():
         try:
-            z = np.load(path)
-            return Embedding(z["landmark_ids"], z["face_idx"], z["bary"])
-        except (OSError, KeyError, ValueError):
-            log.warning("ignoring a corrupt landmark cache %s", path)
+            with np.load(path, allow_pickle=False) as z:
+                emb = Embedding(z["landmark_ids"], z["face_idx"], z["bary"])
+            from avatar_core.validate import check_embedding
+            check_embedding(emb.landmark_ids, emb.face_idx, emb.bary, int(head.faces.shape[0]), repr(str(path)))
+            return emb
+        except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, HeadModelError):
+            log.warning("rebuilding the corrupt landmark cache %s", path)
     emb = compute_embedding(head)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, landmark_ids=emb.landmark_ids, face_idx=emb.face_idx, bary=emb.bary)
-    os.replace(tmp, path)
+    try:  # a cache that cannot be written (read-only folder, disk full) only costs time next run
+        from avatar_core.io.atomic import atomic_path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path, "landmark cache") as tmp:
+            with open(tmp, "wb") as f:
+                np.savez(f, landmark_ids=emb.landmark_ids, face_idx=emb.face_idx, bary=emb.bary)
+    except (OSError, AvatarError) as exc:
+        log.warning("could not write the landmark cache %s (%s); it is computed again next time", path, exc)
     return emb

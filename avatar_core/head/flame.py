@@ -83,8 +83,22 @@ def _to_array(obj: Any, key: str, path: Path) -> np.ndarray:
                 data, indices, indptr = (np.asarray(state[k]) for k in ("data", "indices", "indptr"))
             except (KeyError, TypeError):
                 raise HeadModelError(f"{str(path)!r}: the sparse matrix {key!r} is unreadable.") from None
-            dense = np.zeros(shape, dtype=np.float64)
+            from avatar_core.validate import check_sparse_shape
+            shape = check_sparse_shape(shape, repr(str(path)), key)
             fmt = state.get("format", "csc")
+            outer_n, inner_n = (shape[0], shape[1]) if fmt == "csr" else (shape[1], shape[0])
+            try:
+                indptr = indptr.astype(np.int64)
+                indices = indices.astype(np.int64)
+                ok = (indptr.ndim == 1 and len(indptr) == outer_n + 1 and indptr[0] == 0
+                      and (np.diff(indptr) >= 0).all() and indptr[-1] <= min(len(indices), len(data))
+                      and (indices.size == 0 or (indices.min() >= 0 and indices.max() < inner_n)))
+            except (TypeError, ValueError):
+                ok = False
+            if not ok:
+                raise HeadModelError(f"{str(path)!r}: the sparse matrix {key!r} has indices outside its declared "
+                                     f"shape {list(shape)}; the file is corrupt.")
+            dense = np.zeros(shape, dtype=np.float64)
             for outer in range(len(indptr) - 1):
                 sl = slice(indptr[outer], indptr[outer + 1])
                 if fmt == "csr":
@@ -128,7 +142,13 @@ def load_flame(path, num_expr: int = 100) -> HeadModel:
 
     Raises HeadModelError with one sentence when the file is missing, corrupt or not FLAME.
     """
-    path = Path(path)
+    try:
+        return _load_flame(Path(path), num_expr)
+    except (ValueError, TypeError, IndexError, OverflowError) as exc:  # arrays of the wrong kind or shape
+        raise HeadModelError(f"{str(path)!r} is not a usable FLAME model: {exc}.") from None
+
+
+def _load_flame(path: Path, num_expr: int) -> HeadModel:
     data = _read_raw(path)
     need = ["v_template", "f", "shapedirs", "posedirs", "J_regressor", "weights"]
     missing = [k for k in need if k not in data]
@@ -139,6 +159,8 @@ def load_flame(path, num_expr: int = 100) -> HeadModel:
     if v.ndim != 2 or v.shape[1] != 3:
         raise HeadModelError(f"{str(path)!r}: v_template has shape {v.shape}; expected [V, 3].")
     V = v.shape[0]
+    if arr["f"].dtype.kind not in "iuf":
+        raise HeadModelError(f"{str(path)!r}: f has dtype {arr['f'].dtype}; expected integer vertex ids.")
     faces = arr["f"].astype(np.int64)
     sd = arr["shapedirs"].astype(np.float32)
     if sd.ndim != 3 or sd.shape[:2] != (V, 3):
@@ -160,10 +182,16 @@ def load_flame(path, num_expr: int = 100) -> HeadModel:
                              f"do not describe FLAME's 5 joints over {V} vertices.")
     parents = np.array([-1, 0, 1, 1, 1], dtype=np.int64)
     if "kintree_table" in arr:
-        kt = arr["kintree_table"].astype(np.int64)
-        parents = kt[0].copy()
+        kt = arr["kintree_table"]
+        if kt.ndim != 2 or kt.shape != (2, J) or kt.dtype.kind not in "iuf":
+            raise HeadModelError(f"{str(path)!r}: kintree_table has shape {list(kt.shape)}; expected [2, {J}] "
+                                 "joint ids.")
+        parents = kt[0].astype(np.int64)
         parents[0] = -1
         parents[parents > 1e6] = -1
+    from avatar_core.validate import check_head_arrays
+    check_head_arrays({"v_template": v, "faces": faces, "parents": parents, "shapedirs": shapedirs,
+                       "exprdirs": exprdirs, "posedirs": pd, "J_regressor": jr, "weights": w}, repr(str(path)))
     name = "flame2023" if "2023" in path.name.lower() else "flame2020" if "generic" in path.name.lower() else "flame"
     return HeadModel(
         name=name,

@@ -18,8 +18,12 @@ def run(args) -> int:
     from avatar_core.cli_util import ProgressBar
     from avatar_core.fit.track import track_video
     from avatar_core.head import load_head
-    from avatar_core.io.atomic import check_writable
-    check_writable(args.output, "motion file")
+    from avatar_core.io.atomic import check_output
+    from avatar_core.validate import check_range, check_steps
+    check_output(args.output, [args.video, args.head], "motion file")
+    check_steps(args.steps)
+    check_range(args.size, "--size", 64, 1024, " pixels")
+    check_range(args.smooth, "--smooth", 0.0, 1e6)
     head = load_head(args.head)
     bar = ProgressBar("track")
     t0 = time.perf_counter()
