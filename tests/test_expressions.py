@@ -68,3 +68,22 @@ def test_cli_render_bad_expression_is_one_sentence(tiny, tmp_path, expr, words):
     lines = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
     assert len(lines) == 1 and words in lines[0], r.stderr
     assert not out.exists()
+
+
+def test_eye_look_turns_the_eyeball_rigidly_by_the_gaze_angle():
+    import math
+
+    import torch
+
+    from avatar_core.head.open_head import GAZE_DEGREES, load_open_head_with_metadata
+    head, meta = load_open_head_with_metadata()
+    ids = torch.tensor(meta["regions"]["eye_L"])
+    p = head.v_template[ids]
+    c = p.mean(0)
+    q = p + head.exprdirs[ids, :, head.expr_names.index("eyeLookOutLeft")]
+    # rigid: distances to the centre kept; the front point turned toward +X by the angle
+    assert torch.allclose((q - c).norm(dim=1), (p - c).norm(dim=1), atol=1e-5)
+    front = (p[:, 2] - c[2]).argmax()
+    before, after = p[front] - c, q[front] - c
+    angle = math.degrees(math.atan2(float(after[0]), float(after[2])) - math.atan2(float(before[0]), float(before[2])))
+    assert abs(angle - GAZE_DEGREES["Out"]) < 1.0

@@ -52,6 +52,19 @@ def face_frames(vertices: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
     return torch.stack([t, bt, n], -1)
 
 
+STRETCH_RANGE = (0.5, 3.0)
+
+
+def face_stretch(vertices: torch.Tensor, rest: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
+    """Linear stretch of each triangle from the rest rig: vertices [B, V, 3], rest [V, 3],
+    faces [F, 3] -> [B, F] = sqrt(area / rest area), clamped to ``STRETCH_RANGE``."""
+    def twice_area(v):
+        a, b, c = v[..., faces[:, 0], :], v[..., faces[:, 1], :], v[..., faces[:, 2], :]
+        return torch.cross(b - a, c - a, dim=-1).norm(dim=-1)
+    ratio = twice_area(vertices) / twice_area(rest)[None].clamp_min(1e-12)
+    return ratio.clamp_min(0).sqrt().clamp(*STRETCH_RANGE)
+
+
 @dataclasses.dataclass
 class Avatar:
     """A multi-LOD Gaussian head avatar. Shapes: V0 rig vertices, F0 rig faces, N Gaussians."""
@@ -266,6 +279,12 @@ class Avatar:
         q = torch.where(has_face[None, :, None], frame_q[:, ff.clamp_min(0)], root_q[:, None])
         quats = lbs.quaternion_multiply(q, g["rotation"][None].expand(B, -1, -1))
         scales = torch.exp(g["log_scale"])[None].expand(B, -1, -1)
+        # a Gaussian on a stretched face grows with it (isotropically, by the square root of the
+        # face's area ratio to the rest rig), so a lid closing over the eye or lips parting
+        # stay covered instead of opening gaps between fixed-size Gaussians
+        stretch = face_stretch(verts, self.rig_template, self.rig_faces)  # [B, F0]
+        grow = torch.where(has_face[None], stretch[:, ff.clamp_min(0)], torch.ones_like(stretch[:, :1]))
+        scales = scales * grow[..., None]
         opac = torch.sigmoid(g["opacity_logit"])
         if training:
             opac = opac * self.effective_mask(hard=False, threshold=mask_threshold)[index]

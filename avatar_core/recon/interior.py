@@ -1,0 +1,509 @@
+"""The parts a photo never shows, painted so that an animated avatar reads: the mouth
+interior (teeth, gums, tongue, a cavity darkening with depth), the eyeballs (sclera, iris,
+pupil, turned by gaze) and the upper eyelids (lid skin with a darker lash line, so that a
+blink closes with skin).
+
+The geometry is the head model's own: the open head carries MakeHuman's mouth bag, upper
+and lower teeth, tongue and eyeballs, skinned to the rig (upper teeth to the skull, lower
+teeth and tongue to the jaw, eyeballs to eye_L / eye_R; the tongue follows ``tongueOut``).
+Every LOD's Gaussians are bound to it through the LOD-0 surface, so what is painted here
+is carried through the subdivision like the rest. What this module decides is colour:
+
+* **Mouth.** Interior skin is the skin of the mouth box hidden from the front at rest (the
+  inner lips and the mouth bag); its depth behind the lips sets a shading that darkens the
+  cavity to near black at the back. Teeth and tongue take priors, shaded by depth the same
+  way. Where the photo shows the inside of the mouth (teeth in a smile, an open mouth: the
+  inner-lip contour of its landmarks encloses bright or dark pixels) its colours are used;
+  elsewhere the priors are toned to the photo's white balance and exposure.
+* **Eyes.** Eyeball Gaussians are painted by their angle from the eyeball's forward axis:
+  pupil, iris (its colour from the photo's iris landmarks), a darker limbal ring, sclera.
+* **Lids.** Skin that a blink moves (the upper lids) takes the colour of the photo's skin
+  between the lid and the brow, never the eye's; the lid margin gets a darker lash line.
+
+Gaussians the photo sees well keep their photo colour (the optimisation refines them).
+Shapes: V0 rig vertices, N Gaussians.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Dict, Optional
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+# priors, linear-ish sRGB in [0, 1], before toning
+TEETH_RGB = (0.86, 0.83, 0.76)
+GUM_RGB = (0.62, 0.30, 0.30)
+TONGUE_RGB = (0.70, 0.36, 0.38)
+CAVITY_RGB = (0.28, 0.07, 0.07)
+SCLERA_RGB = (0.86, 0.84, 0.80)
+IRIS_RGB = (0.35, 0.25, 0.18)
+PUPIL_RGB = (0.03, 0.03, 0.03)
+# shading by depth behind the lips (metres): exp(-max(d - start, 0) / scale)
+SHADE_START = 0.004
+SHADE_SCALE = 0.016
+TEETH_SHADE_SCALE = 0.02
+# eyes: iris and pupil radii on the eyeball (metres), limbal ring width (fraction of the iris)
+IRIS_RADIUS = 0.0060
+PUPIL_RADIUS = 0.0022
+LIMBUS = 0.18
+# lids: a vertex is lid skin when a blink moves it more than this (metres, full weight at 2x)
+LID_MOTION = 0.0015
+LASH_DARKEN = 0.45
+UPPER_TEETH_LIGHT = 0.7
+LOWER_TEETH_LIGHT = 0.4
+# how far the upper incisors show below the upper lip's margin at rest (metres)
+UPPER_TEETH_SHOW = 0.0025
+
+# mediapipe face-mesh contours (478-point topology)
+INNER_LIPS = (78, 191, 80, 81, 82, 13, 312, 311, 310, 415, 308, 324, 318, 402, 317, 14, 87, 178, 88, 95)
+OUTER_LIPS = (61, 185, 40, 39, 37, 0, 267, 269, 270, 409, 291, 375, 321, 405, 314, 17, 84, 181, 91, 146)
+# subject's left eye (image right) and right eye; upper lid arcs; brows
+EYE_LEFT = (263, 249, 390, 373, 374, 380, 381, 382, 362, 398, 384, 385, 386, 387, 388, 466)
+EYE_RIGHT = (33, 7, 163, 144, 145, 153, 154, 155, 133, 173, 157, 158, 159, 160, 161, 246)
+UPPER_LID_LEFT = (362, 398, 384, 385, 386, 387, 388, 466, 263)
+UPPER_LID_RIGHT = (133, 173, 157, 158, 159, 160, 161, 246, 33)
+BROW_LEFT = (336, 296, 334, 293, 300)
+BROW_RIGHT = (107, 66, 105, 63, 70)
+IRIS_LEFT = (473, 474, 475, 476, 477)
+IRIS_RIGHT = (468, 469, 470, 471, 472)
+FACE_OVAL = (10, 338, 297, 332, 284, 251, 389, 356, 454, 323, 361, 288, 397, 365, 379, 378, 400, 377,
+             152, 148, 176, 149, 150, 136, 172, 58, 132, 93, 234, 127, 162, 21, 54, 103, 67, 109)
+
+
+def luminance(rgb) -> np.ndarray:
+    rgb = np.asarray(rgb, dtype=np.float64)
+    return rgb[..., 0] * 0.2126 + rgb[..., 1] * 0.7152 + rgb[..., 2] * 0.0722
+
+
+def polygon_mask(points: np.ndarray, size) -> np.ndarray:
+    """bool [H, W] inside the polygon ``points`` [n, 2] (pixel coordinates)."""
+    import cv2
+    H, W = (size, size) if np.isscalar(size) else size
+    m = np.zeros((H, W), np.uint8)
+    cv2.fillPoly(m, [np.round(np.asarray(points)[:, :2] * 4).astype(np.int32)], 1, shift=2)
+    return m.astype(bool)
+
+
+# ----------------------------------------------------------------------------- regions
+def head_regions(head) -> Optional[Dict[str, torch.Tensor]]:
+    """LOD-0 vertex ids of the eyeballs, tongue and teeth of the head model, or None when it
+    has none recorded (the open head records them; a FLAME head does not)."""
+    if getattr(head, "name", "") != "open":
+        return None
+    try:
+        from avatar_core.head.open_head import open_head_metadata
+        meta = open_head_metadata()
+    except Exception as exc:  # noqa: BLE001 - an unreadable cache only loses the painting
+        log.warning("no open-head regions (%s); the mouth and eyes keep their photo colours", exc)
+        return None
+    regions = {k: torch.as_tensor(v, dtype=torch.long) for k, v in meta.get("regions", {}).items()}
+    V = head.num_vertices if hasattr(head, "num_vertices") else None
+    if not regions or (V is not None and max(int(r.max()) for r in regions.values()) >= V):
+        return None
+    return regions
+
+
+def photo_tone(image: np.ndarray, alpha: np.ndarray, landmarks: Optional[np.ndarray]) -> np.ndarray:
+    """Per-channel gain [3] that tones a prior to the photo: exposure from the face skin's
+    luminance, white balance from the person's grey-world cast (half strength)."""
+    img = np.asarray(image, dtype=np.float64)
+    S = img.shape[0]
+    person = np.asarray(alpha) > 0.5
+    if landmarks is not None:
+        face = polygon_mask(landmarks[list(FACE_OVAL), :2], S)
+        for poly in (EYE_LEFT, EYE_RIGHT, OUTER_LIPS):
+            face &= ~polygon_mask(landmarks[list(poly), :2], S)
+        face &= person
+    else:
+        face = person
+    if face.sum() < 50:
+        return np.ones(3)
+    px = img[face]
+    lum = luminance(px)
+    lo, hi = np.percentile(lum, [25, 85])
+    skin = px[(lum >= lo) & (lum <= hi)]
+    exposure = float(np.clip(luminance(np.median(skin, 0)) / 0.50, 0.55, 1.25))
+    mean = img[person].mean(0) if person.any() else px.mean(0)
+    cast = mean / max(float(luminance(mean)), 1e-3)
+    cast = np.clip(cast, 0.7, 1.3) ** 0.5
+    return exposure * cast / max(float(luminance(cast)), 1e-3)
+
+
+def photo_mouth(image: np.ndarray, landmarks: Optional[np.ndarray]) -> dict:
+    """What the photo shows inside the inner-lip contour: {"teeth": rgb or None, "cavity":
+    rgb or None, "lips": rgb or None}."""
+    out = {"teeth": None, "cavity": None, "lips": None}
+    if landmarks is None:
+        return out
+    img = np.asarray(image, dtype=np.float64)
+    S = img.shape[0]
+    inner = polygon_mask(landmarks[list(INNER_LIPS), :2], S)
+    outer = polygon_mask(landmarks[list(OUTER_LIPS), :2], S)
+    lips = outer & ~inner
+    if lips.sum() > 10:
+        out["lips"] = np.median(img[lips], 0)
+    if inner.sum() < 12:
+        return out
+    px = img[inner]
+    lum = luminance(px)
+    lip_l = luminance(out["lips"]) if out["lips"] is not None else 0.4
+    bright = px[lum > max(np.percentile(lum, 60), 1.15 * lip_l)]
+    if len(bright) >= 6 and luminance(np.median(bright, 0)) > 0.35:
+        out["teeth"] = np.median(bright, 0)
+    dark = px[lum < min(np.percentile(lum, 30), 0.5 * lip_l)]
+    if len(dark) >= 6:
+        out["cavity"] = np.median(dark, 0)
+    return out
+
+
+def photo_eyes(image: np.ndarray, landmarks: Optional[np.ndarray]) -> dict:
+    """Iris, sclera and lid-skin colours seen in the photo, per eye ("L", "R"), or None."""
+    out = {}
+    if landmarks is None or landmarks.shape[0] < 478:
+        return out
+    img = np.asarray(image, dtype=np.float64)
+    S = img.shape[0]
+    yy, xx = np.mgrid[0:S, 0:S]
+    for side, eye, lid, brow, iris in (("L", EYE_LEFT, UPPER_LID_LEFT, BROW_LEFT, IRIS_LEFT),
+                                      ("R", EYE_RIGHT, UPPER_LID_RIGHT, BROW_RIGHT, IRIS_RIGHT)):
+        opening = polygon_mask(landmarks[list(eye), :2], S)
+        c = landmarks[iris[0], :2]
+        r = float(np.median(np.linalg.norm(landmarks[list(iris[1:]), :2] - c, axis=1)))
+        d = np.hypot(xx - c[0], yy - c[1])
+        res = {}
+        ring = opening & (d < 0.9 * r) & (d > 0.35 * r)
+        if ring.sum() >= 4:
+            res["iris"] = np.median(img[ring], 0)
+        white = opening & (d > 1.15 * r)
+        if white.sum() >= 4:
+            px = img[white]
+            lum = luminance(px)
+            res["sclera"] = np.median(px[lum >= np.percentile(lum, 50)], 0)
+        # lid skin: between the upper-lid arc (raised a little off the lashes) and the brow
+        arc = landmarks[list(lid), :2]
+        br = landmarks[list(brow), :2]
+        gap = float(np.median(np.abs(br[:, 1].mean() - arc[:, 1].mean())))
+        top = arc.copy()
+        top[:, 1] -= 0.2 * gap
+        band = polygon_mask(np.concatenate([top, br[::-1] + [0, 0.25 * gap]], 0), S) & ~opening
+        if band.sum() < 6:
+            band = polygon_mask(np.concatenate([top, br[::-1]], 0), S) & ~opening
+        if band.sum() >= 6:
+            res["lid"] = np.median(img[band], 0)
+        out[side] = res
+    return out
+
+
+# ----------------------------------------------------------------------------- per vertex
+def frontal_hidden_depth(verts: torch.Tensor, faces: torch.Tensor, centre: torch.Tensor,
+                         half_size: float, res: int = 192) -> torch.Tensor:
+    """How far each vertex lies behind the front-most surface as seen from +Z, inside a
+    square of ``half_size`` metres about ``centre`` (orthographic-like view): [V] metres,
+    0 for visible vertices and those outside the square."""
+    from avatar_core.render.mesh import rasterize_mesh
+    dist = 10.0
+    f = res / 2 / half_size * dist
+    K = torch.tensor([[f, 0, (res - 1) / 2], [0, f, (res - 1) / 2], [0, 0, 1.0]])
+    view = torch.eye(4)
+    view[1, 1], view[2, 2] = -1.0, -1.0
+    view[:3, 3] = torch.tensor([-float(centre[0]), float(centre[1]), dist + float(centre[2])])
+    v = verts.float()
+    ras = rasterize_mesh(v, faces, K, view, res, res)
+    pc = v @ view[:3, :3].T + view[:3, 3]
+    uv = pc[:, :2] / pc[:, 2:3] * f + (res - 1) / 2
+    j, i = uv[:, 0].round().long(), uv[:, 1].round().long()
+    inside = (j >= 0) & (j < res) & (i >= 0) & (i < res)
+    d = torch.zeros(v.shape[0])
+    zb = ras.depth.float()[i[inside], j[inside]]
+    d[inside] = (pc[inside, 2] - zb).clamp_min(0)
+    d[~torch.isfinite(d)] = 0
+    return d
+
+
+def _smoothstep(x, a, b):
+    t = ((x - a) / (b - a)).clamp(0, 1)
+    return t * t * (3 - 2 * t)
+
+
+def interior_paint(rest: torch.Tensor, faces: torch.Tensor, exprdirs: torch.Tensor, expr_names,
+                   j_regressor: torch.Tensor, regions: Dict[str, torch.Tensor], tone: np.ndarray,
+                   mouth: dict, eyes: dict, eye_axes: Optional[Dict[str, torch.Tensor]] = None) -> dict:
+    """Per LOD-0 vertex paint of the mouth interior, eyeballs and lids.
+
+    Returns {"colour": [V0, 3] target colour, "weight": [V0] how much it replaces the photo
+    colour (0..1), "kind": [V0] int8 (0 none, 1 mouth, 2 eyeball, 3 lid), "eye_centre":
+    [2, 3], "eye_axis": [2, 3], "eye_radius": [2]} (eye data: left, right)."""
+    V = rest.shape[0]
+    dt = torch.float32
+    rest = rest.float()
+    g = torch.as_tensor(tone, dtype=dt)
+    col = torch.zeros(V, 3, dtype=dt)
+    wgt = torch.zeros(V, dtype=dt)
+    kind = torch.zeros(V, dtype=torch.int8)
+    names = list(expr_names)
+    skin = torch.ones(V, dtype=torch.bool)
+    for r in regions.values():
+        skin[r] = False
+
+    def prior(rgb):
+        return (torch.tensor(rgb, dtype=dt) * g).clamp(0, 1)
+
+    # ---- mouth: interior skin hidden from the front in the mouth box, teeth, tongue
+    teeth = torch.cat([regions["teeth_upper"], regions["teeth_lower"]])
+    tongue = regions["tongue"]
+    tp = rest[teeth]
+    lo, hi = tp.min(0).values, tp.max(0).values
+    centre = 0.5 * (lo + hi)
+    half = float(0.5 * (hi - lo)[:2].max()) * 1.6
+    hidden = frontal_hidden_depth(rest, faces, centre, half)
+    box = ((rest[:, 0] - centre[0]).abs() < 1.15 * (hi[0] - lo[0]) / 2) & \
+          ((rest[:, 1] - centre[1]).abs() < half) & (rest[:, 2] < hi[2] + 0.03)
+    # the lips' front: the front-most skin of the box near the midline
+    mid = box & skin & ((rest[:, 0] - centre[0]).abs() < 0.01)
+    lip_front = float(rest[mid, 2].max()) if bool(mid.any()) else float(hi[2] + 0.015)
+    depth = (lip_front - rest[:, 2]).clamp_min(0)
+    shade = torch.exp(-(depth - SHADE_START).clamp_min(0) / SHADE_SCALE)
+    interior = box & skin & (hidden > 0.0015)
+    teeth_rgb = torch.as_tensor(mouth["teeth"], dtype=dt) if mouth.get("teeth") is not None else prior(TEETH_RGB)
+    cavity_rgb = prior(CAVITY_RGB)
+    if mouth.get("cavity") is not None:
+        cavity_rgb = 0.5 * cavity_rgb + 0.5 * torch.as_tensor(mouth["cavity"], dtype=dt)
+    lip_rgb = torch.as_tensor(mouth["lips"], dtype=dt) if mouth.get("lips") is not None else prior(GUM_RGB)
+    # gums: interior skin near the teeth roots
+    from scipy.spatial import cKDTree
+    dteeth = torch.as_tensor(cKDTree(tp.numpy()).query(rest.numpy(), k=1)[0], dtype=dt)
+    gum = torch.exp(-(dteeth / 0.004) ** 2)
+    # inner lips (just behind the lip line) keep a darkened lip colour, deeper skin is cavity
+    t = _smoothstep(hidden, 0.002, 0.010)[:, None]
+    deep = prior(GUM_RGB) * gum[:, None] + cavity_rgb * (1 - gum[:, None])
+    skin_col = (1 - t) * 0.8 * lip_rgb + t * deep * shade[:, None]
+    col[interior] = skin_col[interior]
+    wgt[interior] = 1.0
+    kind[interior] = 1
+    tshade = torch.exp(-(depth - (lip_front - float(hi[2]))).clamp_min(0) / TEETH_SHADE_SCALE)
+    # inside an open mouth the teeth sit in the lips' shadow (the lower ones deeper in it)
+    lit = torch.zeros(V, dtype=dt)
+    lit[regions["teeth_upper"]] = UPPER_TEETH_LIGHT
+    lit[regions["teeth_lower"]] = LOWER_TEETH_LIGHT
+    col[teeth] = (teeth_rgb[None] * (tshade[teeth] * lit[teeth])[:, None]).clamp(0, 1)
+    wgt[teeth] = 1.0
+    kind[teeth] = 1
+    # the tongue is shaded where tongueOut brings it (its tip then shows in the light) and a
+    # little by where it rests (the back of a resting tongue stays in the mouth's shadow)
+    if "tongueOut" in names:
+        out_z = rest[:, 2] + exprdirs[:, 2, names.index("tongueOut")].float()
+        shade_out = torch.exp(-(lip_front - out_z - SHADE_START).clamp_min(0) / SHADE_SCALE)
+    else:
+        shade_out = shade
+    col[tongue] = prior(TONGUE_RGB)[None] * ((0.2 + 0.8 * shade_out[tongue]) * (0.35 + 0.65 * shade[tongue]))[:, None]
+    wgt[tongue] = 1.0
+    kind[tongue] = 1
+
+    # ---- eyeballs
+    centres = j_regressor[3:5].float() @ rest
+    axes, radii, eye_colours = [], [], []
+    for e, (side, key) in enumerate((("L", "eye_L"), ("R", "eye_R"))):
+        ids = regions[key]
+        p = rest[ids] - centres[e]
+        front = p[p[:, 2].argmax()]
+        if eye_axes is not None and key in eye_axes:
+            front = eye_axes[key].float()
+        axis = front / front.norm().clamp_min(1e-9)
+        radius = float(p.norm(dim=1).median())
+        axes.append(axis)
+        radii.append(radius)
+        info = eyes.get(side, {})
+        iris = torch.as_tensor(info["iris"], dtype=dt) if "iris" in info else prior(IRIS_RGB)
+        sclera = torch.as_tensor(info["sclera"], dtype=dt) if "sclera" in info else prior(SCLERA_RGB)
+        # keep the sclera off pure skin tones and off the iris: at least as bright as the prior's 80 %
+        sclera = torch.maximum(sclera, 0.8 * prior(SCLERA_RGB))
+        eye_colours.append((iris, sclera))
+        col[ids] = eyeball_colour(p, axis, radius, iris, sclera)
+        wgt[ids] = 1.0
+        kind[ids] = 2
+
+    # ---- upper lids: skin moved by the blinks
+    for side, name in (("L", "eyeBlinkLeft"), ("R", "eyeBlinkRight")):
+        if name not in names:
+            continue
+        m = exprdirs[:, :, names.index(name)].float().norm(dim=1)
+        m = torch.where(skin, m, torch.zeros_like(m))
+        w = _smoothstep(m, LID_MOTION, 2 * LID_MOTION)
+        lid = eyes.get(side, {}).get("lid")
+        if lid is None:
+            continue
+        lid = torch.as_tensor(lid, dtype=dt)
+        mmax = float(m.max())
+        # the lid margin (the skin a blink moves farthest) carries the lashes
+        lash = _smoothstep(m, 0.85 * mmax, 0.97 * mmax)
+        c = lid[None] * (1 - (1 - LASH_DARKEN) * lash[:, None])
+        sel = w > 0
+        col[sel] = c[sel]
+        wgt[sel] = torch.maximum(wgt[sel], w[sel])
+        kind[sel] = 3
+    return {"colour": col.clamp(0, 1), "weight": wgt, "kind": kind, "eye_centre": centres,
+            "eye_axis": torch.stack(axes), "eye_radius": torch.tensor(radii), "eye_colours": eye_colours}
+
+
+def eyeball_colour(p: torch.Tensor, axis: torch.Tensor, radius: float, iris: torch.Tensor,
+                   sclera: torch.Tensor) -> torch.Tensor:
+    """Colour of eyeball points p [n, 3] (relative to the eyeball centre): pupil, iris with a
+    darker limbal ring, sclera, by the distance from the forward axis."""
+    u = p / p.norm(dim=1, keepdim=True).clamp_min(1e-9)
+    cosang = (u * axis).sum(1).clamp(-1, 1)
+    r = radius * torch.sqrt((1 - cosang ** 2).clamp_min(0))  # distance from the axis
+    front = cosang > 0
+    pupil = front & (r < PUPIL_RADIUS)
+    irisz = front & (r < IRIS_RADIUS)
+    ring = irisz & (r > (1 - LIMBUS) * IRIS_RADIUS)
+    out = sclera[None].expand(p.shape[0], 3).clone()
+    out[irisz] = iris
+    out[ring] = 0.55 * iris
+    out[pupil] = torch.tensor(PUPIL_RGB, dtype=out.dtype)
+    return out
+
+
+# ----------------------------------------------------------------------------- Gaussians
+def photo_gaze_axes(avatar, regions: Dict[str, torch.Tensor], params: dict, camera,
+                    landmarks: np.ndarray) -> Dict[str, torch.Tensor]:
+    """Rest-space directions (from each eyeball's centre) of the eyeball points that the photo's
+    iris centres fall on at the source pose: {"eye_L": [3], "eye_R": [3]}. Painting the iris
+    there makes the avatar look where the person looks in the photo, whatever gaze the fit
+    gave the head model; eye movements then turn it from there."""
+    out = {}
+    with torch.no_grad():
+        verts, _ = avatar.deform_rig(**params)
+    v = verts[0].detach().cpu().float()
+    rest = avatar.rig_template.detach().cpu().float()
+    cam = camera.to(device="cpu", dtype=torch.float32) if hasattr(camera, "to") else camera
+    cam_pos = cam.position[0].float()
+    for key, iris in (("eye_L", IRIS_LEFT), ("eye_R", IRIS_RIGHT)):
+        ids = regions[key]
+        c_src, c_rest = v[ids].mean(0), rest[ids].mean(0)
+        uv, _ = cam.project(v[ids][None])
+        uv = uv[0]
+        facing = ((v[ids] - c_src) * (cam_pos - c_src)).sum(1) > 0
+        t = torch.as_tensor(landmarks[iris[0], :2], dtype=torch.float32)
+        r = float(np.median(np.linalg.norm(landmarks[list(iris[1:]), :2] - landmarks[iris[0], :2], axis=1)))
+        d2 = ((uv - t) ** 2).sum(1)
+        w = torch.exp(-d2 / (2 * max(0.5 * r, 1.0) ** 2)) * facing.float()
+        if float(w.sum()) < 1e-6:
+            continue
+        dirs = rest[ids] - c_rest
+        dirs = dirs / dirs.norm(dim=1, keepdim=True).clamp_min(1e-9)
+        out[key] = (w[:, None] * dirs).sum(0)
+    return out
+
+
+def fit_teeth(avatar, regions: Dict[str, torch.Tensor], show: float = UPPER_TEETH_SHOW) -> None:
+    """Lower the rig's upper teeth so that their edge shows ``show`` metres below the upper
+    lip's margin at rest, as a relaxed upper lip shows incisors (the open head's teeth end
+    at the lip line, hidden behind the lip as soon as the mouth opens)."""
+    rest = avatar.rig_template
+    up = regions["teeth_upper"].to(rest.device)
+    tp = rest[up]
+    xs = 0.5 * (tp[:, 0].max() - tp[:, 0].min())
+    skin = torch.ones(rest.shape[0], dtype=torch.bool, device=rest.device)
+    for r in regions.values():
+        skin[r.to(rest.device)] = False
+    # the upper lip's margin at the midline: the lowest skin point above the teeth' lower edge
+    # and in front of them, within the teeth' width
+    front = skin & (rest[:, 0].abs() < 0.25 * xs) & (rest[:, 2] > tp[:, 2].max()) & \
+        (rest[:, 1] < tp[:, 1].max()) & (rest[:, 1] > tp[:, 1].min() - 0.004)
+    if not bool(front.any()):
+        return
+    margin = float(rest[front, 1].min())
+    edge = float(tp[:, 1].min())
+    drop = max(0.0, edge - (margin - show))
+    with torch.no_grad():
+        if drop > 0:
+            avatar.rig_template[up, 1] -= drop
+
+
+
+def paint_avatar(avatar, regions: Dict[str, torch.Tensor], image: np.ndarray, alpha: np.ndarray,
+                 landmarks: Optional[np.ndarray], seen_weight: Optional[torch.Tensor] = None,
+                 uv: Optional[torch.Tensor] = None, source=None) -> dict:
+    """Paint the mouth interior, eyeballs and lids of every face-bound Gaussian of ``avatar``
+    (in place, RGB channels). ``seen_weight`` [N] in [0, 1]: how much the photo's colour of
+    each Gaussian is trusted (kept); None = 0 everywhere. ``uv`` [N, 2]: where each Gaussian
+    falls in the photo (crop pixels): lid Gaussians falling inside the photo's eye opening
+    are painted even when seen (the photo shows the eye there, not the lid). ``source``:
+    (params, camera) of the photo; the iris is then painted where the photo's iris is.
+
+    Returns a summary (tone gain, what the photo showed, counts per kind) and "locked" [N]
+    bool: the Gaussians painted outright, whose colour the photo should not bend.
+    """
+    tone = photo_tone(image, alpha, landmarks)
+    mouth = photo_mouth(image, landmarks)
+    eyes = photo_eyes(image, landmarks)
+    axes = None
+    if source is not None and landmarks is not None and landmarks.shape[0] >= 478:
+        axes = photo_gaze_axes(avatar, regions, source[0], source[1], landmarks)
+    paint = interior_paint(avatar.rig_template.detach().cpu(), avatar.rig_faces.cpu(),
+                           avatar.rig_exprdirs.detach().cpu(), avatar.expr_names,
+                           avatar.rig_j_regressor.detach().cpu(), regions, tone, mouth, eyes, axes)
+    face = avatar.frame_face.cpu() >= 0
+    ids = avatar.bind_ids.cpu()
+    bary = avatar.bind_bary.detach().cpu().float()
+    w = (paint["weight"][ids] * bary).sum(1)
+    col = (paint["colour"][ids] * bary[..., None]).sum(1)
+    kind = paint["kind"][ids]
+    # eyeball Gaussians: paint by their own rest position (sharper than the LOD-0 vertices)
+    rest = (avatar.rig_template.detach().cpu()[ids] * bary[..., None]).sum(1)
+    for e, key in enumerate(("eye_L", "eye_R")):
+        on = face & torch.isin(ids, regions[key]).all(1)
+        if bool(on.any()):
+            iris, sclera = paint["eye_colours"][e]
+            col[on] = eyeball_colour(rest[on] - paint["eye_centre"][e], paint["eye_axis"][e],
+                                     float(paint["eye_radius"][e]), iris, sclera)
+            w[on] = 1.0
+    w = torch.where(face, w, torch.zeros_like(w))
+    mouth_g = (kind == 1).any(1)
+    if seen_weight is not None:
+        # the photo's own view of the mouth interior (teeth in a smile, an open mouth) is kept;
+        # eyeballs and lids are always painted (a lid seen over the iris must not carry it)
+        seen = seen_weight.detach().cpu().float().clamp(0, 1)
+        lid_g = (kind == 3).any(1) & ~mouth_g
+        if uv is not None and landmarks is not None:
+            S = int(np.asarray(image).shape[0])
+            opening = polygon_mask(landmarks[list(EYE_LEFT), :2], S) | polygon_mask(landmarks[list(EYE_RIGHT), :2], S)
+            q = uv.detach().cpu().round().long()
+            ok = (q[:, 0] >= 0) & (q[:, 0] < S) & (q[:, 1] >= 0) & (q[:, 1] < S)
+            in_eye = torch.zeros(q.shape[0], dtype=torch.bool)
+            in_eye[ok] = torch.as_tensor(opening)[q[ok, 1], q[ok, 0]]
+        else:
+            in_eye = torch.zeros_like(lid_g)
+        # inner lips that the photo shows as teeth (the fitted lips overlap a smile's teeth)
+        # would show teeth when the mouth opens: they are painted, not taken from the photo
+        skin_ids = torch.ones(avatar.rig_template.shape[0], dtype=torch.bool)
+        for r in regions.values():
+            skin_ids[r] = False
+        mouth_skin = mouth_g & skin_ids[ids].all(1)
+        cur = avatar.features[:, :3].detach().cpu().float()
+        lip_l = float(luminance(mouth["lips"])) if mouth.get("lips") is not None else 0.5
+        teethlike = torch.as_tensor(luminance(cur.numpy()) > 1.05 * lip_l) & \
+            (cur.max(1).values - cur.min(1).values < 0.25 * cur.max(1).values.clamp_min(1e-3))
+        # the tongue is always painted: a photo shows it only in a few open mouths, and a
+        # resting tongue the fit places in a smile's opening would carry the teeth' colour
+        tongue_g = torch.isin(ids, regions["tongue"]).all(1)
+        keep_mouth = mouth_g & ~(mouth_skin & teethlike) & ~tongue_g
+        keep = seen * (keep_mouth.float() + (lid_g & ~in_eye).float())
+        w = w * (1 - keep.clamp(0, 1))
+    sel = torch.nonzero(w > 1e-3)[:, 0]
+    dev = avatar.features.device
+    with torch.no_grad():
+        f = avatar.features[sel, :3]
+        ww = w[sel].to(dev, f.dtype)[:, None]
+        avatar.features[sel, :3] = (1 - ww) * f + ww * col[sel].to(dev, f.dtype)
+    locked = w > 0.5
+    kinds = {name: int(((kind == k).any(1) & (w > 0.5)).sum()) for k, name in ((1, "mouth"), (2, "eyeball"), (3, "lid"))}
+    return {"tone": [round(float(x), 3) for x in tone],
+            "photo_teeth": mouth["teeth"] is not None, "photo_cavity": mouth["cavity"] is not None,
+            "photo_iris": sorted(k for k, v in eyes.items() if "iris" in v), "painted": kinds,
+            "locked": locked}
