@@ -37,6 +37,9 @@ def _load(path, avatar, motion_head, head_spec, fps, progress=None, cancel=None)
     prog(0.95, "matching expressions")
     motion = bring_to_avatar(motion, avatar, motion_head=motion_head or None)
     if fps and abs(motion.fps - fps) > 1e-6:
+        from avatar_core.validate import check_fps, check_frame_count, resampled_frames
+        check_fps(fps, "the scene frame rate")   # the bounds `animate --fps` applies
+        check_frame_count(resampled_frames(motion.num_frames, motion.fps, fps), fps, repr(path))
         motion = motion.resample(fps)
     return motion
 
