@@ -6,25 +6,10 @@ modules are imported only when their command runs, so ``--help`` is instant.
 
 from __future__ import annotations
 
-import os
-import signal
+import argparse
+import importlib
+import logging
 import sys
-
-INTERRUPTED = "error: interrupted; no output was written."
-
-
-def _interrupted_while_starting(signum, frame):  # pragma: no cover - timing dependent
-    """Ctrl-C before the command's own handling is in place (imports): the one line, exit 130."""
-    os.write(2, (INTERRUPTED + "\n").encode())
-    os._exit(130)
-
-
-if __name__ == "__main__" and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-    signal.signal(signal.SIGINT, _interrupted_while_starting)
-
-import argparse  # noqa: E402
-import importlib  # noqa: E402
-import logging  # noqa: E402
 
 # (command words) -> (module, one-line help)
 COMMANDS = {
@@ -67,17 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    try:
-        return _main(argv)
-    except KeyboardInterrupt:
-        print(INTERRUPTED, file=sys.stderr)
-        return 130
-
-
-def _main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if signal.getsignal(signal.SIGINT) is _interrupted_while_starting:
-        signal.signal(signal.SIGINT, signal.default_int_handler)  # from here on: KeyboardInterrupt, cleanups run
     parser = build_parser()
     # parse the command words first, then let the command's module add its own options
     wants_help = any(a in ("-h", "--help") for a in argv)
@@ -108,18 +83,8 @@ def _main(argv=None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print(INTERRUPTED, file=sys.stderr)
+        print("error: interrupted; no output was written.", file=sys.stderr)
         return 130
-    except OSError as exc:
-        if exc.errno is None:
-            raise
-        # an environment fault (disk full, read-only folder, I/O error) no reader turned into a sentence
-        where = f" ({exc.filename!r})" if exc.filename else ""
-        print(f"error: {exc.strerror or exc}{where}; the previous outputs were left as they were.", file=sys.stderr)
-        return 1
-    except MemoryError:
-        print("error: out of memory; try a lower --res, --lod or --batch.", file=sys.stderr)
-        return 1
 
 
 if __name__ == "__main__":
