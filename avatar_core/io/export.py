@@ -122,6 +122,9 @@ def export_sequence(out: Union[str, Path], frames: Iterable[GaussianFrame], fmt:
                 name = frame_name(len(names), fmt)
                 write_frame(tmp / name, frame, fmt, b=b, extras=extras)
                 names.append(name)
+                if len(names) == 1 and total and total > 1:  # the size is known now: fail before the long work
+                    from avatar_core.io.atomic import check_free_space
+                    check_free_space(tmp, (tmp / name).stat().st_size * (total - 1), "sequence folder", out)
                 num = frame.num if num is None else num
                 if total:
                     prog(min(1.0, len(names) / total), f"frame {len(names)}/{total}")
