@@ -87,3 +87,20 @@ def test_eye_look_turns_the_eyeball_rigidly_by_the_gaze_angle():
     before, after = p[front] - c, q[front] - c
     angle = math.degrees(math.atan2(float(after[0]), float(after[2])) - math.atan2(float(before[0]), float(before[2])))
     assert abs(angle - GAZE_DEGREES["Out"]) < 1.0
+
+
+def test_cli_animate_tracks_a_video_motion_first(tiny, tmp_path):
+    import cv2
+    _, path = tiny
+    video = tmp_path / "drive.mp4"
+    face = cv2.resize(np.ascontiguousarray(_astronaut()[:300, 100:400, ::-1]), (192, 192))
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, (192, 192))
+    for k in range(4):
+        writer.write(np.roll(face, k, axis=1))
+    writer.release()
+    out = tmp_path / "frames"
+    r = _cli("animate", path, "--motion", video, "-o", out, "--res", "64", "--device", "cpu",
+             "--track-steps", "10", "--track-size", "128")
+    assert r.returncode == 0, r.stderr
+    assert "tracked 4 frames" in r.stderr
+    assert len(list(out.glob("frame_*.png"))) == 4

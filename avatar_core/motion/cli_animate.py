@@ -1,6 +1,7 @@
 """``python -m avatar_core animate AVATAR --motion M -o out.mp4|DIR``: render a driven avatar.
 
-The motion (FLAME npz, ARKit-52 CSV or our motion npz) is read, brought into the avatar's
+The motion (FLAME npz, ARKit-52 CSV or our motion npz) is read, or a video is tracked first
+(as ``track`` does, on ``--motion-head``, default the open head), brought into the avatar's
 expression space (``retarget``), optionally resampled to ``--fps``, and rendered frame by
 frame in small batches, through the avatar's fitted source camera (``--camera source``; a
 frontal camera when the avatar has none) or a camera swinging +-30 degrees around the head
@@ -28,7 +29,8 @@ VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".m4v")  # as io.video
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("avatar", help="avatar file (.safetensors written by reconstruct)")
     parser.add_argument("--motion", required=True,
-                        help="motion file: FLAME parameters .npz, ARKit-52 .csv (Live Link Face), or a HeadSplat motion .npz")
+                        help="motion file: FLAME parameters .npz, ARKit-52 .csv (Live Link Face), a HeadSplat motion "
+                             ".npz, or a video (.mp4, .mov, ...), tracked first as `track` does")
     parser.add_argument("-o", "--output", required=True, help="output video (.mp4) or a folder for PNG frames")
     parser.add_argument("--lod", type=int, choices=(0, 1, 2), default=None,
                         help="level of detail (default: the avatar's highest)")
@@ -50,6 +52,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="motion translation: relative to its first frame (default), as is, or ignored")
     parser.add_argument("--batch", type=int, default=4, help="frames rendered together (default 4)")
     parser.add_argument("--background", type=float, default=1.0, help="background grey level 0..1 (default 1)")
+    parser.add_argument("--track-steps", type=int, default=150,
+                        help="a video motion: tracking optimisation steps (default 150, as track)")
+    parser.add_argument("--track-smooth", type=float, default=5.0,
+                        help="a video motion: tracking smoothness weight (default 5, as track)")
+    parser.add_argument("--track-size", type=int, default=256, help="a video motion: crop size in pixels (default 256)")
 
 
 def run(args) -> int:
@@ -75,7 +82,10 @@ def run(args) -> int:
     check_range(args.background, "--background", 0.0, 1.0)
     device = resolve_device(args.device)
 
-    motion = load_motion(args.motion, fps=args.motion_fps, head_joint=args.head_joint)
+    if is_video(args.motion):
+        motion = track_motion(args)
+    else:
+        motion = load_motion(args.motion, fps=args.motion_fps, head_joint=args.head_joint)
     avatar = load_avatar(args.avatar, device=device)
     motion = bring_to_avatar(motion, avatar, args.motion_head)
     if args.fps is not None:
@@ -106,3 +116,44 @@ def run(args) -> int:
     print(f"wrote {T} frames at {motion.fps:g} fps ({cameras.width}x{cameras.height}, LOD {lod}"
           f"{', refiner' if refiner is not None else ''}) to {out}")
     return 0
+
+
+# ----------------------------------------------------------------------------- video motion
+TRACKED_SUFFIXES = (".mp4", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".mkv", ".webm")
+
+
+def is_video(path) -> bool:
+    """A motion path that is a video (by its extension): it is tracked before animating."""
+    return Path(str(path)).suffix.lower() in TRACKED_SUFFIXES
+
+
+def track_motion(args):
+    """Track the video ``args.motion`` on the head model ``args.motion_head`` (default the
+    open head) as ``python -m avatar_core track`` does; returns its MotionSequence."""
+    import time
+
+    from avatar_core.cli_util import ProgressBar
+    from avatar_core.fit.track import track_video
+    from avatar_core.head import load_head
+    from avatar_core.validate import check_range
+    check_range(args.track_steps, "--track-steps", 1, 100000)
+    check_range(args.track_size, "--track-size", 64, 2048)
+    path = Path(args.motion)
+    if not path.is_file():
+        raise AvatarError(f"The motion video {str(path)!r} does not exist or is not a file.")
+    head = load_head(args.motion_head or "open")
+    bar = ProgressBar("track")
+    t0 = time.perf_counter()
+    try:
+        result = track_video(str(path), head, size=args.track_size, steps=args.track_steps,
+                             smooth=args.track_smooth, progress=bar)
+    finally:
+        bar.close()
+    seq = result.motion(head, source=str(path))
+    if args.motion_fps is not None:
+        seq = seq.replace(fps=float(args.motion_fps))
+    for w in result.warnings:
+        seq.warn(w)
+    print(f"tracked {seq.num_frames} frames of {str(path)!r} in {time.perf_counter() - t0:.1f} s (landmark median "
+          f"error {result.fit.median_error_px:.2f} px)", file=sys.stderr)
+    return seq
