@@ -156,8 +156,8 @@ def _load_flame(path: Path, num_expr: int) -> HeadModel:
         raise HeadModelError(f"{str(path)!r} is not a FLAME model: it lacks {', '.join(missing)}.")
     arr = {k: _to_array(data[k], k, path) for k in need + [k for k in ("kintree_table", "exprdirs") if k in data]}
     v = arr["v_template"].astype(np.float32)
-    if v.ndim != 2 or v.shape[1] != 3:
-        raise HeadModelError(f"{str(path)!r}: v_template has shape {v.shape}; expected [V, 3].")
+    if v.ndim != 2 or v.shape[1] != 3 or v.shape[0] < 3:
+        raise HeadModelError(f"{str(path)!r}: v_template has shape {v.shape}; expected [V, 3] with V >= 3.")
     V = v.shape[0]
     if arr["f"].dtype.kind not in "iuf":
         raise HeadModelError(f"{str(path)!r}: f has dtype {arr['f'].dtype}; expected integer vertex ids.")

@@ -33,6 +33,14 @@ _ENV_ERRNOS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota i
                errno.ENOTDIR: "a part of the path is not a folder", errno.ENOENT: "the folder does not exist"}
 
 
+_LIVE: set = set()             # temporaries being written now (removed by the CLI's Ctrl-C handler)
+
+
+def remove_live_temporaries() -> None:
+    """Remove the temporaries of writes in progress (for a process about to end at once)."""
+    _remove(list(_LIVE))
+
+
 class OutputError(AvatarError):
     """An output cannot be written (disk full, read-only, permission, it is an input)."""
 
@@ -80,7 +88,7 @@ def clean_stale(path: PathLike, older_than: float = STALE_SECONDS) -> List[Path]
 
 
 def check_free_space(folder: PathLike, nbytes: int, what: str = "output file", path: Optional[PathLike] = None,
-                     margin: int = 1 << 20) -> None:
+                     margin: int = 64 << 10) -> None:
     """Refuse now, with a sentence, when ``folder`` has less than ``nbytes`` (+ margin) free."""
     folder = Path(folder)
     try:
@@ -144,6 +152,7 @@ def atomic_paths(targets: Sequence[Tuple[PathLike, str]], size_hint: int = 0) ->
             fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=_folder(p))
             os.close(fd)
             tmps.append(Path(tmp))
+            _LIVE.add(Path(tmp))
         yield list(tmps)
         for (p, what), tmp in zip(items, tmps):
             current = (p, what)
@@ -163,6 +172,8 @@ def atomic_paths(targets: Sequence[Tuple[PathLike, str]], size_hint: int = 0) ->
     except BaseException:
         _remove(tmps)
         raise
+    finally:
+        _LIVE.difference_update(tmps)
 
 
 def _remove(paths: Iterable[Path]) -> None:
@@ -199,6 +210,7 @@ def atomic_folder(out: PathLike, replace_glob: Sequence[str] = ("frame_*",), wha
     except OSError as exc:
         raise OutputError(os_error_sentence(exc, out, what)) from None
     _default_mode(tmp, 0o777)
+    _LIVE.add(tmp)
     try:
         yield tmp
         if not out.exists():
@@ -219,6 +231,8 @@ def atomic_folder(out: PathLike, replace_glob: Sequence[str] = ("frame_*",), wha
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        _LIVE.discard(tmp)
 
 
 def same_file(a: PathLike, b: PathLike) -> bool:

@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 
 from avatar_core.errors import AvatarFileError
 from avatar_core.gaussians.avatar import Avatar
-from avatar_core.io.atomic import OutputError, atomic_path
+from avatar_core.io.atomic import OutputError, atomic_path, check_free_space
 from avatar_core.validate import check_avatar_metadata, check_avatar_tensors
 
 FORMAT_NAME = "headsplat-avatar"
@@ -29,11 +29,22 @@ FORMAT_VERSION = 1
 def save_avatar(avatar: Avatar, path: Union[str, Path]) -> Path:
     """Write ``avatar`` to ``path`` atomically; returns the path."""
     path = Path(path)
+    with atomic_path(path, "avatar file") as tmp:
+        write_avatar(avatar, tmp, name=path)
+    return path
+
+
+def write_avatar(avatar: Avatar, path: Union[str, Path], name: Union[str, Path, None] = None) -> None:
+    """Write ``avatar`` to ``path`` as is (not atomically: for a temporary file of ``atomic_paths``);
+    ``name`` is the file the user will see, for messages. Refuses, before writing, when the disk
+    lacks the room; a write error is an OutputError sentence."""
+    path = Path(path)
+    name = path if name is None else Path(name)
     tensors = {}
-    for name in Avatar.RIG_FIELDS:
-        tensors["rig." + name[4:]] = getattr(avatar, name)
-    for name in Avatar.GAUSSIAN_FIELDS:
-        tensors["gauss." + name] = getattr(avatar, name)
+    for field in Avatar.RIG_FIELDS:
+        tensors["rig." + field[4:]] = getattr(avatar, field)
+    for field in Avatar.GAUSSIAN_FIELDS:
+        tensors["gauss." + field] = getattr(avatar, field)
     for k, v in avatar.source.items():
         tensors["source." + k] = torch.as_tensor(v)
     for k, v in (avatar.refiner_state or {}).items():
@@ -52,13 +63,13 @@ def save_avatar(avatar: Avatar, path: Union[str, Path]) -> Path:
         "refiner": avatar.refiner_config if avatar.refiner_state else None,
         "info": avatar.info,
     }
-    size = sum(t.numel() * t.element_size() for t in tensors.values()) + 64 * len(tensors) + (1 << 16)
-    with atomic_path(path, "avatar file", size_hint=size) as tmp:
-        try:
-            save_file(tensors, str(tmp), metadata={"headsplat": json.dumps(meta)})
-        except SafetensorError as exc:  # an OSError inside the Rust writer (disk full, I/O)
-            raise OutputError(f"Cannot write the avatar file {str(path)!r}: {exc}.") from None
-    return path
+    header = json.dumps(meta)
+    size = sum(t.numel() * t.element_size() for t in tensors.values()) + 128 * len(tensors) + len(header)
+    check_free_space(path.parent if str(path.parent) else Path("."), size, "avatar file", name)
+    try:
+        save_file(tensors, str(path), metadata={"headsplat": header})
+    except SafetensorError as exc:  # an OSError inside the Rust writer (disk full, I/O)
+        raise OutputError(f"Cannot write the avatar file {str(name)!r}: {exc}.") from None
 
 
 def read_metadata(path: Union[str, Path]) -> dict:

@@ -17,7 +17,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from avatar_core.io.atomic import (OutputError, _default_mode, _folder, atomic_folder, check_output,
+from avatar_core.io.atomic import (_LIVE, OutputError, _default_mode, _folder, atomic_folder, check_output,
                                    clean_stale, os_error_sentence, temp_name)
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".m4v")
@@ -86,6 +86,7 @@ def _video(out: Path, fps: float, width: int, height: int, what: str):
     except OSError as exc:
         raise OutputError(os_error_sentence(exc, out, what)) from None
     os.close(fd)
+    _LIVE.add(Path(tmp))
     _default_mode(tmp, 0o666)
     writer = cv2.VideoWriter(tmp, cv2.VideoWriter_fourcc(*"mp4v"), float(fps), (width, height))
     count = 0
@@ -121,3 +122,5 @@ def _video(out: Path, fps: float, width: int, height: int, what: str):
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+    finally:
+        _LIVE.discard(Path(tmp))

@@ -236,9 +236,11 @@ class MotionSequence:
         if not folder.is_dir():
             raise MotionError(f"Cannot write the motion file {str(path)!r}: the folder {str(folder)!r} does not exist.")
         from avatar_core.io.atomic import atomic_path
-        with atomic_path(path, "motion file") as tmp:
-            with open(tmp, "wb") as f:
-                np.savez(f, **self.to_dict())
+        import io
+        buf = io.BytesIO()  # built in memory: a full disk fails the plain write below, not zipfile's close
+        np.savez(buf, **self.to_dict())
+        with atomic_path(path, "motion file", size_hint=buf.tell()) as tmp:
+            Path(tmp).write_bytes(buf.getvalue())
         return path
 
     @classmethod

@@ -61,12 +61,12 @@ def run(args) -> int:
         if preview is not None:
             bar(0.98, "rendering the preview")
             sheet = preview_sheet(avatar, source_image, device=device)
-        from avatar_core.io import save_avatar
+        from avatar_core.io.avatar_file import write_avatar
         # the avatar and its preview are published together, only when both are written; a
         # failure leaves the previous pair as it was
         targets = [(args.output, "avatar file")] + ([(preview, "preview image")] if preview is not None else [])
         with atomic_paths(targets) as tmps:
-            save_avatar(avatar, tmps[0])
+            write_avatar(avatar, tmps[0], name=args.output)
             if preview is not None:
                 tmps[1].write_bytes(_png_bytes(sheet))
         stale = preview_path(args.output)
