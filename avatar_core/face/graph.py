@@ -14,6 +14,7 @@ keeps it eager).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -103,6 +104,32 @@ def _act(x: torch.Tensor, code: int) -> torch.Tensor:
     raise UnsupportedGraph(f"fused activation {code} is not supported")
 
 
+_threads_lock = threading.RLock()
+
+
+@contextlib.contextmanager
+def cpu_threads():
+    """Run with ``$HEADSPLAT_FACE_THREADS`` torch CPU threads (default 1), then restore.
+
+    These small models gain little from several threads, and on a busy machine (more
+    runnable threads than cores) the thread pool's barriers make a 2-thread run of them
+    10-30x slower than a 1-thread one (measured on 2 shared cores).
+    """
+    want = int(os.environ.get("HEADSPLAT_FACE_THREADS", "1") or 0)
+    if want <= 0:
+        yield
+        return
+    with _threads_lock:
+        before = torch.get_num_threads()
+        if before != want:
+            torch.set_num_threads(want)
+        try:
+            yield
+        finally:
+            if before != want:
+                torch.set_num_threads(before)
+
+
 class _AsTuple(torch.nn.Module):
     """The graph's outputs as a tuple (for tracing)."""
 
@@ -183,11 +210,13 @@ class TfliteGraph(torch.nn.Module):
         return self._get(env, i).detach().cpu().numpy()
 
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:  # x: [B, C, H, W]
-        if x.device.type == "cpu" and not self._tracing and os.environ.get("HEADSPLAT_FACE_JIT", "1") != "0":
-            frozen = self._frozen_for_cpu(x)
+        if x.device.type != "cpu" or self._tracing:
+            return self._eager(x)
+        with cpu_threads():
+            frozen = self._frozen_for_cpu(x) if os.environ.get("HEADSPLAT_FACE_JIT", "1") != "0" else None
             if frozen is not None:
                 return dict(zip(self._output_names, frozen(x)))
-        return self._eager(x)
+            return self._eager(x)
 
     def _frozen_for_cpu(self, x: torch.Tensor):
         """The graph traced, frozen and optimised for inference (oneDNN fusions: ~2x on the CPU),

@@ -8,6 +8,7 @@ in the same pixel units as x.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from typing import List, Optional
@@ -198,8 +199,10 @@ class FaceTracker:
         import torch
 
         from avatar_core.face import nets
+        from avatar_core.face.graph import cpu_threads
 
-        with self._lock, torch.inference_mode():
+        threads = cpu_threads() if self.device.type == "cpu" else contextlib.nullcontext()  # CUDA: per call
+        with self._lock, torch.inference_mode(), threads:
             if self._closed:
                 raise RuntimeError("FaceTracker.track_batch called after close()")
             T = len(frames)

@@ -15,6 +15,7 @@ OpenCV's pixel-centre coordinates (pixel i at coordinate i), as mediapipe's CPU 
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 from typing import List, Optional, Sequence
@@ -24,6 +25,20 @@ import torch
 import torch.nn.functional as F
 
 # ---------------------------------------------------------------------------------- crops
+
+
+def _threads(images: torch.Tensor):
+    """Around a model call: the CPU thread count (``graph.cpu_threads``), or no TF32 on CUDA."""
+    from avatar_core.face.graph import cpu_threads
+
+    if images.device.type == "cpu":
+        return cpu_threads()
+    if images.device.type == "cuda":  # full fp32 convolutions (TF32 moves landmarks by up to ~2 px)
+        cudnn = torch.backends.cudnn
+        return cudnn.flags(enabled=cudnn.enabled, benchmark=cudnn.benchmark, deterministic=cudnn.deterministic,
+                           allow_tf32=False)
+    return contextlib.nullcontext()
+
 
 
 def roi_matrices(rois: torch.Tensor, out_w: int, out_h: int, flip: bool = False) -> torch.Tensor:
@@ -181,9 +196,13 @@ class FaceDetector(torch.nn.Module):
         self.register_buffer("anchors", torch.from_numpy(
             ssd_anchors(self.cfg.size, self.cfg.strides, self.cfg.interpolated)), persistent=False)
 
-    @torch.inference_mode()
     def forward(self, images: torch.Tensor, min_score: float) -> List[tuple]:
         """[B, 3, H, W] (0..255) -> per image (boxes [M, 4] px, scores [M], keypoints [M, 6, 2] px)."""
+        with _threads(images):
+            return self._forward(images, min_score)
+
+    @torch.inference_mode()
+    def _forward(self, images: torch.Tensor, min_score: float) -> List[tuple]:
         B, _, H, W = images.shape
         S = self.cfg.size
         side = float(max(H, W))
@@ -287,7 +306,6 @@ class FaceMesh(torch.nn.Module):
         for name, idx in (("lips", LIPS), ("eye_right", EYE_RIGHT), ("eye_left", EYE_LEFT)):
             self.register_buffer(name, torch.tensor(idx), persistent=False)
 
-    @torch.inference_mode()
     def forward(self, images: torch.Tensor, rois: torch.Tensor, index: Optional[torch.Tensor] = None):
         """Landmarks of the face in each ROI.
 
@@ -297,6 +315,11 @@ class FaceMesh(torch.nn.Module):
         Returns:
             ([B, 478, 3] float64 image pixels (z in the same units), [B] face presence in [0, 1]).
         """
+        with _threads(images):
+            return self._forward(images, rois, index)
+
+    @torch.inference_mode()
+    def _forward(self, images, rois, index):
         x = warp_rois(images, rois, MESH_SIZE, MESH_SIZE, border="border", index=index) / 255.0
         out = self.net(x)
         B = x.shape[0]
@@ -339,9 +362,13 @@ class SelfieSegmenter(torch.nn.Module):
         self.net = net
         _, self.w, self.h = SELFIE_MODELS[selection]
 
-    @torch.inference_mode()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """[B, 3, H, W] (0..255) -> [B, H, W] person probability."""
+        with _threads(images):
+            return self._forward(images)
+
+    @torch.inference_mode()
+    def _forward(self, images: torch.Tensor) -> torch.Tensor:
         B, _, H, W = images.shape
         roi = torch.tensor([[W / 2.0, H / 2.0, float(W), float(H), 0.0]], device=images.device).expand(B, 5)
         x = warp_rois(images, roi, self.w, self.h, border="zeros") / 255.0
