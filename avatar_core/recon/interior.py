@@ -261,8 +261,11 @@ def interior_paint(rest: torch.Tensor, faces: torch.Tensor, exprdirs: torch.Tens
     centre = 0.5 * (lo + hi)
     half = float(0.5 * (hi - lo)[:2].max()) * 1.6
     hidden = frontal_hidden_depth(rest, faces, centre, half)
+    # the mouth bag lies within the teeth's width and height (a little more) and behind the
+    # lips: skin hidden from the front elsewhere (under the chin, behind the nose's wings) is not it
     box = ((rest[:, 0] - centre[0]).abs() < 1.15 * (hi[0] - lo[0]) / 2) & \
-          ((rest[:, 1] - centre[1]).abs() < half) & (rest[:, 2] < hi[2] + 0.03)
+          (rest[:, 1] > lo[1] - 0.008) & (rest[:, 1] < hi[1] + 0.008) & \
+          (rest[:, 2] < hi[2] + 0.03) & (rest[:, 2] > lo[2] - 0.03)
     # the lips' front: the front-most skin of the box near the midline
     mid = box & skin & ((rest[:, 0] - centre[0]).abs() < 0.01)
     lip_front = float(rest[mid, 2].max()) if bool(mid.any()) else float(hi[2] + 0.015)
