@@ -234,9 +234,12 @@ def ensure_group() -> bpy.types.NodeTree:
         # own renderers draw from position, scale, rotation and radiance:base (the mesh's
         # attributes, carried over by Mesh to Points). A Switch on a single value evaluates
         # only the branch it picks.
+        # no material: with one, Blender shades the splats with it instead of their own radiance
+        no_material = ng.nodes.new("GeometryNodeSetMaterial")
+        ng.links.new(store.outputs["Geometry"], no_material.inputs["Geometry"])
         set_type = ng.nodes.new("GeometryNodePointsSetType")
         _set_menu(set_type.inputs["Type"], "3D Gaussian Splat", "GAUSSIAN_SPLAT")
-        ng.links.new(out, set_type.inputs["Points"])
+        ng.links.new(no_material.outputs["Geometry"], set_type.inputs["Points"])
         switch = ng.nodes.new("GeometryNodeSwitch")
         switch.input_type = "GEOMETRY"
         ng.links.new(inp["Gaussian Splats"], switch.inputs["Switch"])

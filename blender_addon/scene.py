@@ -65,6 +65,37 @@ def build_avatar(context, avatar, name: str = "HeadSplat Avatar", source_path: s
         data: the avatar file's bytes, when already at hand (saves re-serialising).
         progress: optional ``progress(fraction, message)``.
     """
+    before = _datablock_ids()
+    try:
+        return _build_avatar(context, avatar, name, source_path, pack, collection, data, progress)
+    except BaseException:
+        _undo_build(before)  # a failed build leaves the scene as it was
+        raise
+
+
+_BUILT = ("objects", "meshes", "armatures", "materials", "node_groups", "texts", "actions")
+
+
+def _datablock_ids() -> dict:
+    return {k: {id_.as_pointer() for id_ in getattr(bpy.data, k)} for k in _BUILT}
+
+
+def _undo_build(before: dict) -> None:
+    """Remove every datablock added since ``before`` (objects first, through ``remove_avatar``)."""
+    new_objects = [o for o in bpy.data.objects if o.as_pointer() not in before["objects"]]
+    for ob in new_objects:
+        with contextlib.suppress(Exception):  # ReferenceError: already removed with its point object
+            if ob.type == "MESH":
+                storage.unpack_remove(ob)
+                remove_avatar(ob)
+    for k in _BUILT:
+        coll = getattr(bpy.data, k)
+        for id_ in [i for i in coll if i.as_pointer() not in before[k]]:
+            with contextlib.suppress(Exception):
+                coll.remove(id_)
+
+
+def _build_avatar(context, avatar, name, source_path, pack, collection, data, progress) -> bpy.types.Object:
     report = progress or (lambda f, m: None)
     collection = collection or context.collection or context.scene.collection
     avatar = avatar.to("cpu")
@@ -99,9 +130,10 @@ def build_avatar(context, avatar, name: str = "HeadSplat Avatar", source_path: s
         hs.native_splats = True     # (update: splat attribute, points in final renders)
     report(0.92, "storing the avatar data")
     storage.set_source(ob, avatar=avatar, path=source_path, pack_data=pack, data=data)
+    # active (the panels and operators find it) but not selected: a selected point object paints
+    # its outline, one orange dot per Gaussian, over the avatar in every viewport
     for o in context.view_layer.objects:
         o.select_set(False)
-    ob.select_set(True)
     context.view_layer.objects.active = ob
     report(1.0, "done")
     return ob
