@@ -65,7 +65,7 @@ def run(args) -> int:
         raise AvatarError("--expr sets one frame's expression; with --motion the motion sets them.")
     if args.batch < 1:
         raise AvatarError(f"--batch must be at least 1, not {args.batch}.")
-    check_output(out, [args.avatar, args.motion], folder=args.motion is not None)
+    check_output(out, [args.avatar, args.motion, args.motion_head], folder=args.motion is not None)
     if args.motion is None and out.suffix.lower() != f".{fmt}":
         print(f"warning: writing {fmt.upper()} to {str(out)!r}, whose suffix is not .{fmt}", file=sys.stderr)
     if args.motion is None:

@@ -32,7 +32,7 @@ def run(args) -> int:
 
     from avatar_core.cli_util import resolve_device
     from avatar_core.io import load_avatar
-    from avatar_core.io.atomic import check_writable
+    from avatar_core.io.atomic import check_output, check_writable
     from avatar_core.motion.playback import load_refiner
     from avatar_core.recon.preview import write_png
     from avatar_core.recon.still import parse_expressions, render_still
@@ -42,6 +42,7 @@ def run(args) -> int:
     if Path(args.output).suffix.lower() != ".png":
         raise AvatarError(f"Cannot write {args.output!r}: the still is a PNG; name it OUT.png.")
     check_writable(args.output, "still image")
+    check_output(args.output, [args.avatar], "still image")
     device = resolve_device(args.device)
     avatar = load_avatar(args.avatar, device=device)
     expr = parse_expressions(args.expr, avatar.expr_names)
