@@ -6,10 +6,35 @@ modules are imported only when their command runs, so ``--help`` is instant.
 
 from __future__ import annotations
 
-import argparse
-import importlib
-import logging
+import os
+import signal
 import sys
+
+INTERRUPTED = "error: interrupted; no output was written."
+
+
+def _on_sigint(signum, frame):  # pragma: no cover - timing dependent
+    """Ctrl-C: KeyboardInterrupt (atomic writers clean up, main prints the line), except inside an
+    import, where an exception would leave half-initialised modules (numpy, torch) raising other
+    errors: there the live temporaries are removed, the one line printed, and the process ends."""
+    f = frame
+    while f is not None:
+        if f.f_code.co_filename.startswith("<frozen importlib"):
+            atomic = sys.modules.get("avatar_core.io.atomic")
+            if atomic is not None:
+                atomic.remove_live_temporaries()
+            os.write(2, (INTERRUPTED + "\n").encode())
+            os._exit(130)
+        f = f.f_back
+    raise KeyboardInterrupt
+
+
+if __name__ == "__main__" and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+    signal.signal(signal.SIGINT, _on_sigint)
+
+import argparse  # noqa: E402
+import importlib  # noqa: E402
+import logging  # noqa: E402
 
 # (command words) -> (module, one-line help)
 COMMANDS = {
@@ -52,6 +77,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        print(INTERRUPTED, file=sys.stderr)
+        return 130
+
+
+def _main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     # parse the command words first, then let the command's module add its own options
@@ -83,8 +116,18 @@ def main(argv=None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("error: interrupted; no output was written.", file=sys.stderr)
+        print(INTERRUPTED, file=sys.stderr)
         return 130
+    except OSError as exc:
+        if exc.errno is None:
+            raise
+        # an environment fault (disk full, read-only folder, I/O error) no reader turned into a sentence
+        where = f" ({exc.filename!r})" if exc.filename else ""
+        print(f"error: {exc.strerror or exc}{where}; the previous outputs were left as they were.", file=sys.stderr)
+        return 1
+    except MemoryError:
+        print("error: out of memory; try a lower --res, --lod or --batch.", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
