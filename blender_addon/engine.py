@@ -255,17 +255,28 @@ class HeadSplatRenderEngine(bpy.types.RenderEngine):
         views = collect_views(depsgraph, viewmat, False, device)
         bg = background(scene)
         key = (sig, w, h, _views_signature(views), None if bg is None else tuple(bg))
+        # the avatar's depth goes into the viewport's depth buffer, so the overlays drawn after
+        # the engine (grid, bones, outlines) sit behind it (perspective views; where the GPU
+        # module can write depth)
+        want_depth = bool(rv3d.is_perspective) and _depth_pass() is not None
         if self._draw is None or self._draw[0] != key:
-            img = render_views(views, K, w, h, bg, with_depth=False)
+            img = render_views(views, K, w, h, bg, with_depth=want_depth)
             pixels = np.ascontiguousarray(img.rgba[::-1], dtype=np.float32)
             buf = gpu.types.Buffer("FLOAT", w * h * 4, pixels.ravel())
             tex = gpu.types.GPUTexture((w, h), format="RGBA16F", data=buf)
-            self._draw = (key, w, h, tex)
+            depth_tex = None
+            if want_depth and img.depth is not None:
+                ndc = window_depth(img.depth, win)[::-1]
+                dbuf = gpu.types.Buffer("FLOAT", w * h, np.ascontiguousarray(ndc, dtype=np.float32).ravel())
+                depth_tex = gpu.types.GPUTexture((w, h), format="R32F", data=dbuf)
+            self._draw = (key, w, h, tex, depth_tex)
         gpu.state.blend_set("ALPHA_PREMULT")
         self.bind_display_space_shader(scene)
         draw_texture_2d(self._draw[3], (0, 0), region.width, region.height)
         self.unbind_display_space_shader()
         gpu.state.blend_set("NONE")
+        if self._draw[4] is not None:
+            _draw_depth(self._draw[4])
 
     def _schedule_rest_redraw(self):
         if self._pending:
@@ -282,6 +293,65 @@ class HeadSplatRenderEngine(bpy.types.RenderEngine):
             return None
 
         bpy.app.timers.register(redraw, first_interval=REST_SECONDS + 0.05)
+
+
+def window_depth(depth: np.ndarray, win: np.ndarray) -> np.ndarray:
+    """[H, W] camera z (metres, FAR_DEPTH where empty) -> the depth buffer's [0, 1] values
+    through the view's projection ``win`` (OpenGL: z_eye = -z); 1 where nothing was drawn."""
+    z_eye = -np.asarray(depth, np.float64)
+    clip_z = win[2, 2] * z_eye + win[2, 3]
+    clip_w = win[3, 2] * z_eye + win[3, 3]
+    out = 0.5 * clip_z / np.where(np.abs(clip_w) < 1e-12, 1e-12, clip_w) + 0.5
+    from blender_addon.render_core import FAR_DEPTH
+    out = np.where(np.asarray(depth) >= 0.5 * FAR_DEPTH, 1.0, np.clip(out, 0.0, 1.0))
+    return out.astype(np.float32)
+
+
+_DEPTH_PASS = None   # (shader, batch), or False where this Blender's GPU module cannot write depth
+
+
+def _depth_pass():
+    global _DEPTH_PASS
+    if _DEPTH_PASS is None:
+        try:
+            import gpu
+            from gpu_extras.batch import batch_for_shader
+            iface = gpu.types.GPUStageInterfaceInfo("headsplat_depth_iface")
+            iface.smooth("VEC2", "uv")
+            info = gpu.types.GPUShaderCreateInfo()
+            info.vertex_in(0, "VEC2", "pos")
+            info.vertex_out(iface)
+            info.sampler(0, "FLOAT_2D", "depth_tex")
+            info.fragment_out(0, "VEC4", "color")
+            if hasattr(info, "depth_write"):
+                info.depth_write("ANY")
+            info.vertex_source("void main() { uv = pos * 0.5 + 0.5; gl_Position = vec4(pos, 0.0, 1.0); }")
+            info.fragment_source("void main() { float d = texture(depth_tex, uv).r; if (d >= 1.0) { discard; } "
+                                 "gl_FragDepth = d; color = vec4(0.0); }")
+            shader = gpu.shader.create_from_info(info)
+            batch = batch_for_shader(shader, "TRI_FAN", {"pos": ((-1, -1), (1, -1), (1, 1), (-1, 1))})
+            _DEPTH_PASS = (shader, batch)
+        except Exception as exc:  # noqa: BLE001 - no depth: overlays are drawn over the avatar, as before
+            log.info("HeadSplat viewport: no depth for the overlays (%s)", exc)
+            _DEPTH_PASS = False
+    return _DEPTH_PASS or None
+
+
+def _draw_depth(depth_tex) -> None:
+    """Write the avatar's depth (colour untouched) into the bound viewport framebuffer."""
+    import gpu
+    shader, batch = _depth_pass()
+    gpu.state.color_mask_set(False, False, False, False)
+    gpu.state.depth_mask_set(True)
+    gpu.state.depth_test_set("ALWAYS")
+    try:
+        shader.bind()
+        shader.uniform_sampler("depth_tex", depth_tex)
+        batch.draw(shader)
+    finally:
+        gpu.state.depth_test_set("NONE")
+        gpu.state.depth_mask_set(False)
+        gpu.state.color_mask_set(True, True, True, True)
 
 
 def _write_pass(render_pass, image: np.ndarray) -> None:
