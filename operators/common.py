@@ -19,6 +19,9 @@ def require(op, *modules) -> bool:
     from blender_addon import deps
     st = deps.status()
     missing = st.missing_for(*(modules or CORE_MODULES))
+    if any(r.module == "numpy" for r, _ in st.missing):
+        op.report({"ERROR"}, deps.numpy_sentence())
+        return False
     if missing:
         op.report({"ERROR"}, f"HeadSplat needs {', '.join(missing)} in Blender's Python {st.python}; "
                              f"install them from Preferences > Add-ons > HeadSplat (Install Dependencies).")
