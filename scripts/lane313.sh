@@ -79,7 +79,11 @@ in_chroot() {
 
 setup_base() {
     if [ -f "$CHROOT/.headsplat-base" ]; then return; fi
-    command -v debootstrap >/dev/null || { log "installing debootstrap"; apt-get install -y -q debootstrap >/dev/null; }
+    if ! command -v debootstrap >/dev/null; then
+        log "installing debootstrap"
+        apt-get install -y -q debootstrap >/dev/null 2>&1 \
+            || { apt-get update -q >/dev/null && apt-get install -y -q debootstrap >/dev/null; }
+    fi
     local tmp="$CHROOT.partial" m; m="$(mirror)"
     rm -rf "$tmp"; mkdir -p "$(dirname "$CHROOT")"
     log "debootstrap $SUITE from $m (minbase + $BASE_PACKAGES)"
