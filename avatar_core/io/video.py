@@ -98,7 +98,10 @@ def _video(out: Path, fps: float, width: int, height: int, what: str):
 
     try:
         if not writer.isOpened():
-            raise OutputError(f"Cannot write the {what} {str(out)!r}: OpenCV could not open an mp4v writer.")
+            free = _free_bytes(parent)
+            reason = (f"the disk is full ({free // 1024} KB free)" if 0 <= free < 1 << 20 else
+                      "OpenCV could not open an mp4v writer")
+            raise OutputError(f"Cannot write the {what} {str(out)!r}: {reason}.")
         yield write
         writer.release()
         if count == 0:
