@@ -7,9 +7,9 @@ weights, DENSIFY of sparse ones) are folded. ``TfliteGraph(spec, tensors)`` runs
 Layout: TFLite is NHWC; here every 4-D activation is NCHW. Layout-sensitive ops
 (RESHAPE, CONCATENATION, PAD, MEAN, DEPTH_TO_SPACE) translate their axes; 4-D outputs are
 returned in TFLite's NHWC order. Batch: the file's batch of 1 becomes any B. TF 'SAME'
-padding is reproduced exactly (the extra pixel of an odd total goes after). On the CPU the
-graph is traced, frozen and optimised for inference on first use (``HEADSPLAT_FACE_JIT=0``
-keeps it eager).
+padding is reproduced exactly (the extra pixel of an odd total goes after). On the CPU,
+batches of ``JIT_MIN_BATCH`` or more run the graph traced, frozen and optimised for inference
+(built on first such use; ``HEADSPLAT_FACE_JIT=0`` keeps it eager).
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ _FLEXBUFFER_OPS = {"Landmarks2TransformMatrix", "TransformTensorBilinear", "Tran
 _FOLDABLE = {"DEQUANTIZE", "DENSIFY"}
 _NHWC_TO_NCHW_AXIS = {0: 0, 1: 2, 2: 3, 3: 1}
 log = logging.getLogger(__name__)
+JIT_MIN_BATCH = 4  # CPU batches from this size run the traced graph (tracing costs ~1 s once per model)
 
 
 class UnsupportedGraph(ValueError):
@@ -213,7 +214,8 @@ class TfliteGraph(torch.nn.Module):
         if x.device.type != "cpu" or self._tracing:
             return self._eager(x)
         with cpu_threads():
-            frozen = self._frozen_for_cpu(x) if os.environ.get("HEADSPLAT_FACE_JIT", "1") != "0" else None
+            jit = x.shape[0] >= JIT_MIN_BATCH and os.environ.get("HEADSPLAT_FACE_JIT", "1") != "0"
+            frozen = self._frozen_for_cpu(x) if jit else None
             if frozen is not None:
                 return dict(zip(self._output_names, frozen(x)))
             return self._eager(x)
