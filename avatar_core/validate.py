@@ -34,7 +34,8 @@ def check_range(value, name: str, lo, hi, unit: str = "") -> float:
     except (TypeError, ValueError):
         raise ParameterError(f"{name} must be a number between {lo:g} and {hi:g}{unit}, not {value!r}.") from None
     if not math.isfinite(v) or v < lo or v > hi:
-        raise ParameterError(f"{name} must be between {lo:g} and {hi:g}{unit}, not {value!r}.")
+        shown = f"{v:g}" if isinstance(value, (int, float)) else repr(value)
+        raise ParameterError(f"{name} must be between {lo:g} and {hi:g}{unit}, not {shown}.")
     return v
 
 
