@@ -10,11 +10,11 @@ so the bounds checks are cheap for the CLI and the add-on.
 from __future__ import annotations
 
 import math
-from typing import Dict, Iterable, Mapping, Optional
+from typing import Iterable, Mapping, Optional
 
 import numpy as np
 
-from avatar_core.errors import AvatarError, AvatarFileError, HeadModelError, MotionError, ParameterError
+from avatar_core.errors import AvatarFileError, HeadModelError, MotionError, ParameterError
 
 # ----------------------------------------------------------------------------- option bounds
 FPS_RANGE = (1.0, 240.0)             # output frame rates

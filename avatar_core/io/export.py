@@ -18,7 +18,6 @@ world matrix) when another frame is wanted.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Union
 
