@@ -31,6 +31,7 @@ def add_arguments(p):
     p.add_argument("--speed-clip", default="grid/s1/bbaf2n.mpg", help="the clip timed for tracking speed")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads for the run (default: torch's)")
     p.add_argument("--speed-only", action="store_true", help="only the CPU tracking speed on --speed-clip")
+    p.add_argument("--tracking-only", action="store_true", help="only the GRID tracking comparison and speed")
     p.add_argument("--gpu-only", action="store_true", help="only the batched-landmark throughput (no mediapipe)")
     p.add_argument("--batch", type=int, default=32, help="batch size of the throughput figure")
     p.add_argument("--device", default=None, help="torch device (default: the face models' default)")
@@ -274,10 +275,15 @@ def run(args) -> int:
         return 0
     data = Path(args.data)
     mp = _Mediapipe()
-    if args.speed_only:
-        clip = [(args.speed_clip, _frames(data / args.speed_clip))]
+    if args.speed_only or args.tracking_only:
+        grid = sorted((data / "grid").rglob("*.mpg"))[: 2 if args.quick else None]
+        clip = ([(args.speed_clip, _frames(data / args.speed_clip))] if args.speed_only else
+                [(str(p.relative_to(data)), _frames(p)) for p in grid])
         out["grid_tracking_512"], out["cpu_tracking_speed"] = tracking(clip, mp, device, args.speed_clip)
-        print(json.dumps(out, indent=1))
+        text = json.dumps(out, indent=1)
+        print(text)
+        if args.output:
+            Path(args.output).write_text(text + "\n")
         return 0
     import cv2
     portraits = sorted((data / "portraits").glob("*.*"))

@@ -25,7 +25,7 @@ NUM_LANDMARKS = 478
 MESH_INPUT = 384          # side of the square crop face_mesh runs on
 MESH_CONTEXT = (2.2, 1.6, 3.2)  # crop side / detection box side, tried in turn
 MESH_MIN_CONFIDENCE = 0.3  # the face is already detected: its own detector may be lenient
-ROI_TOLERANCE = 0.01       # tracking: a frame's ROI within this share of its side of the batch's is reused
+ROI_TOLERANCE = 0.02       # tracking: a frame's ROI within this share of its side of the batch's is reused
 MIN_PRESENCE = 0.5         # mediapipe's min_tracking_confidence: the mesh's own face-presence score
 
 # a few named landmarks (the subject's right/left)
