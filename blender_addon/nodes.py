@@ -284,13 +284,6 @@ def input_path(mod, sid: str) -> str:
     return f'modifiers["{mod.name}"]["{sid}"]'
 
 
-def input_value(mod, sid: str):
-    inputs = getattr(getattr(mod, "properties", None), "inputs", None)
-    if inputs is not None and hasattr(inputs, sid):
-        return getattr(inputs, sid).value
-    return mod[sid]
-
-
 def add_modifier(ob: bpy.types.Object) -> bpy.types.NodesModifier:
     """Add the points modifier to an avatar object and drive its inputs from ``ob.headsplat``."""
     ng = ensure_group()
