@@ -711,3 +711,19 @@ def test_memory_flat_over_1000_rendered_frames():
     print(f"RSS at frame 100: {samples[100] / 2**20:.1f} MB, at 1000: {samples[1000] / 2**20:.1f} MB, "
           f"growth {growth:.2f} MB")
     assert growth <= 5.0
+
+
+def test_8_face_stage_error_is_the_only_line(tmp_path):
+    """No library log lines (mediapipe's used to come first) before a face-stage error."""
+    import cv2
+    photo = tmp_path / "noise.jpg"
+    g = np.random.default_rng(0)
+    cv2.imwrite(str(photo), (g.random((400, 400, 3)) * 255).astype(np.uint8))
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    r = subprocess.run([sys.executable, "-m", "avatar_core", "reconstruct", str(photo), "-o", str(tmp_path / "a.avatar"),
+                        "--quality", "test", "--device", "cpu"], cwd=ROOT, env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 1
+    lines = [ln for ln in r.stderr.replace("\r", "\n").splitlines() if ln.strip() and not ln.startswith("reconstruct [")]
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["noise.jpg"]
