@@ -220,6 +220,23 @@ def test_3_animate_to_a_full_disk_keeps_the_previous_video(tmp_path, avatar_file
     assert n == 4  # the previous video still plays
 
 
+def test_3_frames_to_a_small_disk_fail_after_the_first_frame_and_keep_the_old_ones(tmp_path, avatar_file,
+                                                                                  small_disk, capsys):
+    disk = small_disk("1m")
+    frames = disk / "frames"
+    frames.mkdir()
+    (frames / "frame_00000.png").write_bytes(b"old frame")
+    _fill(disk, 200_000)
+    take = _csv(tmp_path / "take.csv", n=400)
+    t0 = time.perf_counter()
+    rc, lines, _ = _cli(capsys, "animate", avatar_file, "--motion", take, "-o", frames, "--res", 128, "--lod", 0,
+                        "--device", "cpu", "--batch", 16)
+    assert rc == 1
+    _one_error(lines, "frames", "free")
+    assert _listing(frames) == ["frame_00000.png"] and (frames / "frame_00000.png").read_bytes() == b"old frame"
+    assert not _temporaries(disk) and time.perf_counter() - t0 < 60
+
+
 def test_3_video_is_reopened_and_its_frames_counted(tmp_path, monkeypatch):
     """A writer that silently drops frames (as OpenCV does on a full disk) is caught."""
     import cv2

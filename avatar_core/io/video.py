@@ -17,8 +17,8 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from avatar_core.io.atomic import (_LIVE, OutputError, _default_mode, _folder, atomic_folder, check_output,
-                                   clean_stale, os_error_sentence, temp_name)
+from avatar_core.io.atomic import (_LIVE, OutputError, _default_mode, _folder, atomic_folder, check_free_space,
+                                   check_output, clean_stale, os_error_sentence, temp_name)
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".m4v")
 
@@ -51,9 +51,11 @@ def video_frame_count(path) -> int:
 
 
 @contextlib.contextmanager
-def frame_writer(out, fps: float, width: int, height: int,
-                 what: str = "video") -> Iterator[Callable[[int, np.ndarray], None]]:
-    """Yields ``write(i, rgb [H, W, 3] uint8)``; publishes ``out`` only on success (see module doc)."""
+def frame_writer(out, fps: float, width: int, height: int, what: str = "video",
+                 total: int = 0) -> Iterator[Callable[[int, np.ndarray], None]]:
+    """Yields ``write(i, rgb [H, W, 3] uint8)``; publishes ``out`` only on success (see module doc).
+    ``total``: the frame count, when known; a frame folder then checks, after its first frame,
+    that the disk has room for all of them."""
     out = Path(out)
     if is_video(out):
         with _video(out, fps, width, height, what) as write:
@@ -71,6 +73,8 @@ def frame_writer(out, fps: float, width: int, height: int,
                 path.write_bytes(buf.tobytes())
             except OSError as exc:
                 raise OutputError(os_error_sentence(exc, out / path.name, "frame")) from None
+            if i == 0 and total > 1:  # the size is known now: fail before the long work
+                check_free_space(tmpdir, int(len(buf) * 1.5) * (total - 1), "frame folder", out)
         yield write
 
 

@@ -109,7 +109,7 @@ def run(args) -> int:
 
     T = motion.num_frames
     bar = ProgressBar("animate")
-    with frame_writer(out, motion.fps, cameras.width, cameras.height) as write:
+    with frame_writer(out, motion.fps, cameras.width, cameras.height, total=T) as write:
         for i, rgb in render_motion(avatar, motion, cameras, lod=lod, refiner=refiner, batch=args.batch,
                                     background=args.background, progress=bar):
             write(i, rgb)
