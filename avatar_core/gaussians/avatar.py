@@ -61,7 +61,9 @@ def face_stretch(vertices: torch.Tensor, rest: torch.Tensor, faces: torch.Tensor
     def twice_area(v):
         a, b, c = v[..., faces[:, 0], :], v[..., faces[:, 1], :], v[..., faces[:, 2], :]
         return torch.cross(b - a, c - a, dim=-1).norm(dim=-1)
-    ratio = twice_area(vertices) / twice_area(rest)[None].clamp_min(1e-12)
+    rest2 = twice_area(rest)[None]
+    ok = rest2 > 1e-10  # a degenerate rest face (a sliver) keeps its Gaussians' size
+    ratio = torch.where(ok, twice_area(vertices) / rest2.clamp_min(1e-10), torch.ones_like(rest2))
     return ratio.clamp_min(0).sqrt().clamp(*STRETCH_RANGE)
 
 

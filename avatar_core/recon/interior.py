@@ -53,7 +53,7 @@ PUPIL_RADIUS = 0.0022
 LIMBUS = 0.18
 # lids: a vertex is lid skin when a blink moves it more than this (metres, full weight at 2x)
 LID_MOTION = 0.0015
-LASH_DARKEN = 0.45
+LASH_DARKEN = 0.6
 UPPER_TEETH_LIGHT = 0.7
 LOWER_TEETH_LIGHT = 0.4
 # how far the upper incisors show below the upper lip's margin at rest (metres)
@@ -282,9 +282,9 @@ def interior_paint(rest: torch.Tensor, faces: torch.Tensor, exprdirs: torch.Tens
     dteeth = torch.as_tensor(cKDTree(tp.numpy()).query(rest.numpy(), k=1)[0], dtype=dt)
     gum = torch.exp(-(dteeth / 0.004) ** 2)
     # inner lips (just behind the lip line) keep a darkened lip colour, deeper skin is cavity
-    t = _smoothstep(hidden, 0.002, 0.010)[:, None]
+    t = _smoothstep(hidden, 0.0015, 0.008)[:, None]
     deep = prior(GUM_RGB) * gum[:, None] + cavity_rgb * (1 - gum[:, None])
-    skin_col = (1 - t) * 0.8 * lip_rgb + t * deep * shade[:, None]
+    skin_col = (1 - t) * 0.65 * lip_rgb + t * deep * shade[:, None]
     col[interior] = skin_col[interior]
     wgt[interior] = 1.0
     kind[interior] = 1
@@ -303,7 +303,7 @@ def interior_paint(rest: torch.Tensor, faces: torch.Tensor, exprdirs: torch.Tens
         shade_out = torch.exp(-(lip_front - out_z - SHADE_START).clamp_min(0) / SHADE_SCALE)
     else:
         shade_out = shade
-    col[tongue] = prior(TONGUE_RGB)[None] * ((0.2 + 0.8 * shade_out[tongue]) * (0.35 + 0.65 * shade[tongue]))[:, None]
+    col[tongue] = prior(TONGUE_RGB)[None] * ((0.2 + 0.8 * shade_out[tongue]) * (0.25 + 0.75 * shade[tongue]))[:, None]
     wgt[tongue] = 1.0
     kind[tongue] = 1
 
@@ -343,7 +343,7 @@ def interior_paint(rest: torch.Tensor, faces: torch.Tensor, exprdirs: torch.Tens
         lid = torch.as_tensor(lid, dtype=dt)
         mmax = float(m.max())
         # the lid margin (the skin a blink moves farthest) carries the lashes
-        lash = _smoothstep(m, 0.85 * mmax, 0.97 * mmax)
+        lash = _smoothstep(m, 0.92 * mmax, 0.99 * mmax)
         c = lid[None] * (1 - (1 - LASH_DARKEN) * lash[:, None])
         sel = w > 0
         col[sel] = c[sel]
@@ -490,8 +490,10 @@ def paint_avatar(avatar, regions: Dict[str, torch.Tensor], image: np.ndarray, al
         mouth_skin = mouth_g & skin_ids[ids].all(1)
         cur = avatar.features[:, :3].detach().cpu().float()
         lip_l = float(luminance(mouth["lips"])) if mouth.get("lips") is not None else 0.5
-        teethlike = torch.as_tensor(luminance(cur.numpy()) > 1.05 * lip_l) & \
-            (cur.max(1).values - cur.min(1).values < 0.25 * cur.max(1).values.clamp_min(1e-3))
+        grey = cur.max(1).values - cur.min(1).values < 0.25 * cur.max(1).values.clamp_min(1e-3)
+        if mouth.get("teeth") is not None:  # or the colour of the teeth the photo shows
+            grey |= (cur - torch.as_tensor(mouth["teeth"], dtype=cur.dtype)).abs().amax(1) < 0.1
+        teethlike = torch.as_tensor(luminance(cur.numpy()) > 1.05 * lip_l) & grey
         # the tongue is always painted: a photo shows it only in a few open mouths, and a
         # resting tongue the fit places in a smile's opening would carry the teeth' colour
         tongue_g = torch.isin(ids, regions["tongue"]).all(1)

@@ -88,6 +88,20 @@ def source_view(portrait, fit) -> SourceView:
     return SourceView(image, alpha, camera, params)
 
 
+def gaze_ahead(view: SourceView, head: HeadModel) -> SourceView:
+    """The source view with the eye-look units at 0: the iris is painted where the photo shows
+    it (``recon.interior``), so the avatar looks as the person does with its eyes at rest and
+    a gaze unit turns them from there by its full angle (the single-photo fit's eye-look
+    values mostly absorb where the head model's eyeballs sit, not where the person looks)."""
+    names = list(head.expr_names)
+    look = [i for i, n in enumerate(names) if n.startswith("eyeLook")]
+    if not look or head.name != "open":
+        return view
+    expr = view.params["expression"].clone()
+    expr[:, look] = 0.0
+    return SourceView(view.image, view.alpha, view.camera, {**view.params, "expression": expr})
+
+
 def paint_interior(avatar: Avatar, head: HeadModel, view: SourceView, vis, landmarks) -> torch.Tensor:
     """Mouth interior, eyeballs and lids painted (``recon.interior``); returns the [N] bool
     mask of Gaussians painted outright (their colours are kept out of the photo fit)."""
@@ -194,6 +208,7 @@ def reconstruct_from_fit(head_model: HeadModel, portrait, fit, cfg: ReconConfig,
     with timed("init"):
         prog(0.0, "initialising Gaussians from the photo")
         view = source_view(portrait, fit)
+        view = gaze_ahead(view, head_model)
         avatar, facing, chain, locked = initial_avatar(head_model, fit, view, cfg,
                                                        getattr(portrait, "landmarks", None))
     avatar = avatar.to(dev)
