@@ -237,15 +237,18 @@ bpy.ops.wm.read_factory_settings(use_empty=True)
 bpy.ops.wm.ply_import(filepath={str(p)!r})
 obj = bpy.context.selected_objects[0]
 me = obj.data
-print("VERTS", len(me.vertices))
+# Blender 5.3+ imports 3DGS PLYs as a Gaussian-splat point cloud (position, radiance:base, scale,
+# rotation); older Blenders as a mesh with the file's properties as attributes
+pts = me.points if obj.type == "POINTCLOUD" else me.vertices
+print("VERTS", len(pts))
 print("ATTRS", sorted(a.name for a in me.attributes))
-print("X0", me.vertices[0].co.x)
+print("X0", me.attributes["position"].data[0].vector[0])
 """
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     lines = dict(l.split(" ", 1) for l in out.stdout.splitlines() if l.split(" ")[0] in ("VERTS", "ATTRS", "X0"))
     assert int(lines["VERTS"]) == frame.num
     attrs = lines["ATTRS"]
-    for name in ("f_dc_0", "opacity", "scale_0", "rot_0"):
-        assert name in attrs
+    splat_names, ply_names = ("radiance:base", "scale", "rotation"), ("f_dc_0", "opacity", "scale_0", "rot_0")
+    assert all(n in attrs for n in ply_names) or all(n in attrs for n in splat_names), attrs
     assert abs(float(lines["X0"]) - float(frame.means[0, 0, 0])) < 1e-5
