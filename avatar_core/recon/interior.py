@@ -54,6 +54,7 @@ LIMBUS = 0.18
 # lids: a vertex is lid skin when a blink moves it more than this (metres, full weight at 2x)
 LID_MOTION = 0.0015
 LASH_DARKEN = 0.6
+LID_SHADE_MIN = 0.8
 UPPER_TEETH_LIGHT = 0.7
 LOWER_TEETH_LIGHT = 0.4
 # how far the upper incisors show below the upper lip's margin at rest (metres)
@@ -169,6 +170,7 @@ def photo_eyes(image: np.ndarray, landmarks: Optional[np.ndarray]) -> dict:
     img = np.asarray(image, dtype=np.float64)
     S = img.shape[0]
     yy, xx = np.mgrid[0:S, 0:S]
+    skin = face_skin(img, landmarks)
     for side, eye, lid, brow, iris in (("L", EYE_LEFT, UPPER_LID_LEFT, BROW_LEFT, IRIS_LEFT),
                                       ("R", EYE_RIGHT, UPPER_LID_RIGHT, BROW_RIGHT, IRIS_RIGHT)):
         opening = polygon_mask(landmarks[list(eye), :2], S)
@@ -194,9 +196,36 @@ def photo_eyes(image: np.ndarray, landmarks: Optional[np.ndarray]) -> dict:
         if band.sum() < 6:
             band = polygon_mask(np.concatenate([top, br[::-1]], 0), S) & ~opening
         if band.sum() >= 6:
-            res["lid"] = np.median(img[band], 0)
+            res["lid"] = lid_colour(np.median(img[band], 0), skin)
         out[side] = res
     return out
+
+
+def face_skin(img: np.ndarray, landmarks: np.ndarray) -> Optional[np.ndarray]:
+    """Median colour of the face's skin (inside the face oval, eyes and lips left out, the
+    25th to 85th luminance percentiles), or None."""
+    S = img.shape[0]
+    face = polygon_mask(landmarks[list(FACE_OVAL), :2], S)
+    for poly in (EYE_LEFT, EYE_RIGHT, OUTER_LIPS):
+        face &= ~polygon_mask(landmarks[list(poly), :2], S)
+    if face.sum() < 50:
+        return None
+    px = img[face]
+    lum = luminance(px)
+    lo, hi = np.percentile(lum, [25, 85])
+    return np.median(px[(lum >= lo) & (lum <= hi)], 0)
+
+
+def lid_colour(band: np.ndarray, skin: Optional[np.ndarray]) -> np.ndarray:
+    """The closed lid's colour: the photo's skin between lid and brow, its shade kept within
+    ``LID_SHADE_MIN`` of the face's skin and half its chroma from it (a deep-set eye's band is
+    shadowed grey, which on a closed lid reads as a smudge, not as skin)."""
+    if skin is None:
+        return band
+    lb, ls = float(luminance(band)), max(float(luminance(skin)), 1e-3)
+    lum = max(lb, LID_SHADE_MIN * ls)
+    tinted = 0.5 * band / max(lb, 1e-3) + 0.5 * skin / ls
+    return np.clip(tinted / max(float(luminance(tinted)), 1e-3) * lum, 0.0, 1.0)
 
 
 # ----------------------------------------------------------------------------- per vertex
