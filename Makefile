@@ -41,7 +41,7 @@ setup: $(STAMP) models
 setup-py313:
 	scripts/lane313.sh setup
 
-demo: $(STAMP)
+demo: $(STAMP) models
 	$(PY) scripts/demo.py --out out/demo
 
 # both lanes, even when the first fails; the exit status is the worse of the two

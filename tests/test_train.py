@@ -114,7 +114,6 @@ def test_overfit_one_grid_pair(tmp_path):
     synthetic test head with a fixed frontal camera and neutral parameters (no tracking: this
     test checks that every branch can learn, fast, on real pixels)."""
     video = shared_data("grid", "s1", "bbaf2n.mpg")
-    pytest.importorskip("mediapipe")
     from avatar_core.train.data import untracked_pair
     from avatar_core.train.loop import Trainer
     cfg = tiny_config(tmp_path, steps=100, lr=3e-3)
@@ -221,7 +220,6 @@ def test_ddp_two_ranks_on_cpu_stay_in_step(tmp_path):
 
 def test_convert_video_with_the_tracker_and_train_a_step(tmp_path):
     video = shared_data("grid", "s1", "bbaf2n.mpg")
-    pytest.importorskip("mediapipe")
     from avatar_core.head import load_head
     try:
         head = load_head("open")
