@@ -5,7 +5,7 @@
 #
 #   bash scripts/gpu_train_bench.sh [OUT_DIR]
 #
-# Needs: .whl/gsplat-1.5.3-py3-none-any.whl (carried), .gpucarry/open_head_v1.safetensors (the
+# Needs: .whl/gsplat-1.5.3-py3-none-any.whl (carried), .gpucarry/open_head_v2.safetensors (the
 # built-in head's cache, carried) and optionally .gpucarry/lpips_alexnet_flax_layout.npz.
 #
 # Measured 2026-11-21 on one H200 (torch 2.11 + CUDA 13, gsplat 1.5.3, open head 4,706 vertices,

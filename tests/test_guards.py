@@ -538,7 +538,9 @@ def test_5_ctrl_c_in_the_first_second_is_the_one_line(tmp_path, avatar_file, del
     out, err = p.communicate(timeout=120)
     if p.returncode == 0:
         pytest.skip("the command finished before the signal")
-    if p.returncode != 130 and "avatar_core" not in err:
+    if p.returncode != 130 and "avatar_core/__main__.py" not in err:
+        # on a loaded machine the interpreter's start (site, runpy, the package's own import)
+        # can outlast the delay: the signal then lands before the command's handler exists
         pytest.skip(f"the signal came during the interpreter's own start-up, before HeadSplat code ran "
                     f"(exit {p.returncode})")
     assert p.returncode == 130, err

@@ -35,7 +35,9 @@ def built(tmp_path_factory):
         head, meta = load_open_head_with_metadata()
         meta["test_build_seconds"] = time.perf_counter() - t
         assert cache_path().exists()
-        yield head, meta, folder
+    # the variable is set only while building: later tests (face models, landmark caches) use
+    # the session's own cache, and this file's tests pass the folder explicitly
+    yield head, meta, folder
 
 
 @pytest.fixture()

