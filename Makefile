@@ -14,7 +14,7 @@ BPY_OLDEST ?= 4.2.0
 STAMP42 := $(VENV42)/.headsplat-installed-$(BPY_OLDEST)
 PYTEST_ARGS ?= tests
 
-.PHONY: setup demo test test-py311 test-py313 setup-py313 bench clean models
+.PHONY: setup demo test test-py311 test-py313 setup-py313 bench clean models export-tools
 
 $(STAMP): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
@@ -51,7 +51,19 @@ test: $(STAMP) $(STAMP42)
 	$(MAKE) --no-print-directory test-py313 || status=1; \
 	exit $$status
 
-test-py311: $(STAMP) $(STAMP42) models
+# the export checks' tools: Khronos' glTF validator and three.js (npm, pinned by tests/js's lock
+# file) and Debian's Chromium; where one cannot be installed, its tests skip with the reason
+JS_STAMP := tests/js/node_modules/.headsplat-installed
+$(JS_STAMP): tests/js/package.json tests/js/package-lock.json
+	@if command -v npm >/dev/null; then npm ci --prefix tests/js --no-audit --no-fund --loglevel=error && touch $@; \
+	else echo "npm not found: the glTF validator and three.js checks will be skipped"; fi
+
+export-tools: $(JS_STAMP)
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		{ apt-get install -y -q chromium >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; }; }; } || \
+		echo "Chromium could not be installed: the browser check of the GLB export will be skipped"
+
+test-py311: $(STAMP) $(STAMP42) models export-tools
 	@echo "== lane py311: Python 3.11, bpy 5.0.1 (oldest Blender: bpy $(BPY_OLDEST))"
 	HEADSPLAT_BPY_OLDEST='$(abspath $(VENV42))/bin/python' $(PY) -m pytest -q $(PYTEST_ARGS)
 
