@@ -4,7 +4,7 @@
 Without ``--motion``: one frame (the neutral face, or ``--expr`` values) to the file OUT.
 With ``--motion``: OUT is a folder that gets ``frame_00000.<ext>``... and ``sequence.json``
 (fps, frame count); the motion is read and brought into the avatar's expression space by the
-same functions ``animate`` uses (``load_motion``, ``bring_to_avatar``). ``export-ply`` is
+same functions ``animate`` uses (``load_motion``, ``motion_for_avatar``). ``export-ply`` is
 this command under its old name (format PLY unless the suffix or ``--format`` says otherwise).
 
 Colours are the avatar's own RGB channels; the neural refiner is not part of them.
@@ -97,30 +97,20 @@ def _one_frame(args, out, fmt) -> int:
 
 
 def _sequence(args, out, fmt) -> int:
-    import numpy as np
 
     from avatar_core.cli_util import ProgressBar
     from avatar_core.io.export import export_sequence, motion_frames, parse_frames
     from avatar_core.motion.load import load_motion
-    from avatar_core.motion.playback import bring_to_avatar
+    from avatar_core.motion.playback import motion_for_avatar
 
-    from avatar_core.validate import check_fps, check_frame_count, resampled_frames
+    from avatar_core.validate import check_fps
     check_fps(args.fps)
     check_fps(args.motion_fps, "--motion-fps")
     motion = load_motion(args.motion, fps=args.motion_fps)
     avatar, lod = _avatar_and_lod(args)
-    motion = bring_to_avatar(motion, avatar, args.motion_head)
-    if args.fps is not None:
-        check_frame_count(resampled_frames(motion.num_frames, motion.fps, args.fps), args.fps, repr(args.motion))
-        motion = motion.resample(args.fps)
+    motion = motion_for_avatar(motion, avatar, args.motion_head, args.fps, args.translation)
     for w in motion.warnings:
         print(f"warning: {w}", file=sys.stderr)
-    translation = motion.translation
-    if args.translation == "relative":
-        translation = translation - translation[:1]
-    elif args.translation == "off":
-        translation = np.zeros_like(translation)
-    motion = motion.replace(translation=translation.astype(np.float32))
     sel = parse_frames(args.frames, motion.num_frames)
     motion = motion.slice(sel.start, sel.stop)
     bar = ProgressBar("export")

@@ -60,16 +60,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    import numpy as np
 
     from avatar_core.cli_util import ProgressBar, resolve_device
     from avatar_core.io import load_avatar
     from avatar_core.motion.load import load_motion
-    from avatar_core.motion.playback import bring_to_avatar, load_refiner, make_cameras, render_motion
+    from avatar_core.motion.playback import load_refiner, make_cameras, motion_for_avatar, render_motion
 
     from avatar_core.io.atomic import check_output
     from avatar_core.io.video import frame_writer
-    from avatar_core.validate import check_fps, check_frame_count, check_range, check_resolution, resampled_frames
+    from avatar_core.validate import check_fps, check_range, check_resolution
 
     out = Path(args.output)
     video = out.suffix.lower() in VIDEO_SUFFIXES
@@ -87,18 +86,9 @@ def run(args) -> int:
     else:
         motion = load_motion(args.motion, fps=args.motion_fps, head_joint=args.head_joint)
     avatar = load_avatar(args.avatar, device=device)
-    motion = bring_to_avatar(motion, avatar, args.motion_head)
-    if args.fps is not None:
-        check_frame_count(resampled_frames(motion.num_frames, motion.fps, args.fps), args.fps, repr(args.motion))
-        motion = motion.resample(args.fps)
+    motion = motion_for_avatar(motion, avatar, args.motion_head, args.fps, args.translation)
     for w in motion.warnings:
         print(f"warning: {w}", file=sys.stderr)
-    translation = motion.translation
-    if args.translation == "relative":
-        translation = translation - translation[:1]
-    elif args.translation == "off":
-        translation = np.zeros_like(translation)
-    motion = motion.replace(translation=translation.astype(np.float32))
 
     lods = avatar.available_lods()
     lod = lods[-1] if args.lod is None else args.lod

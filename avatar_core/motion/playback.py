@@ -65,6 +65,26 @@ def bring_to_avatar(motion, avatar, motion_head: Optional[str] = None):
     return retarget(motion, names, retargeter)
 
 
+def motion_for_avatar(motion, avatar, motion_head: Optional[str] = None, fps: Optional[float] = None,
+                      translation: str = "relative"):
+    """A loaded motion made ready to drive ``avatar``: its expressions brought to the avatar's
+    (``bring_to_avatar``), resampled to ``fps`` when given (the frame budget checked first), and
+    its root translation kept ("on"), made relative to the first frame ("relative") or dropped
+    ("off"). The one path the commands (animate, export) share."""
+    from avatar_core.validate import check_frame_count, resampled_frames
+
+    motion = bring_to_avatar(motion, avatar, motion_head)
+    if fps is not None:
+        check_frame_count(resampled_frames(motion.num_frames, motion.fps, fps), fps, repr(str(motion.source)))
+        motion = motion.resample(fps)
+    t = motion.translation
+    if translation == "relative":
+        t = t - t[:1]
+    elif translation == "off":
+        t = np.zeros_like(t)
+    return motion.replace(translation=t.astype(np.float32))
+
+
 def rig_head(avatar):
     """The avatar's LOD-0 rig as a HeadModel (same topology as its head model)."""
     import torch
