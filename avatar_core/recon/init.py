@@ -38,6 +38,8 @@ from avatar_core.render.mesh import MeshRaster, rasterize_mesh
 
 log = logging.getLogger(__name__)
 
+# init_colours: weight of the surrounding well-seen colour against a grazing view's own
+GRAZING_PRIOR = 0.5
 EYE_MOUTH_WORDS = ("eye", "mouth", "brow", "cheek", "lip", "smile", "blink", "squint")
 
 
@@ -228,6 +230,17 @@ def init_colours(avatar: Avatar, view: SourceView, vis: Visibility, groups: Dict
         wsum = conf + conf_m
         out = (col * conf[:, None] + col_m * conf_m[:, None]) / wsum.clamp_min(1e-6)[:, None]
         known = wsum > 0.04
+        if name.startswith("lod"):
+            # a surface seen at a grazing angle takes its colour from a thin band of pixels
+            # (often the hair's shadow or the background at the silhouette), and the mirror is
+            # mostly as grazing; such Gaussians lean on the squarely seen surface around them
+            # (a prior of weight GRAZING_PRIOR against the photo's conf), so a turned head
+            # shows no dark or pale streaks where the photo saw the surface edge-on
+            sure = wsum > 0.6
+            if int(sure.sum()) > 16 and not bool(sure.all()):
+                prior = _fill(rest, out, sure, iterations=4)
+                w = GRAZING_PRIOR * (1.0 - wsum.clamp(0.0, 1.0))
+                out = torch.where(known[:, None], (out * wsum[:, None] + prior * w[:, None]) / (wsum + w)[:, None], out)
         if fill_from is not None and not name.startswith("lod") and fill_from in groups:
             src = groups[fill_from]
             src_rest = _rest_positions(avatar, src).cpu().numpy()
@@ -345,7 +358,9 @@ class PlanePoints:
     """Shoulder/hair Gaussians in world space at the source pose.
 
     points [M, 3]; colours [M, 3]; opacity [M]; scale [M] in-plane sigma (metres);
-    normal [M, 3] unit viewing-ray directions; head_bound [M] bool (hair: follows the head).
+    normal [M, 3] unit normals of the discs (viewing rays on the plane, the surface on the
+    bust); head_bound [M] bool (hair: follows the head); seen [M] bool (coloured from the
+    photo; the bust's unseen back and sides are not).
     """
 
     points: torch.Tensor
@@ -354,6 +369,11 @@ class PlanePoints:
     scale: torch.Tensor
     normal: torch.Tensor
     head_bound: torch.Tensor
+    seen: Optional[torch.Tensor] = None
+
+    def __post_init__(self):
+        if self.seen is None:
+            self.seen = torch.ones(self.points.shape[0], dtype=torch.bool)
 
     @property
     def count(self) -> int:
@@ -361,8 +381,10 @@ class PlanePoints:
 
 
 def plane_points(view: SourceView, raster: MeshRaster, verts: torch.Tensor, chin_y: float,
-                 stride: int, face_width_px: float) -> PlanePoints:
-    """Gaussians for the matte pixels outside the head mesh, on an image-aligned plane.
+                 stride: int, face_width_px: float, bust=None) -> PlanePoints:
+    """Gaussians for the matte pixels outside the head mesh: on the bust's surface where
+    ``bust`` (a ``recon.bust.BustFit``) covers them, with the bust's unseen back and sides
+    (``recon.bust.bust_points``), and elsewhere (hair) on an image-aligned plane.
 
     Args:
         raster: the LOD-0 mesh at the source pose (crop size).
@@ -370,6 +392,7 @@ def plane_points(view: SourceView, raster: MeshRaster, verts: torch.Tensor, chin
         chin_y: world y below which plane Gaussians count as shoulders (bound to the root).
         stride: cell size in crop pixels.
         face_width_px: the face's width in crop pixels (sets how far "near the head" reaches).
+        bust: the fitted bust, or None for the plane alone (shoulders included).
     """
     from scipy import ndimage
 
@@ -388,6 +411,10 @@ def plane_points(view: SourceView, raster: MeshRaster, verts: torch.Tensor, chin
     head_eroded = ndimage.binary_erosion(head, iterations=max(1, s // 2))
     cell_head = head_eroded.reshape(n, s, n, s).mean((1, 3)) > 0.5
     keep = (cell_a.cpu().numpy() > 0.15) & ~cell_head
+    on_bust = None
+    if bust is not None:
+        on_bust = keep & bust.raster.mask[s // 2:crop:s, s // 2:crop:s].cpu().numpy()
+        keep = keep & ~on_bust
     # camera-space z of the head centre: the median depth of the visible head pixels, pushed back
     # by a third of the head's depth extent (visible surface -> centre)
     with torch.no_grad():
@@ -404,6 +431,13 @@ def plane_points(view: SourceView, raster: MeshRaster, verts: torch.Tensor, chin
     # cheeks and jaw, well in front of the hair beside them, which would then hang in front of
     # the face in a turned view
     near_depth = np.clip(near_depth, z_centre, z_centre + 0.05)
+    if bust is not None and bool(bust.raster.mask.any()):
+        # next to the bust (hair on the shoulders), its surface rather than the head's
+        bmask = bust.raster.mask[:crop, :crop].cpu().numpy()
+        dist_b, (bi, bj) = ndimage.distance_transform_edt(~bmask, return_indices=True)
+        closer = dist_b < dist
+        near_depth = np.where(closer, bust.raster.depth[:crop, :crop].float().cpu().numpy()[bi, bj], near_depth)
+        dist = np.minimum(dist, dist_b)
     reach = max(0.35 * face_width_px, 4.0)
     w = np.exp(-dist / reach)
     zmap = w * near_depth + (1 - w) * z_centre
@@ -422,7 +456,11 @@ def plane_points(view: SourceView, raster: MeshRaster, verts: torch.Tensor, chin
     zs = np.where(den > 1e-6, num / np.maximum(den, 1e-6), zmap)
     zcell = zs.reshape(n, s, n, s).mean((1, 3))
     ci, cj = np.nonzero(keep)
-    if ci.size == 0:
+    extra = None
+    if on_bust is not None:
+        from avatar_core.recon.bust import bust_points
+        extra = bust_points(bust, cam, view.image, view.alpha, on_bust, s, raster.mask)
+    if ci.size == 0 and extra is None:
         e = torch.zeros(0, 3)
         return PlanePoints(e, e.clone(), torch.zeros(0), torch.zeros(0), e.clone(), torch.zeros(0, dtype=torch.bool))
     uc = cj * s + (s - 1) / 2.0
@@ -443,7 +481,15 @@ def plane_points(view: SourceView, raster: MeshRaster, verts: torch.Tensor, chin
     # stay with the body even where they rise above the chin)
     near_head = torch.as_tensor(dist[ci * s + s // 2, cj * s + s // 2] < 0.45 * face_width_px)
     head_bound = (p_world[:, 1] > chin_y) & near_head
-    return PlanePoints(p_world, colours, opac, scale, ray, head_bound)
+    plane = PlanePoints(p_world, colours, opac, scale.expand(p_world.shape[0]), ray, head_bound)
+    if extra is None:
+        return plane
+    m = extra.points.shape[0]
+    return PlanePoints(torch.cat([plane.points, extra.points.to(dt)]), torch.cat([plane.colours, extra.colours.to(dt)]),
+                       torch.cat([plane.opacity, extra.opacity.to(dt)]), torch.cat([plane.scale, extra.scale.to(dt)]),
+                       torch.cat([plane.normal, extra.normal.to(dt)]),
+                       torch.cat([plane.head_bound, torch.zeros(m, dtype=torch.bool)]),
+                       torch.cat([plane.seen, extra.seen]))
 
 
 def _frame_from_normal(normal: torch.Tensor, right: torch.Tensor) -> torch.Tensor:

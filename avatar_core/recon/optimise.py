@@ -45,6 +45,9 @@ W_SCALE = 1.0
 W_OPACITY = 0.002
 W_SPARSE = 0.002
 GRAZING = 0.15
+# CGLS colour solve: a Gaussian whose unbounded solution leaves [0, 1] by more than this keeps its
+# initial colour (see solve_colours)
+OUT_OF_RANGE = 0.1
 LR = {"features": 0.02, "opacity_logit": 0.05, "log_scale": 0.01, "offset": 0.0002,
       "rotation": 0.003, "soft_mask": 0.01}
 
@@ -92,6 +95,7 @@ class PhotoFit:
         # fix a few silhouette pixels and show as streaks in turned views, so they keep their
         # initial (mirrored / filled) colour
         self.colour_free = (facing > GRAZING) | (avatar.region != REGION_HEAD)
+        self.opacity_free = torch.ones_like(self.colour_free)
         self.plane = avatar.region == REGION_SHOULDER
         self.head = avatar.region == REGION_HEAD
         self.split_gated = avatar.split_layer >= 1
@@ -200,7 +204,8 @@ class PhotoFit:
         opt = torch.optim.Adam(groups, fused=self.device.type == "cuda")
         base = [g["lr"] for g in opt.param_groups]
         # gradients of frozen Gaussians are zeroed by multiplying with 0/1 masks (no host sync)
-        free = {"offset": trainable & ~self.plane, "features": trainable & self.colour_free}
+        free = {"offset": trainable & ~self.plane, "features": trainable & self.colour_free,
+                "opacity_logit": trainable & self.opacity_free}
         keep = {n: free.get(n, trainable).to(p.dtype).view(-1, *[1] * (p.dim() - 1)) for n, p in leaves.items()}
         reg_groups = self.regulariser_groups(trainable)
         l1 = torch.tensor(float("nan"))
@@ -295,8 +300,16 @@ class PhotoFit:
             p = s_ + beta * p
             self.governor.tick()
         with torch.no_grad():
+            # overlapping layers make the problem ill-posed where they overlap: there the
+            # unbounded solution trades a colour far below 0 in one layer against one above 1
+            # in another, and clamping would leave black or white speckles that show once the
+            # head turns; such Gaussians keep their initial colour and leave later solves
+            rgb = x[:, :3]
+            wild = ((rgb < -OUT_OF_RANGE) | (rgb > 1.0 + OUT_OF_RANGE)).any(1) & (free[:, 0] > 0)
+            rgb = torch.where(wild[:, None], x0[:, :3], rgb)
+            self.colour_free[index[wild]] = False
             feats = a.features.clone()
-            feats[index, :3] = x[:, :3].clamp(0.0, 1.0)
+            feats[index, :3] = rgb.clamp(0.0, 1.0)
             a.features = feats
         secs = time.perf_counter() - t0
         self.history.append({"lod": lod, "size": size, "cgls": iterations, "seconds": secs})

@@ -33,6 +33,10 @@ from avatar_core.recon.threads import ThreadGovernor
 
 log = logging.getLogger(__name__)
 
+# facing (cosine to the source camera) below which a head Gaussian seen outside the matte
+# stays opaque (see initial_avatar)
+EDGE_ON = 0.45
+
 
 def resolve_device(name) -> torch.device:
     if isinstance(name, torch.device):
@@ -126,7 +130,8 @@ def initial_avatar(head: HeadModel, fit, view: SourceView, cfg: ReconConfig, lan
     the photo shows of the mouth and eyes); None paints them from priors alone.
     Returns (avatar, facing [N]: cosine between each Gaussian's surface normal and the
     direction to the source camera, 1 for the plane ones; the LodChain of the head; locked
-    [N] bool: Gaussians whose painted colour the photo fit must keep).
+    [N] bool: Gaussians whose painted colour the photo fit must keep; held [N] bool: Gaussians
+    whose opacity it must keep).
     """
     shape = fit.shape.float()
     with torch.no_grad():
@@ -137,7 +142,11 @@ def initial_avatar(head: HeadModel, fit, view: SourceView, cfg: ReconConfig, lan
     raster = rasterize_mesh(verts, head.faces, cam.K[0], cam.viewmat[0], cam.width, cam.height)
     chain = lod_chain(head.faces, head.num_vertices, max(cfg.lods))
     box = np.asarray(fit.face_size_px)
-    plane = plane_points(view, raster, verts, chin_height(head, verts), cfg.plane_stride, float(box))
+    bust = None
+    if cfg.bust:
+        from avatar_core.recon.bust import source_bust
+        bust = source_bust(head, shape, view.params, cam, view.alpha)
+    plane = plane_points(view, raster, verts, chin_height(head, verts), cfg.plane_stride, float(box), bust=bust)
     avatar = build_avatar(head, shape=shape, lods=cfg.lods, channels=cfg.channels,
                           split_levels=cfg.split_levels, split_k=cfg.split_k,
                           split_vertices=split_vertices(head, cfg.split_fraction),
@@ -156,17 +165,25 @@ def initial_avatar(head: HeadModel, fit, view: SourceView, cfg: ReconConfig, lan
     footprint["split"] = 0.35 * lod_edge[max(cfg.lods)] * f / z
     init_colours(avatar, view, vis, groups, footprint, fill_from=f"lod{max(cfg.lods)}")
     locked = paint_interior(avatar, head, view, vis, landmarks)
+    # the bust's unseen back and sides keep the colours carried round from its front
+    locked[torch.nonzero(avatar.region == REGION_SHOULDER)[:, 0][~plane.seen]] = True
     # opacity: solid head, except where the photo sees the mesh outside the person's matte
     with torch.no_grad():
         from avatar_core.recon.init import sample_image
         a = sample_image(view.alpha[..., None], vis.uv)[:, 0]
         face_bound = (avatar.region != REGION_SHOULDER)
         outside = vis.seen & (a < 0.3) & face_bound
+        # where the mesh reaches past the matte while seen edge-on (the jaw's side under the
+        # ear, the side of the neck), the person's surface is just behind it: made
+        # transparent it would open a hole into the mouth and eyes of a turned head, so it
+        # stays opaque skin coloured from its well-seen neighbours (``init_colours``)
+        edge_on = outside & (vis.facing < EDGE_ON) & (avatar.region == REGION_HEAD)
         avatar.opacity_logit[face_bound] = 3.0
         avatar.opacity_logit[avatar.split_layer >= 0] = -1.0
-        avatar.opacity_logit[outside] = -3.0
+        avatar.opacity_logit[outside & ~edge_on] = -3.0
+        locked |= edge_on
         avatar.soft_mask[avatar.split_layer >= 1] = 1.0
-    return avatar, vis.facing, chain, locked
+    return avatar, vis.facing, chain, locked, edge_on
 
 
 def evaluate(fitter: PhotoFit, lods, size: int) -> Tuple[dict, dict]:
@@ -209,7 +226,7 @@ def reconstruct_from_fit(head_model: HeadModel, portrait, fit, cfg: ReconConfig,
         prog(0.0, "initialising Gaussians from the photo")
         view = source_view(portrait, fit)
         view = gaze_ahead(view, head_model)
-        avatar, facing, chain, locked = initial_avatar(head_model, fit, view, cfg,
+        avatar, facing, chain, locked, held = initial_avatar(head_model, fit, view, cfg,
                                                        getattr(portrait, "landmarks", None))
     avatar = avatar.to(dev)
     dview = SourceView(view.image, view.alpha, view.camera.to(device=dev),
@@ -217,6 +234,7 @@ def reconstruct_from_fit(head_model: HeadModel, portrait, fit, cfg: ReconConfig,
     governor = ThreadGovernor(cfg.threads, enabled=dev.type == "cpu")
     fitter = PhotoFit(avatar, dview, holdout_grid(cfg.holdout_fraction), facing.to(dev), dev, governor)
     fitter.colour_free &= ~locked.to(dev)
+    fitter.opacity_free &= ~held.to(dev)
     # progress weights: an Adam step, a CGLS iteration at colour_size (~2 renders, more pixels)
     cg = 2.0 * (cfg.colour_size / max(cfg.opt_size, 1)) ** 2 / 4
     total = sum(cfg.steps) + cg * sum(cfg.colour_iters) + cfg.refiner_steps

