@@ -76,11 +76,12 @@ def to_u8(rgb: np.ndarray) -> np.ndarray:
 
 
 def to_tensor(images_u8: np.ndarray, device) -> "torch.Tensor":
-    """[H, W, 3] or [B, H, W, 3] uint8 -> [B, 3, H, W] float32 (0..255) on ``device``."""
+    """[H, W, 3] or [B, H, W, 3] uint8 -> [B, 3, H, W] uint8 on ``device`` (on the CPU a view of the
+    array's memory: the models crop from it and convert only their crops to float)."""
     import torch
 
     arr = np.asarray(images_u8)
     if arr.ndim == 3:
         arr = arr[None]
     t = torch.from_numpy(np.ascontiguousarray(arr)).to(device)
-    return t.permute(0, 3, 1, 2).float()
+    return t.permute(0, 3, 1, 2)

@@ -8,8 +8,9 @@ Layout: TFLite is NHWC; here every 4-D activation is NCHW. Layout-sensitive ops
 (RESHAPE, CONCATENATION, PAD, MEAN, DEPTH_TO_SPACE) translate their axes; 4-D outputs are
 returned in TFLite's NHWC order. Batch: the file's batch of 1 becomes any B. TF 'SAME'
 padding is reproduced exactly (the extra pixel of an odd total goes after). On the CPU,
-batches of ``JIT_MIN_BATCH`` or more run the graph traced, frozen and optimised for inference
-(built on first such use; ``HEADSPLAT_FACE_JIT=0`` keeps it eager).
+batches of ``JIT_MIN_BATCH`` or more run the graph traced and frozen (built on first such use;
+``HEADSPLAT_FACE_JIT=0`` keeps it eager), split over ``cpu_workers()`` single-threaded workers.
+Memory-bound steps are merged when the graph is built (``TfliteGraph._fuse``).
 """
 
 from __future__ import annotations
@@ -91,6 +92,15 @@ def _same_pads(size: int, k: int, s: int, d: int = 1) -> Tuple[int, int]:
     return total // 2, total - total // 2
 
 
+def _conv(a, w, bias, stride, padding, dilation, groups: int) -> torch.Tensor:
+    """F.conv2d; on the CPU straight to oneDNN: for 1 x 1 kernels, batches under 16 and one
+    thread, torch picks its im2col convolution instead, ~2x slower here (with copies around it)."""
+    if a.device.type == "cpu" and a.dtype == torch.float32:
+        pad = (padding, padding) if isinstance(padding, int) else padding
+        return torch.mkldnn_convolution(a, w, bias, list(pad), list(stride), list(dilation), groups)
+    return F.conv2d(a, w, bias, stride, padding, dilation, groups)
+
+
 def _act(x: torch.Tensor, code: int) -> torch.Tensor:
     if code == 0:
         return x
@@ -106,29 +116,90 @@ def _act(x: torch.Tensor, code: int) -> torch.Tensor:
 
 
 _threads_lock = threading.RLock()
+_pools: Dict[int, "concurrent.futures.ThreadPoolExecutor"] = {}
+_malloc_done = False
 
 
 @contextlib.contextmanager
 def cpu_threads():
-    """Run with ``$HEADSPLAT_FACE_THREADS`` torch CPU threads (default 1), then restore.
+    """Run with ``$HEADSPLAT_FACE_THREADS`` torch CPU threads (default 1), then restore; yields
+    that count (0: left as it was).
 
     These small models gain little from several threads, and on a busy machine (more
     runnable threads than cores) the thread pool's barriers make a 2-thread run of them
-    10-30x slower than a 1-thread one (measured on 2 shared cores).
+    10-30x slower than a 1-thread one (measured on 2 shared cores). Batches use the cores
+    through ``cpu_workers`` instead.
     """
     want = int(os.environ.get("HEADSPLAT_FACE_THREADS", "1") or 0)
     if want <= 0:
-        yield
+        yield 0
         return
     with _threads_lock:
         before = torch.get_num_threads()
         if before != want:
             torch.set_num_threads(want)
         try:
-            yield
+            yield want
         finally:
             if before != want:
                 torch.set_num_threads(before)
+
+
+def cpu_workers() -> int:
+    """``$HEADSPLAT_FACE_WORKERS`` (default: the CPUs this process may use, at most 4): how many
+    single-threaded workers a CPU batch is split over."""
+    env = os.environ.get("HEADSPLAT_FACE_WORKERS")
+    if env:
+        return max(1, int(env))
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(cpus, 4))
+
+
+def _pool(n: int):
+    """A pool of ``n`` worker threads, each with one torch (OpenMP / oneDNN) thread of its own."""
+    import concurrent.futures
+
+    pool = _pools.get(n)
+    if pool is None:
+        with _threads_lock:
+            pool = _pools.get(n)
+            if pool is None:
+                # runs in each new worker, inside cpu_threads() (the count is 1 already): it sets
+                # that thread's own OpenMP count, which oneDNN reads
+                pool = concurrent.futures.ThreadPoolExecutor(n, "headsplat-face", initializer=torch.set_num_threads,
+                                                             initargs=(1,))
+                _pools[n] = pool
+    return pool
+
+
+def _keep_freed_memory() -> None:
+    """Once: let glibc keep up to 128 MB of freed heap instead of returning it to the system.
+
+    A batch's activations are tens of MB that are freed and allocated again on every call;
+    glibc's default trims the heap top after each call, so each call page-faults its
+    activations back in (~1,500 faults a frame, a quarter of the run time on 2 cores).
+    Tensors under 32 MB then come from the heap (glibc's own adaptive thresholds reach the
+    same after a 32 MB tensor is freed). No-op off glibc or with ``HEADSPLAT_FACE_MALLOC=0``.
+    """
+    global _malloc_done
+    if _malloc_done:
+        return
+    _malloc_done = True
+    if os.environ.get("HEADSPLAT_FACE_MALLOC", "1") == "0":
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+    ok = mallopt(M_MMAP_THRESHOLD, 32 << 20) == 1 and mallopt(M_TRIM_THRESHOLD, 128 << 20) == 1
+    log.debug("glibc heap thresholds for the face models: %s", "set" if ok else "unchanged")
 
 
 class _AsTuple(torch.nn.Module):
@@ -164,7 +235,6 @@ class TfliteGraph(torch.nn.Module):
         self._build_lock = threading.Lock()
         self._const: Dict[int, str] = {}
         self._cache = None
-        self._steps = [getattr(self, "_" + op["op"].lower()) for op in spec["ops"]]
         for op in spec["ops"]:
             kind, ins = op["op"], op["inputs"]
             for pos, i in enumerate(ins):
@@ -193,6 +263,74 @@ class TfliteGraph(torch.nn.Module):
                 name = f"c{i}"
                 self.register_buffer(name, arr, persistent=False)
                 self._const[i] = name
+        self._plan = self._fuse(spec["ops"])
+        self._steps = [getattr(self, "_" + op["op"].lower()) for op in self._plan]
+
+    def _fuse(self, ops: List[dict]) -> List[dict]:
+        """The op list with memory-bound steps merged (same arithmetic, fewer passes over memory):
+
+        - ADD into a fresh convolution output used only by it: in place (``inplace``: its position);
+        - MAX_POOL_2D (2 x 2, stride 2) -> PAD (channels only, zeros after) -> ADD: the pooled
+          values added in place to the first channels of the other operand (``POOL_PAD_ADD``).
+        """
+        uses: Dict[int, int] = {}
+        for op in ops:
+            for i in op["inputs"]:
+                uses[i] = uses.get(i, 0) + 1
+        for i in self.spec["outputs"]:
+            uses[i] = uses.get(i, 0) + 1
+        producer = {op["outputs"][0]: op for op in ops}
+        fresh = {"CONV_2D", "DEPTHWISE_CONV_2D"}
+
+        def owned(i: int, shape) -> bool:  # a conv output nothing else reads, of the result's shape
+            p = producer.get(i)
+            return (p is not None and p["op"] in fresh and uses.get(i) == 1
+                    and list(self._shapes.get(i, [])) == list(shape))
+
+        out: List[dict] = []
+        skip = set()
+        for k, op in enumerate(ops):
+            if id(op) in skip:
+                continue
+            if op["op"] == "ADD" and self._ranks[op["inputs"][0]] == 4 and self._ranks[op["inputs"][1]] == 4:
+                shape = self._shapes[op["outputs"][0]]
+                a, b = op["inputs"]
+                pool = self._pool_pad(producer.get(a), producer, uses) or self._pool_pad(producer.get(b), producer, uses)
+                if pool is not None:
+                    other = b if pool[1]["outputs"][0] == a else a
+                    if owned(other, shape) and k > ops.index(pool[1]):
+                        skip.update((id(pool[0]), id(pool[1])))
+                        out = [o for o in out if o is not pool[0] and o is not pool[1]]
+                        out.append({"op": "POOL_PAD_ADD", "inputs": [pool[0]["inputs"][0], other],
+                                    "outputs": op["outputs"], "options": dict(op["options"])})
+                        continue
+                for pos, i in enumerate((a, b)):
+                    if owned(i, shape):
+                        out.append(dict(op, options=dict(op["options"], inplace=pos)))
+                        break
+                else:
+                    out.append(op)
+                continue
+            out.append(op)
+        return out
+
+    def _pool_pad(self, pad, producer, uses):
+        """(MAX_POOL_2D, PAD) if ``pad`` pads a 2 x 2 / 2 max pool's output with zero channels after."""
+        if pad is None or pad["op"] != "PAD" or uses.get(pad["outputs"][0]) != 1 or len(pad["inputs"]) != 2:
+            return None
+        pool = producer.get(pad["inputs"][0])
+        if pool is None or pool["op"] != "MAX_POOL_2D" or uses.get(pool["outputs"][0]) != 1:
+            return None
+        o = pool["options"]
+        if (o["filter_h"], o["filter_w"], o["stride_h"], o["stride_w"], o["padding"], o["activation"]) != (2, 2, 2, 2, 1, 0):
+            return None
+        name = self._const.get(pad["inputs"][1])
+        if name is None:
+            return None
+        p = getattr(self, name).cpu().numpy()
+        if p.shape != (4, 2) or p[:3].any() or p[3, 0] != 0:
+            return None
+        return pool, pad
 
     def _apply(self, fn, *args, **kwargs):
         self._cache = None
@@ -213,16 +351,33 @@ class TfliteGraph(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:  # x: [B, C, H, W]
         if x.device.type != "cpu" or self._tracing:
             return self._eager(x)
-        with cpu_threads():
-            jit = x.shape[0] >= JIT_MIN_BATCH and os.environ.get("HEADSPLAT_FACE_JIT", "1") != "0"
-            frozen = self._frozen_for_cpu(x) if jit else None
-            if frozen is not None:
-                return dict(zip(self._output_names, frozen(x)))
-            return self._eager(x)
+        with cpu_threads() as threads:
+            _keep_freed_memory()
+            workers = cpu_workers() if threads == 1 else 1
+            n = min(workers, x.shape[0] // JIT_MIN_BATCH) if x.shape[0] >= 2 * JIT_MIN_BATCH else 1
+            if n <= 1:
+                return self._run_cpu(x)
+            # batch split over single-threaded workers: no thread-pool barriers between them
+            grad = torch.is_grad_enabled()
+
+            def run(chunk):
+                with torch.set_grad_enabled(grad):     # grad mode is per thread
+                    return self._run_cpu(chunk)
+
+            parts = list(_pool(n).map(run, x.tensor_split(n)))
+            return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+
+    def _run_cpu(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+        jit = x.shape[0] >= JIT_MIN_BATCH and os.environ.get("HEADSPLAT_FACE_JIT", "1") != "0"
+        frozen = self._frozen_for_cpu(x) if jit else None
+        if frozen is not None:
+            return dict(zip(self._output_names, frozen(x)))
+        return self._eager(x)
 
     def _frozen_for_cpu(self, x: torch.Tensor):
-        """The graph traced, frozen and optimised for inference (oneDNN fusions: ~2x on the CPU),
-        built once on first use; None (eager) if that fails."""
+        """The graph traced and frozen (weights as constants, one TorchScript graph: ~1.3x the eager
+        loop; ``optimize_for_inference``'s oneDNN layouts were slower here), built once on first
+        use; None (eager) if that fails."""
         if self._frozen is None:
             with self._build_lock:
                 if self._frozen is None:
@@ -232,7 +387,7 @@ class TfliteGraph(torch.nn.Module):
                         with warnings.catch_warnings(), torch.no_grad():
                             warnings.simplefilter("ignore")
                             traced = torch.jit.trace(_AsTuple(self), x[:2].clone(), check_trace=False)
-                            self._frozen = torch.jit.optimize_for_inference(torch.jit.freeze(traced.eval()))
+                            self._frozen = torch.jit.freeze(traced.eval())
                     except Exception:  # noqa: BLE001 - any failure: the eager path
                         log.debug("tracing the face model failed; running it eagerly", exc_info=True)
                     finally:
@@ -243,7 +398,7 @@ class TfliteGraph(torch.nn.Module):
         spec = self.spec
         env: Dict[int, torch.Tensor] = {spec["inputs"][0]: x.contiguous(memory_format=torch.channels_last)}
         B = x.shape[0]
-        for op, step in zip(spec["ops"], self._steps):
+        for op, step in zip(self._plan, self._steps):
             ins = op["inputs"]
             env[op["outputs"][0]] = step(env, self._get(env, ins[0]), ins, op["options"], B, op["outputs"][0])
         out = {}
@@ -260,14 +415,23 @@ class TfliteGraph(torch.nn.Module):
         bias = self._get(env, ins[2]) if len(ins) > 2 and ins[2] >= 0 else None
         s, d = (opt["stride_h"], opt["stride_w"]), (opt["dilation_h"], opt["dilation_w"])
         a, pad = self._pad_same_conv(a, w.shape[2:], s, d, opt["padding"])
-        return _act(F.conv2d(a, w, bias, s, pad, d), opt["activation"])
+        return _act(_conv(a, w, bias, s, pad, d, 1), opt["activation"])
 
     def _depthwise_conv_2d(self, env, a, ins, opt, B, out):
         w = self._get(env, ins[1])
         bias = self._get(env, ins[2]) if len(ins) > 2 and ins[2] >= 0 else None
         s, d = (opt["stride_h"], opt["stride_w"]), (opt["dilation_h"], opt["dilation_w"])
+        if opt["padding"] == 0 and s == (2, 2) and d == (1, 1):
+            # TF's SAME at stride 2 pads one more pixel after than before: the stride-1 convolution
+            # with the larger padding on both sides, every other pixel from the first (no padded copy)
+            ph = _same_pads(a.shape[2], w.shape[2], 2)
+            pw = _same_pads(a.shape[3], w.shape[3], 2)
+            if ph[1] == ph[0] + 1 and pw[1] == pw[0] + 1:
+                oh, ow = -(-a.shape[2] // 2), -(-a.shape[3] // 2)
+                y = _conv(a, w, bias, (1, 1), (ph[1], pw[1]), (1, 1), a.shape[1])
+                return _act(y[:, :, 1:2 * oh:2, 1:2 * ow:2], opt["activation"])
         a, pad = self._pad_same_conv(a, w.shape[2:], s, d, opt["padding"])
-        return _act(F.conv2d(a, w, bias, s, pad, d, groups=a.shape[1]), opt["activation"])
+        return _act(_conv(a, w, bias, s, pad, d, a.shape[1]), opt["activation"])
 
     def _convolution2dtransposebias(self, env, a, ins, opt, B, out):
         w = self._get(env, ins[1])                    # [I, O, kh, kw]
@@ -306,7 +470,21 @@ class TfliteGraph(torch.nn.Module):
         return _act(fn(a, b), opt.get("activation", 0))
 
     def _add(self, env, a, ins, opt, B, out):
+        pos = opt.get("inplace")
+        if pos is not None:                              # into a fresh conv output only this op reads
+            target = self._get(env, ins[pos])
+            return _act(target.add_(self._get(env, ins[1 - pos])), opt.get("activation", 0))
         return self._binary(env, a, ins, torch.add, opt)
+
+    def _pool_pad_add(self, env, a, ins, opt, B, out):
+        """ADD(PAD(MAX_POOL_2D(a, 2 x 2 / 2), zero channels after), other), in place on ``other``."""
+        target = self._get(env, ins[1])
+        h, w = target.shape[2:]
+        m = torch.maximum(a[:, :, 0:2 * h:2, 0:2 * w:2], a[:, :, 0:2 * h:2, 1:2 * w:2])
+        torch.maximum(m, a[:, :, 1:2 * h:2, 0:2 * w:2], out=m)
+        torch.maximum(m, a[:, :, 1:2 * h:2, 1:2 * w:2], out=m)
+        target[:, :a.shape[1]] += m
+        return _act(target, opt.get("activation", 0))
 
     def _mul(self, env, a, ins, opt, B, out):
         return self._binary(env, a, ins, torch.mul, opt)
@@ -446,7 +624,8 @@ class TfliteGraph(torch.nn.Module):
         inside = (x >= 0) & (x <= W - 1) & (y >= 0) & (y <= H - 1)
         grid = torch.stack([2 * x / (W - 1) - 1, 2 * y / (H - 1) - 1], -1)
         res = F.grid_sample(a, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
-        return res * inside[:, None].to(res.dtype)
+        # back to channels_last: the convolutions after it take a slow path on mixed layouts (~10x)
+        return (res * inside[:, None].to(res.dtype)).contiguous(memory_format=torch.channels_last)
 
     def _transformlandmarks(self, env, a, ins, opt, B, out):
         """[B, N, 2 or 3] landmarks through [B, 4, 4] (x, y only)."""
