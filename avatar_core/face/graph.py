@@ -8,20 +8,21 @@ Layout: TFLite is NHWC; here every 4-D activation is NCHW. Layout-sensitive ops
 (RESHAPE, CONCATENATION, PAD, MEAN, DEPTH_TO_SPACE) translate their axes; 4-D outputs are
 returned in TFLite's NHWC order. Batch: the file's batch of 1 becomes any B. TF 'SAME'
 padding is reproduced exactly (the extra pixel of an odd total goes after). On the CPU,
-batches of ``JIT_MIN_BATCH`` or more run the graph traced and frozen (built on first such use;
-``HEADSPLAT_FACE_JIT=0`` keeps it eager), split over ``cpu_workers()`` single-threaded workers.
+the graph runs traced and frozen once a batch of ``JIT_MIN_BATCH`` or more has built it
+(``HEADSPLAT_FACE_JIT=0`` keeps it eager), split over ``cpu_workers()`` single-threaded workers.
 Memory-bound steps are merged when the graph is built (``TfliteGraph._fuse``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import os
 import threading
 import warnings
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -41,6 +42,8 @@ _FOLDABLE = {"DEQUANTIZE", "DENSIFY"}
 _NHWC_TO_NCHW_AXIS = {0: 0, 1: 2, 2: 3, 3: 1}
 log = logging.getLogger(__name__)
 JIT_MIN_BATCH = 4  # CPU batches from this size run the traced graph (tracing costs ~1 s once per model)
+WORKER_MIN_BATCH = 4  # a CPU batch is split over workers in parts of at least this many frames
+SMALL_CONV_PIXELS = 256  # CPU 1 x 1 convolutions over at most this many pixels run as a matrix product
 
 
 class UnsupportedGraph(ValueError):
@@ -86,19 +89,39 @@ def graph_spec(model: TfliteModel) -> Tuple[dict, Dict[str, np.ndarray]]:
     return spec, tensors
 
 
+def _json_key(value) -> str:
+    """A hashable, order-independent key of a JSON-able value."""
+    return json.dumps(value, sort_keys=True, default=str)
+
+
 def _same_pads(size: int, k: int, s: int, d: int = 1) -> Tuple[int, int]:
     out = math.ceil(size / s)
     total = max((out - 1) * s + (k - 1) * d + 1 - size, 0)
     return total // 2, total - total // 2
 
 
-def _conv(a, w, bias, stride, padding, dilation, groups: int) -> torch.Tensor:
-    """F.conv2d; on the CPU straight to oneDNN: for 1 x 1 kernels, batches under 16 and one
-    thread, torch picks its im2col convolution instead, ~2x slower here (with copies around it)."""
-    if a.device.type == "cpu" and a.dtype == torch.float32:
-        pad = (padding, padding) if isinstance(padding, int) else padding
-        return torch.mkldnn_convolution(a, w, bias, list(pad), list(stride), list(dilation), groups)
-    return F.conv2d(a, w, bias, stride, padding, dilation, groups)
+_scripted: List = []
+_script_lock = threading.Lock()   # not _threads_lock: workers script while the caller holds that one
+
+
+def _pointwise_ops():
+    """(conv, conv + add) over oneDNN-reordered weights as TorchScript functions: the tracer cannot
+    record these ops' empty ``Scalar?[]`` arguments itself, a call to a scripted function it can."""
+    if not _scripted:
+        with _script_lock:
+            if not _scripted:
+                def conv(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor], padding: List[int],
+                         stride: List[int], dilation: List[int], groups: int) -> torch.Tensor:
+                    return torch.ops.mkldnn._convolution_pointwise(x, w, b, padding, stride, dilation, groups,
+                                                                   "none", [], "")
+
+                def conv_add(x: torch.Tensor, other: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor],
+                             padding: List[int], stride: List[int], dilation: List[int], groups: int) -> torch.Tensor:
+                    return torch.ops.mkldnn._convolution_pointwise(x, other, w, b, padding, stride, dilation, groups,
+                                                                   "add", None, None, [], None)
+
+                _scripted.extend([torch.jit.script(conv), torch.jit.script(conv_add)])
+    return _scripted
 
 
 def _act(x: torch.Tensor, code: int) -> torch.Tensor:
@@ -146,8 +169,13 @@ def cpu_threads():
 
 
 def cpu_workers() -> int:
-    """``$HEADSPLAT_FACE_WORKERS`` (default: the CPUs this process may use, at most 4): how many
-    single-threaded workers a CPU batch is split over."""
+    """How many single-threaded workers a CPU batch is split over: ``$HEADSPLAT_FACE_WORKERS``,
+    else the CPUs this process may use that are not already busy (by the 1-minute load
+    average, this process's running thread counted as free), at most 4, at least 1.
+
+    On 2 cores with other work running, a split batch only adds each worker's per-call cost
+    (~4 ms a call, ~15% slower); on idle cores it runs ~1.7x faster.
+    """
     env = os.environ.get("HEADSPLAT_FACE_WORKERS")
     if env:
         return max(1, int(env))
@@ -155,7 +183,11 @@ def cpu_workers() -> int:
         cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         cpus = os.cpu_count() or 1
-    return max(1, min(cpus, 4))
+    try:
+        idle = cpus - os.getloadavg()[0] + 1.0
+    except OSError:
+        idle = cpus
+    return max(1, min(cpus, 4, int(idle + 0.25)))
 
 
 def _pool(n: int):
@@ -263,13 +295,14 @@ class TfliteGraph(torch.nn.Module):
                 name = f"c{i}"
                 self.register_buffer(name, arr, persistent=False)
                 self._const[i] = name
-        self._plan = self._fuse(spec["ops"])
+        self._plan = self._stack_branches(self._fuse(spec["ops"]))
         self._steps = [getattr(self, "_" + op["op"].lower()) for op in self._plan]
 
     def _fuse(self, ops: List[dict]) -> List[dict]:
         """The op list with memory-bound steps merged (same arithmetic, fewer passes over memory):
 
-        - ADD into a fresh convolution output used only by it: in place (``inplace``: its position);
+        - ADD into a fresh convolution output used only by it: in place (``inplace``: its position),
+          or done by the convolution itself (``_fuse_conv_add``);
         - MAX_POOL_2D (2 x 2, stride 2) -> PAD (channels only, zeros after) -> ADD: the pooled
           values added in place to the first channels of the other operand (``POOL_PAD_ADD``).
         """
@@ -312,6 +345,99 @@ class TfliteGraph(torch.nn.Module):
                     out.append(op)
                 continue
             out.append(op)
+        return self._fuse_conv_add(out)
+
+    def _fuse_conv_add(self, ops: List[dict]) -> List[dict]:
+        """An in-place ADD into a CONV_2D's output (no activation of its own) whose other operand
+        (an activation of the same shape) exists before the convolution: the convolution does the
+        add (``add``: that operand)."""
+        position = {op["outputs"][0]: k for k, op in enumerate(ops)}
+        position.update({i: -1 for i in self.spec["inputs"]})
+        out: List[dict] = []
+        for op in ops:
+            pos = op["options"].get("inplace") if op["op"] == "ADD" else None
+            if pos is not None:
+                target, other = op["inputs"][pos], op["inputs"][1 - pos]
+                k = next((j for j in range(len(out) - 1, -1, -1) if out[j]["outputs"][0] == target), None)
+                conv = out[k] if k is not None else None
+                if (conv is not None and conv["op"] == "CONV_2D" and conv["options"]["activation"] == 0
+                        and other in position and position[other] < position[target]
+                        and list(self._shapes.get(other, [])) == list(self._shapes.get(target, [None]))):
+                    out[k] = dict(conv, outputs=list(op["outputs"]),
+                                  options=dict(conv["options"], add=other, add_activation=op["options"].get("activation", 0)))
+                    continue
+            out.append(op)
+        return out
+
+    _STACKABLE = {"CONV_2D", "DEPTHWISE_CONV_2D", "PRELU", "ADD", "POOL_PAD_ADD", "MAX_POOL_2D"}
+
+    def _stack_branches(self, ops: List[dict]) -> List[dict]:
+        """Parallel branches as one: a run of k consecutive ops of one kind and shape on k
+        independent tensors (the attention mesh's lips / eye / iris heads: 3, then 5 chains of
+        the same layers) runs once on the k tensors stacked along channels; convolutions get
+        their k weights concatenated (grouped, ``groups``: k). The same sums, ~100 fewer calls.
+
+        A stacked op reads stacked ids (``stacks``: id -> member ids, concatenated when not
+        already one op's stacked output) and writes its members (``members``) as channel slices.
+        """
+        out: List[dict] = []
+        stacked_of: Dict[tuple, int] = {}          # member ids -> the stacked tensor holding them
+        next_id = [max(self._ranks) + 1 if self._ranks else 1]
+
+        def new_id() -> int:
+            next_id[0] += 1
+            return next_id[0]
+
+        def key(op):
+            opt = {k: v for k, v in op["options"].items() if k != "add"}
+            shapes = tuple(tuple(self._shapes.get(i, ())) for i in op["inputs"])
+            return op["op"], _json_key(opt), shapes, tuple(self._shapes.get(op["outputs"][0], ())), "add" in op["options"]
+
+        k = 0
+        while k < len(ops):
+            op = ops[k]
+            run = [op]
+            if op["op"] in self._STACKABLE and len(self._shapes.get(op["outputs"][0], ())) == 4:
+                while k + len(run) < len(ops) and key(ops[k + len(run)]) == key(op):
+                    run.append(ops[k + len(run)])
+                outs = {o["outputs"][0] for o in run}
+                if any(i in outs for o in run for i in o["inputs"] + [o["options"].get("add")]):
+                    run = [op]                          # not independent: leave as is
+            if len(run) < 2:
+                out.append(op)
+                k += 1
+                continue
+            n = len(run)
+            stacks: Dict[int, List[int]] = {}
+
+            def stacked(members: List[int]) -> int:
+                sid = stacked_of.get(tuple(members))
+                if sid is None:
+                    sid = stacked_of[tuple(members)] = new_id()
+                    stacks[sid] = members
+                return sid
+
+            inputs = []
+            for pos in range(len(op["inputs"])):
+                ids = [o["inputs"][pos] for o in run]
+                if ids[0] in self._const:               # weights, biases, slopes: concatenated constants
+                    cid = new_id()
+                    name = f"s{cid}"
+                    self.register_buffer(name, torch.cat([getattr(self, self._const[i]) for i in ids]).contiguous(
+                        memory_format=torch.channels_last if getattr(self, self._const[ids[0]]).dim() == 4
+                        else torch.contiguous_format), persistent=False)
+                    self._const[cid] = name
+                    inputs.append(cid)
+                else:
+                    inputs.append(stacked(ids))
+            options = dict(op["options"], groups=n, members=[o["outputs"][0] for o in run])
+            if "add" in op["options"]:
+                options["add"] = stacked([o["options"]["add"] for o in run])
+            options["stacks"] = stacks
+            sout = new_id()
+            stacked_of[tuple(options["members"])] = sout
+            out.append(dict(op, inputs=inputs, outputs=[sout], options=options))
+            k += n
         return out
 
     def _pool_pad(self, pad, producer, uses):
@@ -334,6 +460,9 @@ class TfliteGraph(torch.nn.Module):
 
     def _apply(self, fn, *args, **kwargs):
         self._cache = None
+        self._packed = {}
+        for name in [n for n in self._buffers if n.startswith("p")]:   # CPU oneDNN weights: built again
+            del self._buffers[name]
         self._frozen = None
         return super()._apply(fn, *args, **kwargs)
 
@@ -354,7 +483,7 @@ class TfliteGraph(torch.nn.Module):
         with cpu_threads() as threads:
             _keep_freed_memory()
             workers = cpu_workers() if threads == 1 else 1
-            n = min(workers, x.shape[0] // JIT_MIN_BATCH) if x.shape[0] >= 2 * JIT_MIN_BATCH else 1
+            n = min(workers, x.shape[0] // WORKER_MIN_BATCH)
             if n <= 1:
                 return self._run_cpu(x)
             # batch split over single-threaded workers: no thread-pool barriers between them
@@ -368,8 +497,9 @@ class TfliteGraph(torch.nn.Module):
             return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
 
     def _run_cpu(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
-        jit = x.shape[0] >= JIT_MIN_BATCH and os.environ.get("HEADSPLAT_FACE_JIT", "1") != "0"
-        frozen = self._frozen_for_cpu(x) if jit else None
+        jit = os.environ.get("HEADSPLAT_FACE_JIT", "1") != "0"
+        # built on the first batch of JIT_MIN_BATCH or more; then used for any batch
+        frozen = self._frozen_for_cpu(x) if jit and (x.shape[0] >= JIT_MIN_BATCH or self._frozen) else None
         if frozen is not None:
             return dict(zip(self._output_names, frozen(x)))
         return self._eager(x)
@@ -386,6 +516,9 @@ class TfliteGraph(torch.nn.Module):
                         self._tracing = True
                         with warnings.catch_warnings(), torch.no_grad():
                             warnings.simplefilter("ignore")
+                            self._tracing = False
+                            self._eager(x[:2].clone())             # builds the CPU weight buffers
+                            self._tracing = True
                             traced = torch.jit.trace(_AsTuple(self), x[:2].clone(), check_trace=False)
                             self._frozen = torch.jit.freeze(traced.eval())
                     except Exception:  # noqa: BLE001 - any failure: the eager path
@@ -399,8 +532,16 @@ class TfliteGraph(torch.nn.Module):
         env: Dict[int, torch.Tensor] = {spec["inputs"][0]: x.contiguous(memory_format=torch.channels_last)}
         B = x.shape[0]
         for op, step in zip(self._plan, self._steps):
-            ins = op["inputs"]
-            env[op["outputs"][0]] = step(env, self._get(env, ins[0]), ins, op["options"], B, op["outputs"][0])
+            ins, opt = op["inputs"], op["options"]
+            for sid, members in opt.get("stacks", {}).items():    # branches stacked along channels
+                if sid not in env:
+                    env[sid] = torch.cat([env[m] for m in members], 1)
+            y = env[op["outputs"][0]] = step(env, self._get(env, ins[0]), ins, opt, B, op["outputs"][0])
+            members = opt.get("members")
+            if members:
+                c = y.shape[1] // len(members)
+                for j, m in enumerate(members):
+                    env[m] = y[:, j * c:(j + 1) * c]
         out = {}
         for i in spec["outputs"]:
             t = env[i]
@@ -415,7 +556,51 @@ class TfliteGraph(torch.nn.Module):
         bias = self._get(env, ins[2]) if len(ins) > 2 and ins[2] >= 0 else None
         s, d = (opt["stride_h"], opt["stride_w"]), (opt["dilation_h"], opt["dilation_w"])
         a, pad = self._pad_same_conv(a, w.shape[2:], s, d, opt["padding"])
-        return _act(_conv(a, w, bias, s, pad, d, 1), opt["activation"])
+        g = opt.get("groups", 1)                         # stacked branches (see _stack_branches)
+        if "add" in opt:                                 # CONV_2D then ADD (see _fuse)
+            y = self._conv(ins[1], a, w, bias, s, pad, d, g, self._get(env, opt["add"]))
+            return _act(y, opt["add_activation"])
+        return _act(self._conv(ins[1], a, w, bias, s, pad, d, g), opt["activation"])
+
+    def _conv(self, wid: int, a, w, bias, stride, padding, dilation, groups: int, add=None) -> torch.Tensor:
+        """conv2d (+ ``add``, a tensor of the output's shape). On the CPU: oneDNN with its weights
+        reordered once, the add fused into it; small 1 x 1 convolutions as one matrix product
+        (oneDNN's ~35 us a call is most of their time). The same sums as ``F.conv2d``."""
+        stride, dilation = tuple(stride), tuple(dilation)
+        padding = (padding, padding) if isinstance(padding, int) else tuple(padding)
+        if a.device.type != "cpu" or a.dtype != torch.float32:
+            y = F.conv2d(a, w, bias, stride, padding, dilation, groups)
+            return y if add is None else y.add_(add)
+        cl = torch.channels_last
+        a = a.contiguous(memory_format=cl)
+        B, C, H, W = a.shape
+        O = w.shape[0]
+        if (groups == 1 and tuple(w.shape[2:]) == (1, 1) and stride == (1, 1) and padding == (0, 0)
+                and dilation == (1, 1) and H * W <= SMALL_CONV_PIXELS):
+            key = ("mm", wid)
+            wt = self._packed.get(key)
+            if wt is None:
+                wt = self._packed[key] = w.reshape(O, C).t().contiguous()
+            x2 = a.permute(0, 2, 3, 1).reshape(-1, C)
+            y2 = torch.mm(x2, wt) if bias is None else torch.addmm(bias, x2, wt)
+            y = y2.view(B, H, W, O).permute(0, 3, 1, 2)                       # channels_last
+            return y if add is None else y.add_(add)
+        name = f"p{wid}"
+        packed = self._buffers.get(name)
+        if packed is None:
+            # a buffer, so that tracing reads it as module state (an opaque oneDNN tensor cannot be
+            # a trace constant); built by the eager run before tracing
+            packed = torch.ops.mkldnn._reorder_convolution_weight(
+                w, list(padding), list(stride), list(dilation), groups, list(a.shape))
+            self.register_buffer(name, packed, persistent=False)
+        ops = _pointwise_ops() if self._tracing else None
+        args = (packed, bias, list(padding), list(stride), list(dilation), groups)
+        if add is not None and add.is_contiguous(memory_format=cl) and add.dtype == a.dtype:
+            if ops is not None:
+                return ops[1](a, add, *args)
+            return torch.ops.mkldnn._convolution_pointwise.binary(a, add, *args, "add", None, None, [], None)
+        y = ops[0](a, *args) if ops is not None else torch.ops.mkldnn._convolution_pointwise(a, *args, "none", [], "")
+        return y if add is None else y.add_(add)
 
     def _depthwise_conv_2d(self, env, a, ins, opt, B, out):
         w = self._get(env, ins[1])
@@ -428,10 +613,10 @@ class TfliteGraph(torch.nn.Module):
             pw = _same_pads(a.shape[3], w.shape[3], 2)
             if ph[1] == ph[0] + 1 and pw[1] == pw[0] + 1:
                 oh, ow = -(-a.shape[2] // 2), -(-a.shape[3] // 2)
-                y = _conv(a, w, bias, (1, 1), (ph[1], pw[1]), (1, 1), a.shape[1])
+                y = self._conv(ins[1], a, w, bias, (1, 1), (ph[1], pw[1]), (1, 1), a.shape[1])
                 return _act(y[:, :, 1:2 * oh:2, 1:2 * ow:2], opt["activation"])
         a, pad = self._pad_same_conv(a, w.shape[2:], s, d, opt["padding"])
-        return _act(_conv(a, w, bias, s, pad, d, a.shape[1]), opt["activation"])
+        return _act(self._conv(ins[1], a, w, bias, s, pad, d, a.shape[1]), opt["activation"])
 
     def _convolution2dtransposebias(self, env, a, ins, opt, B, out):
         w = self._get(env, ins[1])                    # [I, O, kh, kw]
@@ -483,7 +668,8 @@ class TfliteGraph(torch.nn.Module):
         m = torch.maximum(a[:, :, 0:2 * h:2, 0:2 * w:2], a[:, :, 0:2 * h:2, 1:2 * w:2])
         torch.maximum(m, a[:, :, 1:2 * h:2, 0:2 * w:2], out=m)
         torch.maximum(m, a[:, :, 1:2 * h:2, 1:2 * w:2], out=m)
-        target[:, :a.shape[1]] += m
+        g = opt.get("groups", 1)                         # stacked branches: g blocks of channels
+        target.unflatten(1, (g, -1))[:, :, :a.shape[1] // g] += m.unflatten(1, (g, -1))
         return _act(target, opt.get("activation", 0))
 
     def _mul(self, env, a, ins, opt, B, out):
