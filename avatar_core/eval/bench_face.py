@@ -8,7 +8,8 @@ Parity (needs mediapipe 0.10.21 installed, Python 3.11; it is only the reference
 on the portraits, and every ``--step``-th frame of the GRID clips and the driving videos.
 Tracking: each GRID clip cropped like ``track`` crops it (512 px), mediapipe's video mode
 against ``FaceTracker.track_batch``: median landmark distance per clip, and both timed on
-the same clip in the same run (``speed``). ``--gpu-only`` skips mediapipe and times
+the same clip in the same run (``speed``: ``--speed-repeats`` alternating rounds, the ratio of the
+medians and each round's ratio, so that both see the same load on a shared machine). ``--gpu-only`` skips mediapipe and times
 batched landmarks on the device (frames/s at the 192 x 192 input).
 """
 
@@ -29,6 +30,8 @@ def add_arguments(p):
     p.add_argument("--step", type=int, default=10, help="every step-th video frame is compared")
     p.add_argument("--quick", action="store_true", help="2 portraits, 2 GRID clips, 1 driving video")
     p.add_argument("--speed-clip", default="grid/s1/bbaf2n.mpg", help="the clip timed for tracking speed")
+    p.add_argument("--speed-repeats", type=int, default=3,
+                   help="rounds of the speed timing (mediapipe then ours, each round); medians and per-round ratios")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads for the run (default: torch's)")
     p.add_argument("--speed-only", action="store_true", help="only the CPU tracking speed on --speed-clip")
     p.add_argument("--tracking-only", action="store_true", help="only the GRID tracking comparison and speed")
@@ -174,7 +177,7 @@ def _clip_crops(frames, mp):
     return None
 
 
-def tracking(clips, mp, device, speed_clip):
+def tracking(clips, mp, device, speed_clip, repeats: int = 3):
     from avatar_core.face import FaceTracker
     per_clip, speed = {}, None
     for name, frames in clips:
@@ -189,18 +192,20 @@ def tracking(clips, mp, device, speed_clip):
                     vt.process(c)
             with FaceTracker(device=device) as tr:
                 tr.track_batch(crops)
-        with mp.video_tracker() as vt:
-            t0 = time.perf_counter()
-            ref = []
-            for c in crops:
-                r = vt.process(c)
-                ref.append(np.array([[p.x * 512, p.y * 512] for p in r.multi_face_landmarks[0].landmark])
-                           if r.multi_face_landmarks else None)
-            t_mp = time.perf_counter() - t0
-        with FaceTracker(device=device) as tr:
-            t0 = time.perf_counter()
-            ours = tr.track_batch(crops)
-            t_ours = time.perf_counter() - t0
+        t_mp, t_ours = [], []
+        for _ in range(repeats if timed else 1):   # timed: alternately, so both see the same machine load
+            with mp.video_tracker() as vt:
+                t0 = time.perf_counter()
+                ref = []
+                for c in crops:
+                    r = vt.process(c)
+                    ref.append(np.array([[p.x * 512, p.y * 512] for p in r.multi_face_landmarks[0].landmark])
+                               if r.multi_face_landmarks else None)
+                t_mp.append(time.perf_counter() - t0)
+            with FaceTracker(device=device) as tr:
+                t0 = time.perf_counter()
+                ours = tr.track_batch(crops)
+                t_ours.append(time.perf_counter() - t0)
         d = [np.linalg.norm(o[:, :2] - r, axis=1) for o, r in zip(ours, ref) if r is not None and np.isfinite(o).all()]
         d = np.concatenate(d) if d else np.zeros(0)
         per_clip[name] = {"frames": len(crops), "median_px": round(float(np.median(d)), 4) if len(d) else None,
@@ -209,9 +214,15 @@ def tracking(clips, mp, device, speed_clip):
                           "missing_ours": int((~np.isfinite(ours[:, 0, 0])).sum())}
         if timed:
             import torch
-            speed = {"clip": name, "frames": len(crops), "mediapipe_s": round(t_mp, 3), "ours_s": round(t_ours, 3),
-                     "ratio_mediapipe_over_ours": round(t_mp / t_ours, 3), "torch_threads": torch.get_num_threads(),
-                     "cpus": os.cpu_count()}
+            from avatar_core.face.graph import cpu_workers
+            m_mp, m_ours = float(np.median(t_mp)), float(np.median(t_ours))
+            speed = {"clip": name, "frames": len(crops), "mediapipe_s": round(m_mp, 3), "ours_s": round(m_ours, 3),
+                     "ratio_mediapipe_over_ours": round(m_mp / m_ours, 3),
+                     "rounds": [{"mediapipe_s": round(a, 3), "ours_s": round(b, 3), "ratio": round(a / b, 3)}
+                                for a, b in zip(t_mp, t_ours)],
+                     "fps_mediapipe": round(len(crops) / m_mp, 1), "fps_ours": round(len(crops) / m_ours, 1),
+                     "torch_threads": torch.get_num_threads(), "face_workers": cpu_workers(), "cpus": os.cpu_count(),
+                     "load_1min": round(os.getloadavg()[0], 2)}
     medians = [v["median_px"] for v in per_clip.values() if v and v["median_px"] is not None]
     return {"clips": per_clip, "worst_clip_median_px": max(medians) if medians else None}, speed
 
@@ -279,7 +290,8 @@ def run(args) -> int:
         grid = sorted((data / "grid").rglob("*.mpg"))[: 2 if args.quick else None]
         clip = ([(args.speed_clip, _frames(data / args.speed_clip))] if args.speed_only else
                 [(str(p.relative_to(data)), _frames(p)) for p in grid])
-        out["grid_tracking_512"], out["cpu_tracking_speed"] = tracking(clip, mp, device, args.speed_clip)
+        out["grid_tracking_512"], out["cpu_tracking_speed"] = tracking(clip, mp, device, args.speed_clip,
+                                                                       args.speed_repeats)
         text = json.dumps(out, indent=1)
         print(text)
         if args.output:
@@ -301,7 +313,8 @@ def run(args) -> int:
     clips = [(str(p.relative_to(data)), _frames(p)) for p in grid]
     if args.speed_clip not in [c for c, _ in clips] and (data / args.speed_clip).exists():
         clips.append((args.speed_clip, _frames(data / args.speed_clip)))
-    out["grid_tracking_512"], out["cpu_tracking_speed"] = tracking(clips, mp, device, args.speed_clip)
+    out["grid_tracking_512"], out["cpu_tracking_speed"] = tracking(clips, mp, device, args.speed_clip,
+                                                                   args.speed_repeats)
     out["seconds"] = round(time.perf_counter() - t0, 1)
     text = json.dumps(out, indent=1)
     print(text)
