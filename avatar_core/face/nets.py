@@ -243,7 +243,7 @@ class FaceDetector(torch.nn.Module):
         S = self.cfg.size
         side = float(max(H, W))
         roi = torch.tensor([[W / 2.0, H / 2.0, side, side, 0.0]], device=images.device).expand(B, 5)
-        x = warp_rois(images, roi, S, S, border="zeros") / 127.5 - 1.0
+        x = warp_rois(images, roi, S, S, border="zeros").div_(127.5).sub_(1.0)
         outs = self.net(x)
         # two outputs: [B, A, 16] box + keypoint offsets and [B, A, 1] score logits
         raw, logits = sorted((o.float() for o in outs.values()), key=lambda o: -o.shape[-1])
@@ -355,7 +355,7 @@ class FaceMesh(torch.nn.Module):
 
     @torch.inference_mode()
     def _forward(self, images, rois, index):
-        x = warp_rois(images, rois, MESH_SIZE, MESH_SIZE, border="border", index=index) / 255.0
+        x = warp_rois(images, rois, MESH_SIZE, MESH_SIZE, border="border", index=index).div_(255.0)
         out = self.net(x)
         B = x.shape[0]
         lm = torch.empty(B, 478, 3, dtype=torch.float64, device=x.device)
@@ -406,7 +406,7 @@ class SelfieSegmenter(torch.nn.Module):
     def _forward(self, images: torch.Tensor) -> torch.Tensor:
         B, _, H, W = images.shape
         roi = torch.tensor([[W / 2.0, H / 2.0, float(W), float(H), 0.0]], device=images.device).expand(B, 5)
-        x = warp_rois(images, roi, self.w, self.h, border="zeros") / 255.0
+        x = warp_rois(images, roi, self.w, self.h, border="zeros").div_(255.0)
         mask = next(iter(self.net(x).values())).float()[..., 0]          # [B, h, w]
         mask = F.interpolate(mask[:, None], size=(H, W), mode="bilinear", align_corners=False)[:, 0]
         return mask.clamp(0.0, 1.0)
