@@ -104,14 +104,17 @@ def test_the_avatar_file_round_trips(recon):
     assert back.info["psnr_masked_source"] == avatar.info["psnr_masked_source"]
 
 
-def test_preview_sheet_has_the_eight_panels(recon):
+def test_preview_sheet_has_the_turned_views_and_the_expressions(recon):
     from avatar_core.recon.preview import preview_sheet
     avatar, report, out, seen = recon
     sheet = preview_sheet(avatar, report.source_image, size=64)
-    assert sheet.shape == (128, 256, 3) and sheet.dtype == np.uint8
-    # the render panels are not blank
-    lod0 = sheet[:64, 64:128].astype(float)
-    assert lod0.std() > 10
+    # source, LODs, split, masks; five turns; six expressions at the source view and at +30
+    assert sheet.shape == (4 * 64, 6 * 64, 3) and sheet.dtype == np.uint8
+    panel = lambda r, c: sheet[r * 64:(r + 1) * 64, c * 64:(c + 1) * 64].astype(float)
+    assert panel(0, 1).std() > 10          # LOD 0 is not blank
+    assert panel(1, 2).std() > 10          # the back view shows the back of the head
+    # jawOpen differs from the blink at the source view (the expressions are applied)
+    assert np.abs(panel(2, 0)[12:] - panel(2, 1)[12:]).mean() > 0.5
 
 
 def test_cancel_event_stops_the_work_and_leaves_no_file(tmp_path):
@@ -158,7 +161,7 @@ def test_cli_reconstructs_prints_metrics_and_writes_avatar_and_preview(tmp_path)
     assert out.is_file() and (tmp_path / "out.preview.png").is_file()
     import cv2
     sheet = cv2.imread(str(tmp_path / "out.preview.png"))
-    assert sheet.shape[0] * 2 == sheet.shape[1]  # two rows of four square panels
+    assert sheet.shape[0] * 6 == sheet.shape[1] * 4  # four rows of six square panels
     assert sorted(_leftovers(tmp_path)) == ["astronaut.jpg", "out.avatar", "out.preview.png"]
 
 

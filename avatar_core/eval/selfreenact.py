@@ -191,6 +191,7 @@ class ClipResult:
     recon: Dict = dataclasses.field(default_factory=dict)
     error: Optional[str] = None
     reused: bool = False          # taken from an earlier run's result.json (--reuse)
+    transfer: Dict = dataclasses.field(default_factory=dict)   # eval.transfer figures
 
 
 RESULT_KEY = ("quality", "size", "frames", "lod", "head", "track_steps", "track_smooth", "expression", "background")
@@ -302,6 +303,8 @@ def evaluate_clip(video, name: str, clip_dir: Path, cfg, head, lpips_net, size: 
     baseline = np.broadcast_to(real[src], real.shape)
     per, extra = measure(real, alpha, {"avatar": renders, "baseline": baseline}, lpips_net,
                          tracked_landmarks=track.landmarks * (size / cfg.crop_size))
+    from avatar_core.eval.transfer import transfer_figures
+    transfer = transfer_figures(extra["real_landmarks"], extra["avatar_landmarks"], src)
     timings["metrics"] = time.perf_counter() - t0
     missing = int(np.isnan(per["avatar"]["akd"]).sum() - np.isnan(extra["real_landmarks"][:, 0, 0]).sum())
     if missing > 0:
@@ -313,7 +316,7 @@ def evaluate_clip(video, name: str, clip_dir: Path, cfg, head, lpips_net, size: 
     res = ClipResult(name=name, video=str(video), frames=T, source=src, per=per, means=means,
                      valid=track.valid.copy(), render_landmarks_missing=max(missing, 0), warnings=warnings,
                      track_error_px=float(np.nanmedian(track.fit.errors_px)), motion_reference=ref,
-                     timings=timings, recon=recon_info)
+                     timings=timings, recon=recon_info, transfer=transfer)
     x = np.arange(T)
     plot_series(clip_dir / "metrics.png", x, {LABELS[k]: {m: np.where(driven, per[m][k], np.nan) for m in METHODS}
                                               for k in METRICS},
@@ -631,7 +634,8 @@ def write_reports(out: Path, results: List[ClipResult], settings: Dict) -> None:
             "avatar": r.means["avatar"], "baseline": r.means["baseline"],
             "render_landmarks_missing": r.render_landmarks_missing, "warnings": r.warnings,
             "track_median_landmark_error_px": r.track_error_px, "motion_reference_frame": r.motion_reference,
-            "reconstruction": r.recon, "timings_s": {k: round(v, 1) for k, v in r.timings.items()}})
+            "reconstruction": r.recon, "expression_transfer": r.transfer,
+            "timings_s": {k: round(v, 1) for k, v in r.timings.items()}})
             for r in results},
         "overall_mean_of_clips": overall,
         "clips_where_avatar_beats_baseline": {k: f"{wins[k]}/{len(ok)}" for k in METRICS},
@@ -664,6 +668,24 @@ def write_reports(out: Path, results: List[ClipResult], settings: Dict) -> None:
     L.append(md_table(header, table))
     L.append("\nClips where the avatar beats the baseline: "
              + ", ".join(f"{LABELS[k]} {wins[k]}/{len(ok)}" for k in METRICS) + ".\n")
+    measures = sorted({k for r in ok for k in r.transfer})
+    if measures:
+        L.append("\n## Expression transfer\n")
+        L.append("Landmark measures' displacements from the source frame, avatar against real (`eval.transfer`): "
+                 "Pearson r / amplitude ratio; targets r >= 0.8, amplitude 0.7-1.3; a measure the real face "
+                 "hardly moves is shown in brackets and not judged.\n")
+        rows = []
+        for r in ok:
+            cells = []
+            for k in measures:
+                f = r.transfer.get(k) or {}
+                if f.get("r") is None or f.get("amplitude") is None:
+                    cells.append("–")
+                    continue
+                c = f"{f['r']:.2f} / {f['amplitude']:.2f}"
+                cells.append(c if f.get("judged") else f"({c})")
+            rows.append([r.name] + cells)
+        L.append(md_table(["clip"] + measures, rows))
     notes = []
     for r in results:
         if r.error:

@@ -227,10 +227,10 @@ def bust_points(fit: BustFit, camera, image: torch.Tensor, alpha: torch.Tensor, 
     n_cam = normals[f] @ R.T
     facing = (n_cam * to_cam).sum(-1).abs()
     seen = inside & (q[:, 2] <= zb + SEEN_TOLERANCE) & (facing > 0.2) & ~head_mask[vi, ui]
-    # the person: the matte, grown by two cells (the bust's outline is fitted to it)
-    from scipy import ndimage
-    person = ndimage.binary_dilation(alpha.cpu().numpy() > 0.3, iterations=2 * s)
-    on_person = torch.as_tensor(person)[vi, ui] | head_mask[vi, ui]
+    # the person: where the matte is (not grown: where the photo ends inside the crop, as a
+    # video frame's edge can, nothing may hang below it)
+    person = torch.as_tensor(alpha.cpu().numpy() > 0.3)
+    on_person = person[vi, ui]
     keep = inside & on_person & ~seen
     back = pts[keep]
     b_norm = normals[f[keep]]

@@ -242,10 +242,13 @@ def init_colours(avatar: Avatar, view: SourceView, vis: Visibility, groups: Dict
                 w = GRAZING_PRIOR * (1.0 - wsum.clamp(0.0, 1.0))
                 out = torch.where(known[:, None], (out * wsum[:, None] + prior * w[:, None]) / (wsum + w)[:, None], out)
         if fill_from is not None and not name.startswith("lod") and fill_from in groups:
+            # the head surface under them: unknown ones take its colour, grazing ones lean on it
             src = groups[fill_from]
             src_rest = _rest_positions(avatar, src).cpu().numpy()
-            _, nn = _knn_tree(src_rest).query(rest[~known.cpu().numpy()], k=1, workers=-1)
-            out[~known] = avatar.features[src[torch.as_tensor(nn, device=idx.device)], :3]
+            _, nn = _knn_tree(src_rest).query(rest, k=1, workers=-1)
+            under = avatar.features[src[torch.as_tensor(nn, device=idx.device)], :3].to(out.dtype)
+            w = GRAZING_PRIOR * (1.0 - wsum.clamp(0.0, 1.0))
+            out = torch.where(known[:, None], (out * wsum[:, None] + under * w[:, None]) / (wsum + w)[:, None], under)
         elif bool(known.any()) and not bool(known.all()):
             out = _fill(rest, out, known)
             out = _scalp_prior(avatar, rest, out, known, wsum)
@@ -482,14 +485,92 @@ def plane_points(view: SourceView, raster: MeshRaster, verts: torch.Tensor, chin
     near_head = torch.as_tensor(dist[ci * s + s // 2, cj * s + s // 2] < 0.45 * face_width_px)
     head_bound = (p_world[:, 1] > chin_y) & near_head
     plane = PlanePoints(p_world, colours, opac, scale.expand(p_world.shape[0]), ray, head_bound)
-    if extra is None:
-        return plane
-    m = extra.points.shape[0]
-    return PlanePoints(torch.cat([plane.points, extra.points.to(dt)]), torch.cat([plane.colours, extra.colours.to(dt)]),
-                       torch.cat([plane.opacity, extra.opacity.to(dt)]), torch.cat([plane.scale, extra.scale.to(dt)]),
-                       torch.cat([plane.normal, extra.normal.to(dt)]),
-                       torch.cat([plane.head_bound, torch.zeros(m, dtype=torch.bool)]),
-                       torch.cat([plane.seen, extra.seen]))
+    # the hair's outline: head-bound cells next to the background
+    person_cells = torch.as_tensor(ndimage.binary_erosion(cell_a.cpu().numpy() > 0.15, iterations=1, border_value=1))
+    outline = head_bound & ~person_cells[torch.as_tensor(ci), torch.as_tensor(cj)] & (p_world[:, 1] > chin_y + 0.03)
+    # the outline's own pixels mix hair with background: the shell takes the colour of the
+    # solid hair just inside (a normalised blur of the pixels with alpha > 0.9, ~3 cells wide)
+    solid = (alpha.cpu().numpy() > 0.9) & ~head
+    sig_in = 3.0 * s
+    den_in = ndimage.gaussian_filter(solid.astype(np.float64), sig_in)
+    rgb_np = img.cpu().numpy().astype(np.float64)
+    inner = np.stack([ndimage.gaussian_filter(rgb_np[..., c] * solid, sig_in) for c in range(3)], -1)
+    inner = inner / np.maximum(den_in, 1e-6)[..., None]
+    inner_cols = torch.as_tensor(inner[ci * s + s // 2, cj * s + s // 2], dtype=dt)
+    ok_inner = torch.as_tensor(den_in[ci * s + s // 2, cj * s + s // 2] > 0.05)
+    shell_src = PlanePoints(p_world, torch.where(ok_inner[:, None], inner_cols, colours), opac,
+                            scale.expand(p_world.shape[0]), ray, head_bound)
+    parts = [plane, hair_shell(shell_src, outline, cam, verts, spacing=2.0 * s * z_centre / fx)]
+    if extra is not None:
+        m = extra.points.shape[0]
+        parts.append(PlanePoints(extra.points.to(dt), extra.colours.to(dt), extra.opacity.to(dt), extra.scale.to(dt),
+                                 extra.normal.to(dt), torch.zeros(m, dtype=torch.bool), extra.seen))
+    return concat_points(parts)
+
+
+def concat_points(parts) -> PlanePoints:
+    return PlanePoints(*(torch.cat([getattr(p, f.name) for p in parts]) for f in dataclasses.fields(PlanePoints)))
+
+
+# the hair shell swept round the head: how far back from each side (degrees), and how much of
+# the outline's colour gives way to the mean outline colour at the far end of the sweep
+SHELL_SWEEP_DEG = 100.0
+SHELL_BLEND = 0.5
+SHELL_MIN_RADIUS = 0.7      # outline points nearer the head's vertical axis (in half head widths) are not swept
+
+
+def hair_shell(plane: PlanePoints, outline: torch.Tensor, camera, verts: torch.Tensor, spacing: float) -> PlanePoints:
+    """Hair with volume: the hair outline's Gaussians (``outline`` [M] bool of ``plane``)
+    swept round the head's vertical axis through its centre, from the side the photo shows
+    them on toward the back, ``SHELL_SWEEP_DEG`` from each side (the two sweeps meet behind
+    the head). Each swept copy keeps its outline point's height and distance from the axis,
+    so the turned head shows the photo's hair outline at every yaw, and the back of the head
+    continues the outline's colours (blending toward their mean at the back). They sit
+    behind the silhouette in the source view (unseen: ``seen`` False), follow the head, and
+    lie ``spacing`` metres apart along the sweep."""
+    dt = plane.points.dtype
+    empty = PlanePoints(*(getattr(plane, f.name)[:0] for f in dataclasses.fields(PlanePoints)))
+    if not bool(outline.any()) or spacing <= 0:
+        return empty
+    centre = 0.5 * (verts.min(0).values + verts.max(0).values).to(dt)
+    up = torch.tensor([0.0, 1.0, 0.0], dtype=dt)
+    # the sides of the outline only: the crown's outline lies near the axis, and swept at its
+    # height it would float above the back of a head that slopes down
+    half_width = 0.5 * float(verts[:, 0].max() - verts[:, 0].min())
+    radial0 = plane.points - centre
+    radial0 = radial0 - (radial0 @ up)[:, None] * up
+    idx = torch.nonzero(outline & (radial0.norm(dim=-1) > SHELL_MIN_RADIUS * half_width))[:, 0]
+    if idx.numel() == 0:
+        return empty
+    forward = camera.viewmat[0, 2, :3].to(dt)  # the camera's viewing direction in world coordinates
+    forward = forward - (forward @ up) * up
+    forward = forward / forward.norm().clamp_min(1e-9)
+    p = plane.points[idx]
+    d = p - centre
+    h = d @ up
+    dh = d - h[:, None] * up
+    r = dh.norm(dim=-1).clamp_min(1e-6)
+    e = dh / r[:, None]
+    # turning toward the back: e -> cos(t) e + sin(t) b with b = +-(up x e), whichever points away from the camera
+    b = torch.cross(up.expand_as(e), e, dim=-1)
+    b = torch.where(((b @ forward) < 0)[:, None], -b, b)
+    # start where the copy sits a spacing inside the outline seen from the front, so that the
+    # source view does not see the shell through the outline's soft edge
+    t_end = math.radians(SHELL_SWEEP_DEG)
+    t0 = torch.acos((1.0 - spacing / r).clamp(-1.0, 1.0)).clamp(max=0.5 * t_end)
+    steps = ((t_end - t0) * r / spacing).ceil().long().clamp(1, 256)
+    rep = torch.repeat_interleave(torch.arange(idx.numel()), steps)
+    k = torch.cat([torch.arange(int(n)) for n in steps]).to(dt)
+    frac = k / steps[rep].to(dt)
+    t = t0[rep] + (t_end - t0[rep]) * frac
+    radial = torch.cos(t)[:, None] * e[rep] + torch.sin(t)[:, None] * b[rep]
+    pts = centre + h[rep, None] * up + r[rep, None] * radial
+    mean = plane.colours[idx].mean(0)
+    w = SHELL_BLEND * frac[:, None]
+    col = plane.colours[idx][rep] * (1 - w) + mean * w
+    n = pts.shape[0]
+    return PlanePoints(pts, col, torch.full((n,), 0.9, dtype=dt), torch.full((n,), 0.62 * spacing, dtype=dt),
+                       radial, torch.ones(n, dtype=torch.bool), torch.zeros(n, dtype=torch.bool))
 
 
 def _frame_from_normal(normal: torch.Tensor, right: torch.Tensor) -> torch.Tensor:

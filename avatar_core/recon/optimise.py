@@ -94,7 +94,7 @@ class PhotoFit:
         # the photo says little about surfaces it sees edge-on: their colours would be bent to
         # fix a few silhouette pixels and show as streaks in turned views, so they keep their
         # initial (mirrored / filled) colour
-        self.colour_free = (facing > GRAZING) | (avatar.region != REGION_HEAD)
+        self.colour_free = (facing > GRAZING) | (avatar.region == REGION_SHOULDER)
         self.opacity_free = torch.ones_like(self.colour_free)
         self.plane = avatar.region == REGION_SHOULDER
         self.head = avatar.region == REGION_HEAD

@@ -1,12 +1,16 @@
 """The preview sheet written beside a reconstructed avatar (``OUT.preview.png``).
 
-Two rows of labelled panels:
+Labelled panels, six to a row:
 
-    source | LOD 0 | LOD 1 | LOD 2
-    split layers (head grey, layers coloured) | soft masks (split Gaussians, heat) | yaw -30 | yaw +30
+    source | LOD 0 | LOD 1 | LOD 2 | split layers (head grey, layers coloured) | soft masks (heat)
+    yaw -45 | yaw +45 | back (yaw 150) | yaw -30 | yaw +30 | (blank)
+    expressions at the source view: jawOpen | blink | smile | browInnerUp | tongueOut | glance
+    the same expressions turned 30 degrees
 
-Every render uses the avatar's stored source camera and parameters; the turned views orbit
-the source camera about the head's vertical axis through the head centre.
+Every render uses the avatar's stored source camera and parameters (the expressions are set
+on top of the photo's); the turned views orbit the source camera about the head's vertical
+axis through the head centre. The expression rows need the ARKit units (the open head); a
+FLAME avatar's sheet stops after the second row.
 """
 
 from __future__ import annotations
@@ -23,6 +27,15 @@ from avatar_core.gaussians.avatar import REGION_SPLIT, Avatar
 from avatar_core.render import render
 from avatar_core.render.camera import Camera
 
+# the sheet's expression rows: label -> ARKit units set to 1
+EXPRESSIONS = (("jawOpen", {"jawOpen": 1.0}),
+               ("blink", {"eyeBlinkLeft": 1.0, "eyeBlinkRight": 1.0}),
+               ("smile", {"mouthSmileLeft": 1.0, "mouthSmileRight": 1.0}),
+               ("browInnerUp", {"browInnerUp": 1.0}),
+               ("tongueOut", {"tongueOut": 1.0, "jawOpen": 0.4}),
+               ("glance", {"eyeLookOutLeft": 1.0, "eyeLookInRight": 1.0}))
+TURNS = (-45.0, 45.0, 150.0, -30.0, 30.0)
+COLUMNS = 6
 LAYER_COLOURS = ((0.95, 0.25, 0.2), (0.2, 0.8, 0.3), (0.25, 0.45, 0.95), (0.95, 0.8, 0.2), (0.8, 0.3, 0.9))
 BACKGROUND = 1.0
 
@@ -63,11 +76,13 @@ def turned_camera(camera: Camera, centre: torch.Tensor, yaw_deg: float) -> Camer
 
 
 def _render(avatar: Avatar, camera: Camera, lod: int, features: Optional[torch.Tensor] = None,
-            index: Optional[torch.Tensor] = None, refiner=None) -> np.ndarray:
+            index: Optional[torch.Tensor] = None, refiner=None, expression: Optional[dict] = None) -> np.ndarray:
     with torch.no_grad():
         if index is None:
             index = avatar.select(lod)
-        params = {k: t.to(avatar.device) for k, t in source_params(avatar).items()}
+        params = {k: t.to(avatar.device).clone() for k, t in source_params(avatar).items()}
+        for name, v in (expression or {}).items():
+            params["expression"][0, list(avatar.expr_names).index(name)] = float(v)
         frame = avatar.animate(**params, lod=lod, index=index)
         if features is not None:
             frame = dataclasses.replace(frame, features=features[index][None])
@@ -120,8 +135,8 @@ def _label(img: np.ndarray, text: str) -> np.ndarray:
 
 def preview_panels(avatar: Avatar, source_image: Optional[np.ndarray], size: int = 256,
                    refiner=None, device=None) -> List[np.ndarray]:
-    """The eight labelled panels [size, size, 3] uint8, in sheet order (rendered on ``device``,
-    default the avatar's)."""
+    """The labelled panels [size, size, 3] uint8, in sheet order (rendered on ``device``,
+    default the avatar's; see the module docstring)."""
     if device is not None:
         avatar = avatar.to(device)
     cam = source_camera(avatar, size).to(device=avatar.device)
@@ -145,15 +160,23 @@ def preview_panels(avatar: Avatar, source_image: Optional[np.ndarray], size: int
     panels.append(_label(_render(avatar, cam, top, features=mask_colours(avatar), index=everything),
                          "soft masks (blue 0, red 1)"))
     centre = head_centre(avatar).cpu()
-    for yaw in (-30.0, 30.0):
+    for yaw in TURNS:
         turned = turned_camera(cam.to(device="cpu"), centre, yaw).to(device=avatar.device)
-        panels.append(_label(_render(avatar, turned, top, refiner=refiner),
-                             f"yaw {yaw:+.0f}"))
+        label = f"back (yaw {yaw:.0f})" if abs(yaw) > 90 else f"yaw {yaw:+.0f}"
+        panels.append(_label(_render(avatar, turned, top, refiner=refiner), label))
+    panels.append(_label(np.ones((size, size, 3)), ""))
+    names = set(avatar.expr_names)
+    if not all(set(units) <= names for _, units in EXPRESSIONS):
+        return panels
+    turned30 = turned_camera(cam.to(device="cpu"), centre, 30.0).to(device=avatar.device)
+    for camera, suffix in ((cam, ""), (turned30, ", yaw +30")):
+        for label, units in EXPRESSIONS:
+            panels.append(_label(_render(avatar, camera, top, refiner=refiner, expression=units), label + suffix))
     return panels
 
 
 def preview_sheet(avatar: Avatar, source_image: Optional[np.ndarray], size: int = 256,
-                  columns: int = 4, refiner=None, device=None) -> np.ndarray:
+                  columns: int = COLUMNS, refiner=None, device=None) -> np.ndarray:
     """The sheet as one uint8 image [rows * size, columns * size, 3]."""
     from avatar_core.recon.threads import ThreadGovernor
     old = torch.get_num_threads()

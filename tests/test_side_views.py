@@ -1,0 +1,96 @@
+"""Side views (issue 16): the bust under the head, its use in a reconstruction, the hair shell,
+the side-view measures; and the expression-transfer measures (issue 15)."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+
+@pytest.fixture(scope="module")
+def open_head_and_bust():
+    from avatar_core.head import load_head
+    from avatar_core.head.bust import open_bust
+    head = load_head("open")
+    bust = open_bust()
+    assert bust is not None, "the open head's cache holds no bust"
+    return head, bust
+
+
+def test_bust_joins_the_neck_cut_and_follows_the_root(open_head_and_bust):
+    from avatar_core.head.bust import neck_cut, place_bust
+    head, bust = open_head_and_bust
+    rest = head.v_template
+    placed = place_bust(bust, head, rest, rest)
+    cut = rest[neck_cut(head, rest)]
+    ring = placed[bust.ring]
+    # every bust ring vertex sits on a vertex of the head's neck cut: no gap at the neck
+    assert torch.cdist(ring, cut).min(1).values.max() < 1e-4  # 0.1 mm (float32)
+    # the bust reaches down to the shoulders and is wider than the head
+    assert float(placed[:, 1].min()) < float(rest[:, 1].min()) - 0.15
+    assert float(np.ptp(placed[:, 0].numpy())) > 1.5 * float(np.ptp(rest[:, 0].numpy()))
+    # turned by the root joint, the bust turns with the head
+    pose = torch.zeros(1, head.num_joints, 3)
+    pose[0, 0, 1] = math.radians(30)
+    posed = head(pose=pose).vertices[0]
+    moved = place_bust(bust, head, rest, posed)
+    assert torch.cdist(moved[bust.ring], posed[neck_cut(head, rest)]).min(1).values.max() < 2e-4
+    assert not torch.allclose(moved, placed, atol=1e-3)
+
+
+def test_reconstruction_has_a_closed_bust_and_a_hair_shell(tmp_path):
+    from avatar_core.eval.sideviews import sideview_figures
+    from avatar_core.gaussians.avatar import REGION_SHOULDER
+    from avatar_core.recon import reconstruct
+    from test_recon import TEST_QUALITY, _astronaut
+    avatar, _ = reconstruct(_astronaut(), quality=TEST_QUALITY, device="cpu")
+    sh = avatar.region == REGION_SHOULDER
+    root = sh & (avatar.frame_face < 0)
+    hair = sh & (avatar.frame_face >= 0)
+    assert int(root.sum()) > 200 and int(hair.sum()) > 50
+    # the bust has a back: root-bound Gaussians well behind the neck joint
+    j = (avatar.rig_j_regressor @ avatar.rig_template)[1]
+    z = avatar.offset[root, 2]
+    assert int((z < float(j[2]) - 0.03).sum()) > 50
+    # turned both ways, no notch between head and bust
+    fig = sideview_figures(avatar, yaw=45.0, res=128)
+    assert fig["notch_max"] <= 0.02, fig
+
+
+def test_notch_and_speckle_measures():
+    from avatar_core.eval.sideviews import notch_fraction, speckle_count
+    yy, xx = np.mgrid[:200, :200]
+    head = (xx - 100) ** 2 + (yy - 70) ** 2 < 50 ** 2
+    bust = (yy > 120) & (np.abs(xx - 100) < 90)
+    neck = (yy > 100) & (np.abs(xx - 100) < 25)
+    whole = head | bust | neck
+    assert notch_fraction(whole.astype(float)) < 0.01
+    # a gap between head and bust
+    gap = whole & ~((yy > 112) & (yy < 126))
+    assert notch_fraction(gap.astype(float)) > 0.01
+    rgb = np.full((200, 200, 3), 0.6)
+    for (i, j) in ((50, 50), (60, 120), (90, 90)):
+        rgb[i, j] = 0.0
+    assert speckle_count(rgb, np.ones((200, 200), bool)) == 3
+    assert speckle_count(rgb, np.zeros((200, 200), bool)) == 0
+
+
+def test_transfer_measures_correlation_and_amplitude():
+    from avatar_core.eval.transfer import transfer_figures
+    rng = np.random.default_rng(0)
+    T = 40
+    base = np.zeros((478, 3))
+    base[:, :2] = rng.uniform(100, 200, (478, 2))
+    base[33, :2], base[263, :2] = (120, 150), (180, 150)          # eye corners: 60 px apart
+    real = np.repeat(base[None], T, 0)
+    avatar = real.copy()
+    wave = np.sin(np.linspace(0, 6, T))
+    real[:, 14, 1] += 6 * wave                                     # the lower lip opens and closes
+    avatar[:, 14, 1] += 3 * wave                                   # half as far
+    real[7] = np.nan                                               # a frame without a face
+    fig = transfer_figures(real, avatar, src=0)
+    lip = fig["lip_opening"]
+    assert lip["frames"] == T - 2 and lip["judged"]
+    assert lip["r"] > 0.99 and abs(lip["amplitude"] - 0.5) < 0.05 and lip["passed"] is False
+    assert fig["mouth_width"]["judged"] is False                  # the corners never moved
