@@ -223,6 +223,8 @@ class FaceTracker:
                     t += 1
                     continue
                 t1 = min(T, t + self.batch_size)
+                if T - t1 < self.batch_size // 2:           # no short last batch: its call costs as much
+                    t1 = T
                 batch = self._frames(frames[t:t1])
                 n = t1 - t
                 first = nets.landmark_rois(self._prev).expand(n, 5)
