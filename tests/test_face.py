@@ -368,6 +368,32 @@ def test_graph_ops_follow_tflite_semantics():
         assert torch.equal(out[:, 2 * h + i, 2 * w + j], nhwc[:, h, w, (i * 2 + j) * 2:(i * 2 + j) * 2 + 2])
 
 
+@pytest.mark.parametrize("name,size", [("face_landmark_with_attention", (192, 192)),
+                                       ("face_detection_short_range", (128, 128)),
+                                       ("selfie_segmentation_landscape", (144, 256))])
+def test_merged_graph_matches_the_op_list_eager_frozen_and_split(name, size, monkeypatch):
+    """The CPU plan (in-place adds, conv + add, pool + pad + add, stacked parallel branches,
+    oneDNN weights, matrix-product 1 x 1 convolutions), eagerly, traced and frozen, and split over
+    two workers, gives the plain op list's outputs."""
+    import torch
+    from avatar_core.face.graph import TfliteGraph
+    from avatar_core.face.weights import load_model
+    spec, tensors = load_model(name)
+    plain, merged = TfliteGraph(spec, tensors, fuse=False).eval(), TfliteGraph(spec, tensors).eval()
+    assert len(merged._plan) <= len(plain._plan)
+    if name == "face_landmark_with_attention":
+        assert len(merged._plan) < 0.5 * len(plain._plan)           # 341 ops -> 145 calls
+    x = torch.rand(8, 3, *size, generator=torch.Generator().manual_seed(0))
+    monkeypatch.setenv("HEADSPLAT_FACE_WORKERS", "2")
+    with torch.inference_mode():
+        want = plain._eager(x)
+        for got in (merged._eager(x), merged(x), merged(x[:3])):
+            n = got[next(iter(got))].shape[0]
+            for k, v in want.items():
+                torch.testing.assert_close(got[k], v[:n], rtol=1e-4, atol=1e-4 * float(v.abs().max()))
+    assert merged._frozen, "the CPU graph was not traced"
+
+
 def test_weights_errors_name_the_command(tmp_path, monkeypatch):
     import shutil
     from avatar_core.face import weights

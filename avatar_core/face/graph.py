@@ -251,12 +251,14 @@ class TfliteGraph(torch.nn.Module):
     Args:
         spec: from ``graph_spec`` (or read back from the weights file).
         tensors: name -> array, the constants ``spec`` reads.
+        fuse: merge steps and stack parallel branches (``_fuse``, ``_stack_branches``); False runs
+            the op list as it is (the reference the tests compare with).
 
     ``forward(x)`` takes [B, C, H, W] float (NCHW) for the model's single 4-D input and
     returns {output name: tensor}, shaped like the TFLite outputs with batch B (NHWC).
     """
 
-    def __init__(self, spec: dict, tensors: Dict[str, np.ndarray]):
+    def __init__(self, spec: dict, tensors: Dict[str, np.ndarray], fuse: bool = True):
         super().__init__()
         self.spec = spec
         self._ranks = {int(k): v for k, v in spec["ranks"].items()}
@@ -295,7 +297,8 @@ class TfliteGraph(torch.nn.Module):
                 name = f"c{i}"
                 self.register_buffer(name, arr, persistent=False)
                 self._const[i] = name
-        self._plan = self._stack_branches(self._fuse(spec["ops"]))
+        self._packed: Dict[tuple, torch.Tensor] = {}   # CPU: transposed 1 x 1 conv weights, by tensor id
+        self._plan = self._stack_branches(self._fuse(spec["ops"])) if fuse else list(spec["ops"])
         self._steps = [getattr(self, "_" + op["op"].lower()) for op in self._plan]
 
     def _fuse(self, ops: List[dict]) -> List[dict]:
@@ -328,7 +331,8 @@ class TfliteGraph(torch.nn.Module):
             if op["op"] == "ADD" and self._ranks[op["inputs"][0]] == 4 and self._ranks[op["inputs"][1]] == 4:
                 shape = self._shapes[op["outputs"][0]]
                 a, b = op["inputs"]
-                pool = self._pool_pad(producer.get(a), producer, uses) or self._pool_pad(producer.get(b), producer, uses)
+                pool = (self._pool_pad(producer.get(a), producer, uses)
+                        or self._pool_pad(producer.get(b), producer, uses))
                 if pool is not None:
                     other = b if pool[1]["outputs"][0] == a else a
                     if owned(other, shape) and k > ops.index(pool[1]):
@@ -363,8 +367,8 @@ class TfliteGraph(torch.nn.Module):
                 if (conv is not None and conv["op"] == "CONV_2D" and conv["options"]["activation"] == 0
                         and other in position and position[other] < position[target]
                         and list(self._shapes.get(other, [])) == list(self._shapes.get(target, [None]))):
-                    out[k] = dict(conv, outputs=list(op["outputs"]),
-                                  options=dict(conv["options"], add=other, add_activation=op["options"].get("activation", 0)))
+                    options = dict(conv["options"], add=other, add_activation=op["options"].get("activation", 0))
+                    out[k] = dict(conv, outputs=list(op["outputs"]), options=options)
                     continue
             out.append(op)
         return out
@@ -391,7 +395,8 @@ class TfliteGraph(torch.nn.Module):
         def key(op):
             opt = {k: v for k, v in op["options"].items() if k != "add"}
             shapes = tuple(tuple(self._shapes.get(i, ())) for i in op["inputs"])
-            return op["op"], _json_key(opt), shapes, tuple(self._shapes.get(op["outputs"][0], ())), "add" in op["options"]
+            out_shape = tuple(self._shapes.get(op["outputs"][0], ()))
+            return op["op"], _json_key(opt), shapes, out_shape, "add" in op["options"]
 
         k = 0
         while k < len(ops):
@@ -401,8 +406,10 @@ class TfliteGraph(torch.nn.Module):
                 while k + len(run) < len(ops) and key(ops[k + len(run)]) == key(op):
                     run.append(ops[k + len(run)])
                 outs = {o["outputs"][0] for o in run}
-                if any(i in outs for o in run for i in o["inputs"] + [o["options"].get("add")]):
-                    run = [op]                          # not independent: leave as is
+                consts_ok = op["op"] in ("CONV_2D", "DEPTHWISE_CONV_2D", "PRELU")   # weights concatenate on dim 0
+                if (any(i in outs for o in run for i in o["inputs"] + [o["options"].get("add")])
+                        or (not consts_ok and any(i in self._const for i in op["inputs"]))):
+                    run = [op]                          # not independent, or a constant operand: as is
             if len(run) < 2:
                 out.append(op)
                 k += 1
@@ -448,7 +455,8 @@ class TfliteGraph(torch.nn.Module):
         if pool is None or pool["op"] != "MAX_POOL_2D" or uses.get(pool["outputs"][0]) != 1:
             return None
         o = pool["options"]
-        if (o["filter_h"], o["filter_w"], o["stride_h"], o["stride_w"], o["padding"], o["activation"]) != (2, 2, 2, 2, 1, 0):
+        pooling = (o["filter_h"], o["filter_w"], o["stride_h"], o["stride_w"], o["padding"], o["activation"])
+        if pooling != (2, 2, 2, 2, 1, 0):
             return None
         name = self._const.get(pad["inputs"][1])
         if name is None:

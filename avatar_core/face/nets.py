@@ -8,8 +8,8 @@
   ``avatar_core.face.graph``), refined into mediapipe's 478-index order.
 - ``SelfieSegmenter``: the general (256 x 256) and landscape (144 x 256) person masks.
 
-Images are torch tensors [B, 3, H, W], uint8 (or float) holding 0..255 RGB values. Rectangles ("ROIs")
-are [B, 5] float (centre x, centre y, width, height, rotation in radians) in pixels, in
+Images are torch tensors [B, 3, H, W], uint8 (or float) holding 0..255 RGB values. Rectangles
+("ROIs") are [B, 5] float (centre x, centre y, width, height, rotation in radians) in pixels, in
 OpenCV's pixel-centre coordinates (pixel i at coordinate i), as mediapipe's CPU path uses.
 """
 
@@ -73,8 +73,8 @@ def warp_rois(images: torch.Tensor, rois: torch.Tensor, out_w: int, out_h: int, 
     Returns:
         [B, C, out_h, out_w] float32 (channels_last on the CPU), whole values like mediapipe's
         uint8 warp. On the CPU this is mediapipe's own warp (OpenCV, INTER_LINEAR, on the uint8
-        image: no float copy of the whole frame); elsewhere
-        ``grid_sample`` at the same sampling positions.
+        image: no float copy of the whole frame); elsewhere ``grid_sample`` at the same sampling
+        positions.
     """
     if images.device.type == "cpu":
         return _warp_rois_cv(images, rois, out_w, out_h, border, flip, index)
@@ -123,7 +123,7 @@ def _warp_rois_cv(images, rois, out_w, out_h, border, flip, index) -> torch.Tens
         # m: tensor pixel -> source pixel, the inverse map (mediapipe calls warpPerspective; for an
         # affine map warpAffine samples the same, ~1.5x faster)
         out[b] = cv2.warpAffine(hwc[i], m[b], (out_w, out_h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                                     borderMode=mode, borderValue=0).reshape(out_h, out_w, C)
+                                borderMode=mode, borderValue=0).reshape(out_h, out_w, C)
     res = torch.from_numpy(out).permute(0, 3, 1, 2)                        # channels_last view
     return res.float() if u8 else res.round()
 
