@@ -497,10 +497,11 @@ def plane_points(view: SourceView, raster: MeshRaster, verts: torch.Tensor, chin
     inner = np.stack([ndimage.gaussian_filter(rgb_np[..., c] * solid, sig_in) for c in range(3)], -1)
     inner = inner / np.maximum(den_in, 1e-6)[..., None]
     inner_cols = torch.as_tensor(inner[ci * s + s // 2, cj * s + s // 2], dtype=dt)
-    ok_inner = torch.as_tensor(den_in[ci * s + s // 2, cj * s + s // 2] > 0.05)
-    shell_src = PlanePoints(p_world, torch.where(ok_inner[:, None], inner_cols, colours), opac,
-                            scale.expand(p_world.shape[0]), ray, head_bound)
-    parts = [plane, hair_shell(shell_src, outline, cam, verts, spacing=2.0 * s * z_centre / fx)]
+    ok_inner = torch.as_tensor(den_in[ci * s + s // 2, cj * s + s // 2] > 0.2)
+    # (an outline with no solid hair inside it, thin hair over a background, is not swept: its
+    # colours are mostly the background's)
+    shell_src = PlanePoints(p_world, inner_cols, opac, scale.expand(p_world.shape[0]), ray, head_bound)
+    parts = [plane, hair_shell(shell_src, outline & ok_inner, cam, verts, spacing=2.0 * s * z_centre / fx)]
     if extra is not None:
         m = extra.points.shape[0]
         parts.append(PlanePoints(extra.points.to(dt), extra.colours.to(dt), extra.opacity.to(dt), extra.scale.to(dt),
@@ -516,7 +517,8 @@ def concat_points(parts) -> PlanePoints:
 # the outline's colour gives way to the mean outline colour at the far end of the sweep
 SHELL_SWEEP_DEG = 100.0
 SHELL_BLEND = 0.5
-SHELL_MIN_RADIUS = 0.7      # outline points nearer the head's vertical axis (in half head widths) are not swept
+SHELL_MIN_RADIUS = 0.7      # outline points nearer the head's vertical axis (in half head widths) are not swept,
+SHELL_MAX_RADIUS = 1.35     # nor those further from it
 
 
 def hair_shell(plane: PlanePoints, outline: torch.Tensor, camera, verts: torch.Tensor, spacing: float) -> PlanePoints:
@@ -539,7 +541,10 @@ def hair_shell(plane: PlanePoints, outline: torch.Tensor, camera, verts: torch.T
     half_width = 0.5 * float(verts[:, 0].max() - verts[:, 0].min())
     radial0 = plane.points - centre
     radial0 = radial0 - (radial0 @ up)[:, None] * up
-    idx = torch.nonzero(outline & (radial0.norm(dim=-1) > SHELL_MIN_RADIUS * half_width))[:, 0]
+    # and hair within a hand's breadth of the skull: what the matte holds further out (a bun,
+    # loose strands, a patch of background beside the neck) would stick out as a wing
+    r0 = radial0.norm(dim=-1)
+    idx = torch.nonzero(outline & (r0 > SHELL_MIN_RADIUS * half_width) & (r0 < SHELL_MAX_RADIUS * half_width))[:, 0]
     if idx.numel() == 0:
         return empty
     forward = camera.viewmat[0, 2, :3].to(dt)  # the camera's viewing direction in world coordinates
