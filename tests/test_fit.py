@@ -94,3 +94,27 @@ def test_track_bad_videos(tmp_path, open_head):
         read_video(tmp_path / "missing.mp4")
     with pytest.raises(FaceNotFoundError, match="No face was found in any of the 3 frames"):
         track_frames(np.zeros((3, 96, 96, 3), np.uint8), 25.0, open_head)
+
+
+def test_blinks_close_the_lid_landmarks_on_both_eyes(open_head, embedding):
+    """The upper-lid landmarks sit on the lid each eye's blink moves, the lower-lid ones below
+    it: a blink at 1 brings each eye's landmark pairs together (the right eye's upper lid once
+    snapped to the socket behind the eyeball, and no blink reached it)."""
+    from avatar_core.fit.single import LandmarkHead
+    lh = LandmarkHead(open_head, embedding)
+    ids = list(embedding.landmark_ids)
+    names = list(open_head.expr_names)
+
+    def points(unit=None):
+        e = torch.zeros(1, open_head.num_expr)
+        if unit:
+            e[0, names.index(unit)] = 1.0
+        return lh(torch.zeros(1, 1), e, torch.zeros(1, open_head.num_joints, 3))[0]
+
+    rest = points()
+    for unit, pairs in (("eyeBlinkRight", ((159, 145), (158, 153))), ("eyeBlinkLeft", ((386, 374), (385, 380)))):
+        closed = points(unit)
+        for a, b in pairs:
+            gap0 = float((rest[ids.index(a)] - rest[ids.index(b)]).norm())
+            gap1 = float((closed[ids.index(a)] - closed[ids.index(b)]).norm())
+            assert gap0 > 0.006 and gap1 < 0.4 * gap0, (unit, a, b, gap0, gap1)

@@ -26,7 +26,7 @@ from avatar_core.errors import AvatarError, HeadModelError
 from avatar_core.head.model import HeadModel
 
 log = logging.getLogger(__name__)
-CACHE_VERSION = 2
+CACHE_VERSION = 3  # 3: landmarks snap only to skin some render sees (not the eye sockets)
 VIEWS_YAW = (0.0, -25.0, 25.0)
 SKIN = np.array([0.80, 0.62, 0.52])
 
@@ -167,10 +167,14 @@ def compute_embedding(head: HeadModel, size: int = 512) -> Embedding:
     from avatar_core.face.landmarks import landmarks_for_face
     v = head.v_template.float()
     faces = head.faces
+    from avatar_core.render.mesh import visible_vertices
     sums = np.zeros((478, 3))
     wsum = np.zeros(478)
+    seen = np.zeros(head.num_vertices, bool)
     for yaw in VIEWS_YAW:
         img, cam, ras = render_head_for_landmarks(head, yaw, size)
+        seen |= visible_vertices(v, faces, cam.K[0], cam.viewmat[0], size, size, raster=ras,
+                                 tolerance=0.002, relative=False).numpy()
         dets = detect_faces(img)
         if not dets:
             log.warning("no face detected on the %+.0f degree render of the head", yaw)
@@ -202,7 +206,12 @@ def compute_embedding(head: HeadModel, size: int = 512) -> Embedding:
                              f"(only {int(found.sum())} of 478 found on its renders).")
     ids = np.nonzero(found)[0]
     pts = sums[ids] / wsum[ids, None]
+    # a landmark back-projected onto the eyeball snaps to the nearest lid, never to the socket
+    # hidden behind the eyeball (which no expression moves: a blink would not reach it)
     allowed = _allowed_vertices(head, ids)
+    if allowed is not None:
+        is_iris = ids >= 468
+        allowed = allowed & np.where(is_iris[:, None], True, seen[None])
     face_idx, bary = closest_points_on_mesh(pts, v.numpy(), faces.numpy(), allowed_vertices=allowed)
     return Embedding(ids.astype(np.int64), face_idx, bary)
 
@@ -227,7 +236,28 @@ def _allowed_vertices(head: HeadModel, landmark_ids: np.ndarray) -> Optional[np.
         inner[np.asarray(regions.get(key, []), dtype=np.int64)] = True
     skin = ~(eyes | inner)
     is_iris = np.asarray(landmark_ids) >= 468
-    return np.where(is_iris[:, None], eyes[None], skin[None])
+    allowed = np.where(is_iris[:, None], eyes[None], skin[None])
+    # the lid margins: an upper-lid landmark on the skin its eye's blink moves (the lid), a
+    # lower-lid one on skin that it does not; otherwise a landmark that the render shows in
+    # the eye's opening can snap to the lid across it, and a blink would never reach it
+    names = list(head.expr_names)
+    for unit, upper, lower in (("eyeBlinkRight", UPPER_LID_RIGHT, LOWER_LID_RIGHT),
+                               ("eyeBlinkLeft", UPPER_LID_LEFT, LOWER_LID_LEFT)):
+        if unit not in names:
+            continue
+        moves = (head.exprdirs[:, :, names.index(unit)].norm(dim=1) > LID_MOTION).numpy()
+        for lids, keep in ((upper, moves), (lower, ~moves)):
+            rows = np.isin(landmark_ids, lids)
+            allowed[rows] &= keep[None]
+    return allowed
+
+
+# MediaPipe's eye contours (the subject's right eye is 33-133, its left 263-362)
+UPPER_LID_RIGHT = (246, 161, 160, 159, 158, 157, 173)
+LOWER_LID_RIGHT = (7, 163, 144, 145, 153, 154, 155)
+UPPER_LID_LEFT = (466, 388, 387, 386, 385, 384, 398)
+LOWER_LID_LEFT = (249, 390, 373, 374, 380, 381, 382)
+LID_MOTION = 0.004   # metres a vertex moves at full blink to count as the upper lid
 
 
 def landmark_embedding(head: HeadModel, embedding_file: Optional[str] = None) -> Embedding:
