@@ -176,7 +176,8 @@ class HeadSplatRenderEngine(bpy.types.RenderEngine):
     def render(self, depsgraph):
         if self._missing_numpy():
             return
-        from blender_addon.render_core import apply_threads, render_views, resolve_device
+        from avatar_core.devices import resolve_device
+        from blender_addon.render_core import apply_threads, render_views
         scene = depsgraph.scene
         apply_threads(prefs.get().cpu_threads)
         camera = self.camera_override or scene.camera
@@ -189,7 +190,7 @@ class HeadSplatRenderEngine(bpy.types.RenderEngine):
         except ValueError as exc:
             self.report({"ERROR"}, str(exc))
             return
-        device = resolve_device(prefs.get().device)
+        device = resolve_device(prefs.get().device, fallback=True)
         self.update_stats("", "HeadSplat: preparing avatars")
         warnings = []
         views = collect_views(depsgraph, view, True, device, warn=warnings.append)
@@ -227,12 +228,13 @@ class HeadSplatRenderEngine(bpy.types.RenderEngine):
         import gpu
         from gpu_extras.presets import draw_texture_2d
 
-        from blender_addon.render_core import apply_threads, render_views, resolve_device
+        from avatar_core.devices import resolve_device
+        from blender_addon.render_core import apply_threads, render_views
         apply_threads(prefs.get().cpu_threads)
         region, rv3d = context.region, context.region_data
         scene = depsgraph.scene
         settings = scene.headsplat
-        device = resolve_device(prefs.get().device)
+        device = resolve_device(prefs.get().device, fallback=True)
         view_gl = np.array(rv3d.view_matrix)
         win = np.array(rv3d.window_matrix)
         now = time.monotonic()

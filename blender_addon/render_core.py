@@ -66,18 +66,6 @@ def clear_caches() -> None:
     _refiner_cache.clear()
 
 
-def resolve_device(choice: str) -> str:
-    """'AUTO' | 'CUDA' | 'CPU' -> a torch device string."""
-    choice = (choice or "AUTO").upper()
-    if choice == "CPU":
-        return "cpu"
-    if torch.cuda.is_available():
-        return "cuda"
-    if choice == "CUDA":
-        log.warning("CUDA was asked for but torch sees no CUDA device; rendering on the CPU")
-    return "cpu"
-
-
 def apply_threads(n: int) -> None:
     """Use ``n`` torch CPU threads in the calling thread (0 = leave torch's default). OpenMP
     settings are per thread, and Blender calls the engine from its render thread."""

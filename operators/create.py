@@ -69,12 +69,13 @@ class HEADSPLAT_OT_create_from_photo(JobOperatorMixin, bpy.types.Operator, Impor
             self.report({"ERROR"}, "The head model is set to a FLAME file, but no file is chosen "
                                    "(Preferences > Add-ons > HeadSplat).")
             return {"CANCELLED"}
+        from avatar_core.devices import resolve_device
         from blender_addon.jobs import Job
-        from blender_addon.render_core import resolve_device
         quality = p.quality if self.quality == "PREFS" else self.quality
         self._out_path = os.path.splitext(photo)[0] + ".avatar" if self.save_file else None
         self._photo = photo
-        self._job = Job(_reconstruct_hook(), photo, self._out_path, head, quality, resolve_device(p.device),
+        self._job = Job(_reconstruct_hook(), photo, self._out_path, head, quality,
+                        resolve_device(p.device, fallback=True),
                         name="HeadSplat reconstruction")
         HEADSPLAT_OT_create_from_photo._running = True
         try:

@@ -27,9 +27,10 @@ def _load(path, avatar, motion_head, head_spec, fps, progress=None, cancel=None)
     if path.lower().endswith(VIDEO_EXTS):
         from avatar_core.fit.track import track_video
         from avatar_core.head import load_head
+        from avatar_core.motion import MotionSequence
         head = load_head(head_spec)
         result = track_video(path, head, progress=prog.sub(0.0, 0.95), cancel=cancel)
-        motion = result.motion(head, source=repr(path))
+        motion = MotionSequence.from_track(result, head, source=repr(path))
         motion_head = motion_head or head_spec
     else:
         prog(0.1, "reading")

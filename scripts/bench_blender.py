@@ -38,14 +38,14 @@ sys.path.insert(0, ROOT)
 
 
 def make_avatar(head_kind: str):
-    from avatar_core.gaussians.avatar import Avatar
+    from avatar_core.gaussians.build import synthetic_avatar
     if head_kind == "open":
         from avatar_core.head import load_head
         head = load_head("open")
     else:
         from avatar_core.head.synthetic import make_test_head
         head = make_test_head(subdivisions=4)
-    return Avatar.synthetic(head, channels=32)
+    return synthetic_avatar(head, channels=32)
 
 
 def arkit_csv(path, frames: int, fps: int = 30):
@@ -187,7 +187,7 @@ def main(argv=None) -> int:
     scene.headsplat.render_lod = str(args.lod)
     scene.render.use_persistent_data = args.persistent_data == "on"
     from blender_addon import engine
-    from blender_addon.render_core import resolve_device
+    from avatar_core.devices import resolve_device
     from avatar_core.render import Camera, render
     dev = resolve_device("AUTO")
     av_dev = storage.load_for_object(ob, dev)

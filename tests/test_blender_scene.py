@@ -254,8 +254,8 @@ def test_unregister_removes_everything(bpy):
 
 
 def test_lod_snaps_to_the_levels_an_avatar_has(bpy, test_head):
-    from avatar_core.gaussians.avatar import Avatar
-    av = Avatar.synthetic(test_head, channels=4, lods=(0,), split_levels=1, shoulders=False)
+    from avatar_core.gaussians.build import synthetic_avatar
+    av = synthetic_avatar(test_head, channels=4, lods=(0,), split_levels=1, shoulders=False)
     testing.fresh_scene()
     ob = testing.add_avatar(av, name="Coarse", camera=False)
     assert ob.headsplat.lod == 0 and ob.headsplat.lod_levels == "0"

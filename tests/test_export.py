@@ -331,7 +331,7 @@ def test_cli_export_missing_folder_and_bad_frames(tmp_path, avatar_file, capsys)
 
 def test_avatar_core_export_does_not_import_bpy():
     code = ("import sys; import avatar_core.io.export, avatar_core.io.spz, avatar_core.io.gltf_splat, "
-            "avatar_core.io.cli_export; assert 'bpy' not in sys.modules")
+            "avatar_core.cli.export; assert 'bpy' not in sys.modules")
     subprocess.run([os.fspath(Path(os.sys.executable)), "-c", code], check=True, cwd=ROOT)
 
 

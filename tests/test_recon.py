@@ -257,11 +257,11 @@ def test_cli_sigint_mid_way_exits_130_and_leaves_nothing(tmp_path):
 def test_cgls_colour_solve_recovers_colours(test_head):
     """With geometry fixed the render is linear in the colours; the CGLS solve must bring
     perturbed colours back to those that rendered the target."""
-    from avatar_core.gaussians.avatar import Avatar
+    from avatar_core.gaussians.build import synthetic_avatar
     from avatar_core.recon.init import SourceView
     from avatar_core.recon.optimise import PhotoFit, holdout_grid
     from avatar_core.render import orbit_camera, render
-    av = Avatar.synthetic(test_head, channels=3, lods=(0,), split_levels=0, shoulders=False)
+    av = synthetic_avatar(test_head, channels=3, lods=(0,), split_levels=0, shoulders=False)
     cam = orbit_camera(distance=0.6, fov_deg=30, width=64, height=64)
     params = {"expression": torch.zeros(1, av.num_expr), "pose": torch.zeros(1, 5, 3),
               "translation": torch.zeros(1, 3)}

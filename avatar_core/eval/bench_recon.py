@@ -85,8 +85,8 @@ def run(args) -> int:
     from avatar_core.errors import ParameterError
     from avatar_core.head import load_head
     from avatar_core.recon.config import get_config
-    from avatar_core.recon.pipeline import resolve_device
-    device = resolve_device(args.device)
+    from avatar_core.devices import resolve_device
+    device = torch.device(resolve_device(args.device))
     qualities = [q.strip() for q in args.quality.split(",") if q.strip()]
     for q in qualities:
         get_config(q)  # a clear error for an unknown preset, before any work
@@ -125,7 +125,7 @@ def run(args) -> int:
     result = {"meta": meta, "runs": rows}
     print(json.dumps(result))
     if args.json:
-        from avatar_core.io.atomic import atomic_path
+        from avatar_core.atomic import atomic_path
         with atomic_path(args.json) as tmp_path:
             with open(tmp_path, "w") as f:
                 json.dump(result, f, indent=1)

@@ -245,7 +245,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from avatar_core.cli_util import resolve_device
+    from avatar_core.devices import resolve_device
     from avatar_core.errors import AvatarError
     from avatar_core.io import load_avatar
     from avatar_core.motion.playback import load_refiner
@@ -262,7 +262,7 @@ def run(args) -> int:
         results[str(path)] = fig
         print(json.dumps({"avatar": str(path), **fig}))
     if args.json:
-        from avatar_core.io.atomic import atomic_path
+        from avatar_core.atomic import atomic_path
         with atomic_path(Path(args.json), "figures file") as tmp:
             Path(tmp).write_text(json.dumps(results, indent=2))
     return 0

@@ -274,7 +274,7 @@ def run(args) -> int:
     import cv2
     import torch
 
-    from avatar_core.cli_util import resolve_device
+    from avatar_core.devices import resolve_device
     from avatar_core.eval.lpips import LPIPS
     from avatar_core.eval.report import prepare_out_dir, write_png
     from avatar_core.eval.selfreenact import source_camera
@@ -419,7 +419,7 @@ def view_metrics(images, alpha, target, mask, lpips_net) -> Dict[str, np.ndarray
     """Masked PSNR/SSIM/LPIPS and silhouette IoU per view: {metric: [V]}."""
     import torch
 
-    from avatar_core.eval.metrics import psnr, ssim
+    from avatar_core.metrics import psnr, ssim
 
     m = torch.as_tensor(np.ascontiguousarray(mask) > 0.5)
     a = torch.as_tensor(np.ascontiguousarray(images))

@@ -97,7 +97,7 @@ def run(args) -> int:
     cfg = get_config(args.quality)
     out = prepare_out_dir(args.out)
     lpips_net = LPIPS.load(args.lpips_weights)
-    from avatar_core.cli_util import resolve_device
+    from avatar_core.devices import resolve_device
     device = resolve_device(args.device)
     from avatar_core.head import load_head
     head = load_head(args.head)
@@ -534,7 +534,7 @@ def measure(real: np.ndarray, alpha: np.ndarray, methods: Dict[str, np.ndarray],
     import torch
 
     from avatar_core.eval.face_metrics import akd, box_psnr, landmark_sequence, mouth_box
-    from avatar_core.eval.metrics import psnr, ssim
+    from avatar_core.metrics import psnr, ssim
 
     T, H, W = real.shape[:3]
     real_l = landmark_sequence(_u8(real))

@@ -246,7 +246,7 @@ def landmark_embedding(head: HeadModel, embedding_file: Optional[str] = None) ->
             log.warning("rebuilding the corrupt landmark cache %s", path)
     emb = compute_embedding(head)
     try:  # a cache that cannot be written (read-only folder, disk full) only costs time next run
-        from avatar_core.io.atomic import atomic_path
+        from avatar_core.atomic import atomic_path
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(path, "landmark cache") as tmp:
             with open(tmp, "wb") as f:

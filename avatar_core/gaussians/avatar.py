@@ -112,14 +112,6 @@ class Avatar:
     RIG_FIELDS = ("rig_template", "rig_faces", "rig_exprdirs", "rig_shapedirs", "rig_posedirs",
                   "rig_weights", "rig_j_regressor", "rig_parents")
 
-    @classmethod
-    def synthetic(cls, head, channels: int = 32, lods=(0, 1, 2), split_levels: int = 2,
-                  shoulders: bool = True, seed: int = 0) -> "Avatar":
-        """A plausible avatar from a head model alone (tests, benchmarks, the pre-photo demo)."""
-        from avatar_core.gaussians.build import synthetic_avatar
-        return synthetic_avatar(head, channels=channels, lods=lods, split_levels=split_levels,
-                                shoulders=shoulders, seed=seed)
-
     # ------------------------------------------------------------------ basics
     @property
     def num_gaussians(self) -> int:

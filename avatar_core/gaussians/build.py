@@ -1,7 +1,7 @@
 """Building an avatar's Gaussians on a head model: LOD levels, split layers, shoulders.
 
 The reconstructors (optimisation and feed-forward) start from ``build_avatar`` and then
-set the Gaussians' attributes; ``Avatar.synthetic`` uses it for tests and benchmarks.
+set the Gaussians' attributes; ``synthetic_avatar`` uses it for tests and benchmarks.
 """
 
 from __future__ import annotations

@@ -89,7 +89,7 @@ def frame_name(i: int, fmt: str) -> str:
 def check_output(out: Union[str, Path], inputs: Sequence[Union[str, Path]] = (), folder: bool = False) -> Path:
     """Refuse an output that is one of the inputs, or cannot be written; returns it as a Path
     (the shared guard, ``atomic.check_output``)."""
-    from avatar_core.io.atomic import check_output as guard
+    from avatar_core.atomic import check_output as guard
     return guard(out, inputs, what="sequence folder" if folder else "output file", folder=folder)
 
 
@@ -122,7 +122,7 @@ def export_sequence(out: Union[str, Path], frames: Iterable[GaussianFrame], fmt:
                 write_frame(tmp / name, frame, fmt, b=b, extras=extras)
                 names.append(name)
                 if len(names) == 1 and total and total > 1:  # the size is known now: fail before the long work
-                    from avatar_core.io.atomic import check_free_space
+                    from avatar_core.atomic import check_free_space
                     check_free_space(tmp, (tmp / name).stat().st_size * (total - 1), "sequence folder", out)
                 num = frame.num if num is None else num
                 if total:
@@ -140,7 +140,7 @@ def export_sequence(out: Union[str, Path], frames: Iterable[GaussianFrame], fmt:
 
 def _staging_folder(out: Path):
     """A temporary folder beside ``out``; on success its files replace out's frames and index."""
-    from avatar_core.io.atomic import atomic_folder
+    from avatar_core.atomic import atomic_folder
     return atomic_folder(out, replace_glob=[f"frame_*{sfx}" for sfx in SUFFIX.values()] + [INDEX_NAME],
                          what="sequence folder")
 

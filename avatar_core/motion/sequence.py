@@ -235,7 +235,7 @@ class MotionSequence:
         folder = path.parent if str(path.parent) else Path(".")
         if not folder.is_dir():
             raise MotionError(f"Cannot write the motion file {str(path)!r}: the folder {str(folder)!r} does not exist.")
-        from avatar_core.io.atomic import atomic_path
+        from avatar_core.atomic import atomic_path
         import io
         buf = io.BytesIO()  # built in memory: a full disk fails the plain write below, not zipfile's close
         np.savez(buf, **self.to_dict())
@@ -265,6 +265,23 @@ class MotionSequence:
         return cls(fps=fps, expr_names=list(expr_names), expression=np.zeros((num_frames, E), np.float32),
                    pose=np.zeros((num_frames, NUM_JOINTS, 3), np.float32),
                    translation=np.zeros((num_frames, 3), np.float32), source=source)
+
+    @classmethod
+    def from_track(cls, result, head, source: str = "") -> "MotionSequence":
+        """The motion of a video tracked with ``head`` (``fit.track.TrackResult``): the per-frame
+        camera re-expressed as root rotation + translation relative to frame 0."""
+        import torch
+
+        from avatar_core.fit.single import camera_motion_to_pose
+        fit = result.fit
+        joints = head.j_regressor @ (head.v_template + torch.einsum(
+            "k,vik->vi", fit.shape, head.shapedirs[..., : fit.shape.numel()]))
+        root, trans = camera_motion_to_pose(fit.camera.viewmat, joints[0])
+        pose = fit.pose.clone()
+        pose[:, 0] = root
+        return cls(fps=result.fps, expr_names=list(head.expr_names), expression=fit.expression.numpy(),
+                   pose=pose.numpy(), translation=trans.numpy(), shape=fit.shape.numpy(), source=source,
+                   warnings=list(result.warnings))
 
 
 def _array(where: str, key: str, value) -> np.ndarray:

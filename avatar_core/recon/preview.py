@@ -175,7 +175,7 @@ def write_png(image: np.ndarray, path, what: str = "preview image") -> Path:
     """Write an RGB uint8 image as PNG, atomically."""
     import cv2
 
-    from avatar_core.io.atomic import atomic_path
+    from avatar_core.atomic import atomic_path
     path = Path(path)
     ok, buf = cv2.imencode(".png", np.ascontiguousarray(image[..., ::-1]))
     if not ok:

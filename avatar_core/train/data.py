@@ -31,6 +31,7 @@ import torch
 
 from avatar_core.errors import AvatarError
 from avatar_core.progress import as_progress
+from avatar_core.render.camera import scale_intrinsics
 from avatar_core.train.schedule import hash_seed
 
 log = logging.getLogger(__name__)
@@ -167,22 +168,10 @@ class Clip:
         rgb = torch.from_numpy(np.ascontiguousarray(bgr[..., ::-1])).permute(2, 0, 1).float() / 255.0
         alpha = torch.from_numpy(matte).float()[None] / 255.0
         image = rgb * alpha + background * (1.0 - alpha)
-        K = scale_K(self.params["K"][t], self.size, image_size)
+        K = scale_intrinsics(self.params["K"][t].float(), image_size / self.size)
         return dict(image=image, alpha=alpha, K=K, viewmat=self.params["viewmat"][t],
                     expression=self.params["expression"][t], pose=self.params["pose"][t],
                     translation=self.params["translation"][t])
-
-
-def scale_K(K: torch.Tensor, size: int, new_size: int) -> torch.Tensor:
-    """Intrinsics for a square image resized from size to new_size (pixel centres at integers)."""
-    s = new_size / size
-    K = K.clone().float()
-    K[0, 0] *= s
-    K[1, 1] *= s
-    K[0, 1] *= s
-    K[0, 2] = (K[0, 2] + 0.5) * s - 0.5
-    K[1, 2] = (K[1, 2] + 0.5) * s - 0.5
-    return K
 
 
 def pair_sample(src: Dict[str, torch.Tensor], drv: Dict[str, torch.Tensor], shape: torch.Tensor,
