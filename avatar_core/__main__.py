@@ -50,11 +50,11 @@ COMMANDS = {
     ("export-ply",): ("avatar_core.cli.export", "the old name of export (same options)"),
     ("bench", "render"): ("avatar_core.cli.bench_render", "time the per-frame render path (FPS per LOD)"),
     ("bench", "export"): ("avatar_core.cli.bench_export", "time a motion exported as a PLY/GLB/SPZ sequence"),
-    ("bench", "face"): ("avatar_core.eval.bench_face", "the torch face models against mediapipe 0.10.21 (parity, speed) as JSON"),
-    ("bench", "recon"): ("avatar_core.eval.bench_recon", "time photo -> avatar file, stage by stage"),
-    ("eval", "selfreenact"): ("avatar_core.eval.selfreenact", "self-reenactment report on video clips"),
+    ("bench", "face"): ("avatar_core.cli.bench_face", "the torch face models against mediapipe 0.10.21 (parity, speed) as JSON"),
+    ("bench", "recon"): ("avatar_core.cli.bench_recon", "time photo -> avatar file, stage by stage"),
+    ("eval", "selfreenact"): ("avatar_core.cli.eval_selfreenact", "self-reenactment report on video clips"),
     ("eval", "expressions"): ("avatar_core.eval.expressions", "mouth interior, blink and gaze figures of avatars (JSON)"),
-    ("eval", "novelview"): ("avatar_core.eval.novelview", "novel-view report on the head scan"),
+    ("eval", "novelview"): ("avatar_core.cli.eval_novelview", "novel-view report on the head scan"),
     ("train",): ("avatar_core.cli.train", "train the feed-forward reconstructor (torchrun for DDP)"),
 }
 

@@ -252,3 +252,24 @@ print("X0", me.attributes["position"].data[0].vector[0])
     splat_names, ply_names = ("radiance:base", "scale", "rotation"), ("f_dc_0", "opacity", "scale_0", "rot_0")
     assert all(n in attrs for n in ply_names) or all(n in attrs for n in splat_names), attrs
     assert abs(float(lines["X0"]) - float(frame.means[0, 0, 0])) < 1e-5
+
+
+def test_source_camera_is_read_from_the_avatar_files_source_tensors(tmp_path, small_avatar):
+    """The one reader of the fitted source camera: the tensors an avatar file keeps (K, viewmat,
+    width, height, as every version wrote them) -> a batch-1 Camera, scaled to a longer side."""
+    from avatar_core.camera import Camera, orbit_camera
+    view = orbit_camera(distance=0.6, yaw_deg=10.0, width=96, height=64)
+    av = dataclasses.replace(small_avatar, source={"K": view.K[0].double(), "viewmat": view.viewmat[0].double(),
+                                                   "width": torch.tensor(96), "height": torch.tensor(64),
+                                                   "expression": torch.zeros(small_avatar.num_expr)})
+    save_avatar(av, tmp_path / "a.avatar")
+    loaded = load_avatar(tmp_path / "a.avatar")
+    cam = loaded.source_camera()
+    assert isinstance(cam, Camera) and cam.batch == 1 and (cam.width, cam.height) == (96, 64)
+    assert cam.K.dtype == torch.float32 and torch.equal(cam.K, view.K.float())
+    half = loaded.source_camera(48)
+    assert (half.width, half.height) == (48, 32)
+    assert torch.equal(half.K, view.scaled(48, 32).K.float())
+    assert not dataclasses.replace(av, source={}).has_source_camera
+    with pytest.raises(AvatarFileError, match="no fitted source camera"):
+        dataclasses.replace(av, source={}).source_camera(64)

@@ -82,7 +82,7 @@ def _colours(head) -> torch.Tensor:
 
 
 def _camera(target, yaw: float, distance: float, fov: float, res: int, pitch: float = 0.0):
-    from avatar_core.render.camera import orbit_camera
+    from avatar_core.camera import orbit_camera
     cam = orbit_camera(target=tuple(float(t) for t in target), distance=distance, yaw_deg=yaw,
                        pitch_deg=pitch, fov_deg=fov, width=res, height=res)
     return cam.K[0], cam.viewmat[0]

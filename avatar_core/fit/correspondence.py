@@ -128,7 +128,7 @@ def _closest_bary(p, a, b, c):
 
 def render_head_for_landmarks(head: HeadModel, yaw_deg: float, size: int = 512):
     """A shaded, skin-toned render of the neutral head and its camera and raster."""
-    from avatar_core.render.camera import orbit_camera
+    from avatar_core.camera import orbit_camera
     from avatar_core.render.mesh import rasterize_mesh
     v = head.v_template.float()
     faces = head.faces

@@ -25,7 +25,7 @@ from avatar_core.fit.landmark_sets import landmark_weights
 from avatar_core.head import lbs
 from avatar_core.head.model import HeadModel
 from avatar_core.progress import as_progress
-from avatar_core.render.camera import Camera
+from avatar_core.camera import Camera
 
 log = logging.getLogger(__name__)
 FLIP = torch.diag(torch.tensor([1.0, -1.0, -1.0]))

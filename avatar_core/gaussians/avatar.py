@@ -26,7 +26,8 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
-from avatar_core.errors import ParameterError
+from avatar_core.camera import Camera
+from avatar_core.errors import AvatarFileError, ParameterError
 from avatar_core.gaussians.frame import GaussianFrame
 from avatar_core.head import lbs
 from avatar_core.head.model import JOINT_NAMES, check_param, expression_vector
@@ -102,7 +103,9 @@ class Avatar:
     split_k: int = 2
     split_levels: int = 0
     # optional extras
-    source: Dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)   # fitted source camera/params
+    source: Dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)   # fitted source camera/params:
+    # K [3, 3], viewmat [4, 4], width, height, expression [E], pose [J, 3], translation [3], shape;
+    # as the avatar file stores them. Read the camera with ``source_camera``.
     refiner_state: Optional[Dict[str, torch.Tensor]] = None
     refiner_config: Dict = dataclasses.field(default_factory=dict)
     info: Dict = dataclasses.field(default_factory=dict)                        # free-form (metrics, quality)
@@ -136,6 +139,26 @@ class Avatar:
     def available_lods(self) -> List[int]:
         levels = sorted(set(int(x) for x in self.lod.unique().tolist()) - {ALL_LODS})
         return levels or [0]
+
+    SOURCE_CAMERA_KEYS = ("K", "viewmat", "width", "height")
+
+    @property
+    def has_source_camera(self) -> bool:
+        return all(k in self.source for k in self.SOURCE_CAMERA_KEYS)
+
+    def source_camera(self, size: Optional[int] = None) -> Camera:
+        """The camera the avatar was fitted through (batch 1, float32, on the CPU), resized so
+        that its longer side is ``size`` pixels (None: as fitted). AvatarFileError when the
+        avatar has none (``has_source_camera``)."""
+        if not self.has_source_camera:
+            raise AvatarFileError("The avatar has no fitted source camera (reconstruct it with this version).")
+        s = self.source
+        w, h = (int(torch.as_tensor(s[k]).reshape(-1)[0]) for k in ("width", "height"))
+        cam = Camera(torch.as_tensor(s["K"]).float().cpu(), torch.as_tensor(s["viewmat"]).float().cpu(), w, h)
+        if size is None:
+            return cam
+        scale = size / max(w, h)
+        return cam.scaled(max(1, int(round(w * scale))), max(1, int(round(h * scale))))
 
     def tensors(self) -> Dict[str, torch.Tensor]:
         return {n: getattr(self, n) for n in self.RIG_FIELDS + self.GAUSSIAN_FIELDS}

@@ -100,16 +100,9 @@ def rig_head(avatar):
 # ----------------------------------------------------------------------------- cameras
 def make_cameras(avatar, num_frames: int, mode: str, res: int, device):
     """One camera per frame (batch T), or one shared camera (batch 1) for ``source``."""
-    import torch
-
-    from avatar_core.render.camera import Camera, focal_from_fov, orbit_camera
-    src = avatar.source or {}
-    if mode == "source" and all(k in src for k in ("K", "viewmat", "width", "height")):
-        w, h = int(torch.as_tensor(src["width"]).reshape(-1)[0]), int(torch.as_tensor(src["height"]).reshape(-1)[0])
-        scale = res / max(w, h)
-        cam = Camera(src["K"].float().cpu(), src["viewmat"].float().cpu(), w, h)
-        cam = cam.scaled(max(1, int(round(w * scale))), max(1, int(round(h * scale))))
-        return cam.to(device=device)
+    from avatar_core.camera import focal_from_fov, orbit_camera
+    if mode == "source" and avatar.has_source_camera:
+        return avatar.source_camera(res).to(device=device)
     if mode == "source":
         log.info("the avatar has no source camera; using a frontal camera")
     target, distance = _framing(avatar)
@@ -180,7 +173,7 @@ def render_motion(avatar, motion, cameras, lod: Optional[int] = None, refiner=No
 
 
 def _camera_slice(cameras, start: int, stop: int):
-    from avatar_core.render.camera import Camera
+    from avatar_core.camera import Camera
     return Camera(cameras.K[start:stop], cameras.viewmat[start:stop], cameras.width, cameras.height)
 
 

@@ -33,7 +33,7 @@ from avatar_core.gaussians.avatar import REGION_HEAD, REGION_SHOULDER, Avatar, f
 from avatar_core.head import lbs
 from avatar_core.head.lod import edges_of, subdivide_once
 from avatar_core.head.model import HeadModel
-from avatar_core.render.camera import Camera
+from avatar_core.camera import Camera
 from avatar_core.render.mesh import MeshRaster, rasterize_mesh
 
 log = logging.getLogger(__name__)

@@ -21,17 +21,10 @@ import torch
 
 from avatar_core.gaussians.avatar import REGION_SPLIT, Avatar
 from avatar_core.render import render
-from avatar_core.render.camera import Camera
+from avatar_core.camera import Camera
 
 LAYER_COLOURS = ((0.95, 0.25, 0.2), (0.2, 0.8, 0.3), (0.25, 0.45, 0.95), (0.95, 0.8, 0.2), (0.8, 0.3, 0.9))
 BACKGROUND = 1.0
-
-
-def source_camera(avatar: Avatar, size: Optional[int] = None) -> Camera:
-    """The avatar's stored source camera, optionally resized to ``size`` x ``size``."""
-    s = avatar.source
-    cam = Camera(s["K"].float(), s["viewmat"].float(), int(s["width"]), int(s["height"]))
-    return cam.scaled(size, size) if size else cam
 
 
 def source_params(avatar: Avatar) -> dict:
@@ -124,7 +117,7 @@ def preview_panels(avatar: Avatar, source_image: Optional[np.ndarray], size: int
     default the avatar's)."""
     if device is not None:
         avatar = avatar.to(device)
-    cam = source_camera(avatar, size).to(device=avatar.device)
+    cam = avatar.source_camera(size).to(device=avatar.device)
     lods = avatar.available_lods()
     top = max(lods)
     panels = []

@@ -31,7 +31,7 @@ import torch
 
 from avatar_core.errors import AvatarError
 from avatar_core.progress import as_progress
-from avatar_core.render.camera import scale_intrinsics
+from avatar_core.camera import scale_intrinsics
 from avatar_core.train.schedule import hash_seed
 
 log = logging.getLogger(__name__)
@@ -227,7 +227,7 @@ class SyntheticPairs:
 
     def __init__(self, image_size: int, num_shape: int, num_expr: int, num_joints: int = 5,
                  background: float = 1.0, length: int = 10_000, distance: float = 0.75, fov_deg: float = 22.0):
-        from avatar_core.render.camera import orbit_camera
+        from avatar_core.camera import orbit_camera
         self.image_size, self.num_shape, self.num_expr, self.num_joints = image_size, num_shape, num_expr, num_joints
         self.length = length
         cam = orbit_camera(distance=distance, fov_deg=fov_deg, width=image_size, height=image_size)
@@ -365,7 +365,7 @@ def untracked_pair(video, src: int, drv: int, image_size: int, num_shape: int, n
     from avatar_core.face import crop_with, process_portrait
     from avatar_core.face.matte import portrait_matte
     from avatar_core.fit.track import read_video
-    from avatar_core.render.camera import orbit_camera
+    from avatar_core.camera import orbit_camera
     frames, _ = read_video(video, max_frames=max(src, drv) + 1)
     portrait = process_portrait(frames[src], size=crop_size)
     cam = orbit_camera(distance=distance, fov_deg=fov_deg, width=image_size, height=image_size)

@@ -51,7 +51,7 @@ from avatar_core.recon.feedforward.geometry import (HeadRig, project, resolve_he
                                                 visibility)
 from avatar_core.recon.feedforward.split import ExpressionBranch
 from avatar_core.render import render
-from avatar_core.render.camera import Camera
+from avatar_core.camera import Camera
 from avatar_core.render.refiner import Refiner, RefinerConfig
 
 log = logging.getLogger(__name__)
