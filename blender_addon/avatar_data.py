@@ -24,8 +24,6 @@ import torch
 from blender_addon.constants import (COLOUR_MODES, LAYER_COLOURS, MASK_HIGH, MASK_LOW, MAX_LAYERS,  # noqa: F401
                                      REGION_COLOURS)
 
-REGION_SHOULDER = 2
-
 
 @dataclasses.dataclass
 class SceneArrays:

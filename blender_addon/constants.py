@@ -1,5 +1,7 @@
 """Constants shared by the add-on's modules (no torch, so registering stays instant)."""
 
+from avatar_core import regions
+
 try:
     import numpy as np
 except ImportError:  # a Blender whose Python lacks numpy still registers (and says so)
@@ -12,14 +14,17 @@ def _array(rows):
 
 MAX_LAYERS = 8  # layer toggles shown in the UI (split layers 0..7)
 COLOUR_MODES = ("RGB", "LAYER", "MASK", "REGION")
-REGION_NAMES = ("head", "split", "shoulder")
 
-# inspection palettes (sRGB-ish), shared by the geometry nodes and the render engine
-LAYER_COLOURS = _array([
-    [0.55, 0.55, 0.55],  # -1: not a split Gaussian
-    [0.90, 0.20, 0.15], [0.95, 0.65, 0.10], [0.30, 0.80, 0.25], [0.15, 0.60, 0.95],
-    [0.60, 0.30, 0.90], [0.95, 0.35, 0.70], [0.20, 0.85, 0.80], [0.85, 0.85, 0.20],
-])
-REGION_COLOURS = _array([[0.85, 0.62, 0.50], [0.95, 0.30, 0.20], [0.25, 0.45, 0.90]])
-MASK_LOW = (0.1, 0.2, 0.9)
-MASK_HIGH = (1.0, 0.35, 0.1)
+# inspection palettes (sRGB-ish), shared by the geometry nodes and the render engine; defined
+# once in avatar_core.regions (plain tuples, cheap to import), here as arrays
+LAYER_COLOURS = _array(regions.LAYER_COLOURS)
+REGION_COLOURS = _array(regions.REGION_COLOURS)
+MASK_LOW = regions.MASK_LOW
+MASK_HIGH = regions.MASK_HIGH
+
+
+def nearest_lod(levels, lod: int) -> int:
+    """``lod`` when the avatar has it, else the nearest of its ``levels`` (the lower on a tie):
+    a reconstruction may keep only some levels of detail."""
+    levels = list(levels)
+    return lod if lod in levels else min(levels, key=lambda k: abs(k - lod))

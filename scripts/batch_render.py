@@ -106,24 +106,20 @@ def run(args) -> int:
 
     if args.motion:
         from avatar_core.motion import load_motion
-        from avatar_core.motion.playback import bring_to_avatar
+        from operators.motion import VIDEO_EXTS, load_for_avatar, ready_for_avatar
         if not os.path.isfile(args.motion):
             return fail(f"the motion file {args.motion!r} does not exist.")
         fps = scene.render.fps / scene.render.fps_base
         try:
-            if args.motion.lower().endswith((".mp4", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".m4v")):
-                from operators.motion import _load
+            if args.motion.lower().endswith(VIDEO_EXTS):
                 raw = None
             else:
                 raw = load_motion(args.motion)
             for ob in avatars:
                 av = storage.load_for_object(ob)
-                if raw is None:
-                    motion = _load(args.motion, av, None, prefs.head_spec(), fps)
-                else:
-                    motion = bring_to_avatar(raw, av)
-                    if abs(motion.fps - fps) > 1e-6:
-                        motion = motion.resample(fps)
+                # a video is tracked first; both then go through motion_for_avatar, as in the add-on
+                motion = load_for_avatar(args.motion, av, None, prefs.head_spec(), fps) if raw is None else \
+                    ready_for_avatar(raw, av, fps=fps)
                 keyframes.key_motion(ob, ob.headsplat.rig, motion, start_frame=1,
                                      name=os.path.splitext(os.path.basename(args.motion))[0])
         except AvatarError as exc:

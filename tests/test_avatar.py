@@ -9,12 +9,13 @@ import pytest
 import torch
 
 from avatar_core.errors import AvatarFileError, ParameterError
-from avatar_core.gaussians.avatar import ALL_LODS, REGION_SHOULDER, REGION_SPLIT, Avatar
+from avatar_core.gaussians.avatar import ALL_LODS, Avatar
 from avatar_core.gaussians.split import split_graph, split_lineage
-from avatar_core.head.lbs import quaternion_to_matrix
+from avatar_core.rotation import quaternion_to_matrix
 from avatar_core.head.lod import subdivide_head
 from avatar_core.io import load_avatar, read_ply, save_avatar, write_ply
 from avatar_core.io.ply import read_ply_vertices
+from avatar_core.regions import REGION_SHOULDER
 
 
 def test_lod_counts_follow_the_subdivided_mesh(test_head, small_avatar):
@@ -51,7 +52,7 @@ def test_rotations_follow_the_surface(small_avatar):
     pose[0, 0, 1] = 0.7
     a = small_avatar.animate(lod=1)
     b = small_avatar.animate(pose=pose, lod=1)
-    from avatar_core.head.lbs import axis_angle_to_matrix
+    from avatar_core.rotation import axis_angle_to_matrix
     R = axis_angle_to_matrix(pose[0, 0])
     Ra, Rb = quaternion_to_matrix(a.quats[0]), quaternion_to_matrix(b.quats[0])
     assert torch.allclose(R @ Ra, Rb, atol=1e-4)

@@ -248,7 +248,7 @@ def test_transform_frame_moves_points_and_turns_gaussians(frame):
     assert torch.allclose(out.means, 2 * frame.means @ torch.tensor(R, dtype=torch.float32).T
                           + torch.tensor([0.0, 0.0, 1.0]), atol=1e-5)
     assert torch.allclose(out.scales, 2 * frame.scales)
-    from avatar_core.head.lbs import quaternion_to_matrix
+    from avatar_core.rotation import quaternion_to_matrix
     M = quaternion_to_matrix(out.quats[0, :5])
     assert torch.allclose(M, torch.tensor(R, dtype=torch.float32) @ quaternion_to_matrix(frame.quats[0, :5]),
                           atol=1e-5)

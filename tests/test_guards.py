@@ -679,18 +679,18 @@ def test_8_blender_failed_scene_build_removes_what_it_added(small_avatar, monkey
 
 def test_6_blender_import_motion_applies_the_cli_bounds(tmp_path, small_avatar):
     _bpy()
-    from operators.motion import _load
+    from operators.motion import load_for_avatar
 
     from avatar_core.errors import MotionError
     take = _csv(tmp_path / "big.csv", value="1e30")
     with pytest.raises(MotionError, match=r"big\.csv.*expected values within"):
-        _load(str(take), small_avatar, None, "open", 30.0)
+        load_for_avatar(str(take), small_avatar, None, "open", 30.0)
     good = np.zeros((30, 50), np.float32)
     np.savez(tmp_path / "g.npz", expr=good, fps=30)
     data = (tmp_path / "g.npz").read_bytes()
     (tmp_path / "cut.npz").write_bytes(data[: len(data) // 2])
     with pytest.raises(MotionError, match=r"cut\.npz"):
-        _load(str(tmp_path / "cut.npz"), small_avatar, None, "open", 30.0)
+        load_for_avatar(str(tmp_path / "cut.npz"), small_avatar, None, "open", 30.0)
 
 
 # ============================================================================ memory over 1,000 frames

@@ -17,7 +17,7 @@ from conftest import ROOT
 # stands in docs/ARCHITECTURE.md.
 FLOORS = [
     ("errors",),
-    ("progress", "validate", "atomic", "metrics", "devices", "camera"),
+    ("progress", "validate", "atomic", "metrics", "devices", "camera", "regions", "rotation"),
     ("head", "face"),
     ("gaussians",),
     ("render", "io"),

@@ -154,8 +154,8 @@ def test_exported_avatar_renders_like_the_training_avatar(tiny_net, tmp_path):
             fr2 = av2.animate(batch["drv_expression"], batch["drv_pose"], lod=lod)
             img = render(fr2, cam, background=1.0, with_depth=False).image
         torch.testing.assert_close(img, ref, atol=2e-4, rtol=0)
-    from avatar_core.render.refiner import load_refiner
-    ref = load_refiner(av2.refiner_state, av2.refiner_config)
+    from avatar_core.render.refiner import refiner_from_state
+    ref = refiner_from_state(av2.refiner_state, av2.refiner_config)
     assert ref.config.in_channels == net.cfg.channels
 
 

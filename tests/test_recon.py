@@ -366,10 +366,11 @@ def test_split_region_covers_eyes_and_mouth(test_head):
 
 def test_transfer_lod_carries_offsets_in_world_space(test_head):
     """LOD k+1 starts from LOD k's optimised offsets: at a shared vertex, the same world offset."""
-    from avatar_core.gaussians.avatar import REGION_HEAD, face_frames
+    from avatar_core.gaussians.avatar import face_frames
     from avatar_core.gaussians.build import build_avatar
     from avatar_core.recon.init import lod_chain
     from avatar_core.recon.optimise import transfer_lod
+    from avatar_core.regions import REGION_HEAD
     av = build_avatar(test_head, lods=(0, 1), channels=3, split_levels=0)
     view = _synthetic_view(test_head)
     chain = lod_chain(test_head.faces, test_head.num_vertices, 1)

@@ -31,9 +31,8 @@ from avatar_core.errors import AvatarFileError, ParameterError
 from avatar_core.gaussians.frame import GaussianFrame
 from avatar_core.head import lbs
 from avatar_core.head.model import JOINT_NAMES, check_param, expression_vector
+from avatar_core.rotation import matrix_to_quaternion, quaternion_multiply
 
-REGION_HEAD, REGION_SPLIT, REGION_SHOULDER = 0, 1, 2
-REGION_NAMES = ("head", "split", "shoulder")
 ALL_LODS = -1
 
 
@@ -289,12 +288,12 @@ class Avatar:
         g = {n: getattr(self, n)[index] for n in ("rotation", "log_scale", "opacity_logit", "features")}
         frames = face_frames(verts, self.rig_faces)  # [B, F0, 3, 3]
         means = self.place_means(verts, frames, transforms, index)
-        frame_q = lbs.matrix_to_quaternion(frames)    # [B, F0, 4]
+        frame_q = matrix_to_quaternion(frames)    # [B, F0, 4]
         ff = self.frame_face[index]
         has_face = ff >= 0
-        root_q = lbs.matrix_to_quaternion(transforms[:, 0, :3, :3])
+        root_q = matrix_to_quaternion(transforms[:, 0, :3, :3])
         q = torch.where(has_face[None, :, None], frame_q[:, ff.clamp_min(0)], root_q[:, None])
-        quats = lbs.quaternion_multiply(q, g["rotation"][None].expand(B, -1, -1))
+        quats = quaternion_multiply(q, g["rotation"][None].expand(B, -1, -1))
         scales = torch.exp(g["log_scale"])[None].expand(B, -1, -1)
         # a Gaussian on a stretched face grows with it (isotropically, by the square root of the
         # face's area ratio to the rest rig), so a lid closing over the eye or lips parting

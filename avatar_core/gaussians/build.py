@@ -11,9 +11,10 @@ from typing import Optional, Sequence
 
 import torch
 
-from avatar_core.gaussians.avatar import ALL_LODS, REGION_HEAD, REGION_SHOULDER, REGION_SPLIT, Avatar
+from avatar_core.gaussians.avatar import ALL_LODS, Avatar
 from avatar_core.head.lod import lod_binding
 from avatar_core.head.model import HeadModel
+from avatar_core.regions import REGION_HEAD, REGION_SHOULDER, REGION_SPLIT
 
 RGB_SKIN = (0.78, 0.60, 0.50)
 

@@ -190,7 +190,7 @@ def parse_frames(spec: Optional[str], num_frames: int) -> slice:
 
 def transform_frame(frame: GaussianFrame, rotation, scale: float = 1.0, translation=None) -> GaussianFrame:
     """The Gaussians moved by x -> scale * R x + t: rotation [3, 3] (proper), scale > 0, t [3]."""
-    from avatar_core.head.lbs import matrix_to_quaternion, quaternion_multiply
+    from avatar_core.rotation import matrix_to_quaternion, quaternion_multiply
 
     dt = frame.means.dtype
     R = torch.as_tensor(np.asarray(rotation, dtype=np.float64), dtype=dt, device=frame.means.device)

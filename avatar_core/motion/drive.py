@@ -54,8 +54,8 @@ def drive_params(track, avatar, head, src: int = 0, expression: str = "relative"
     """
     import torch
 
-    from avatar_core.fit.single import is_unit_range, matrix_to_axis_angle
-    from avatar_core.head.lbs import axis_angle_to_matrix
+    from avatar_core.fit.single import is_unit_range
+    from avatar_core.rotation import axis_angle_to_matrix, matrix_to_axis_angle
 
     NECK = 1
     fit = track.fit

@@ -66,16 +66,18 @@ def bring_to_avatar(motion, avatar, motion_head: Optional[str] = None):
 
 
 def motion_for_avatar(motion, avatar, motion_head: Optional[str] = None, fps: Optional[float] = None,
-                      translation: str = "relative"):
+                      translation: str = "relative", where: Optional[str] = None):
     """A loaded motion made ready to drive ``avatar``: its expressions brought to the avatar's
     (``bring_to_avatar``), resampled to ``fps`` when given (the frame budget checked first), and
     its root translation kept ("on"), made relative to the first frame ("relative") or dropped
-    ("off"). The one path the commands (animate, export) share."""
+    ("off"). ``where`` names the motion in a refusal (default: its source). The one path the
+    commands (animate, export), the add-on's Import Motion and batch_render share."""
     from avatar_core.validate import check_frame_count, resampled_frames
 
     motion = bring_to_avatar(motion, avatar, motion_head)
     if fps is not None:
-        check_frame_count(resampled_frames(motion.num_frames, motion.fps, fps), fps, repr(str(motion.source)))
+        check_frame_count(resampled_frames(motion.num_frames, motion.fps, fps), fps,
+                          where or repr(str(motion.source)))
         motion = motion.resample(fps)
     t = motion.translation
     if translation == "relative":
@@ -184,13 +186,13 @@ def load_refiner(avatar, device):
         log.info("the avatar has no refiner; rendering the 3DGS image")
         return None
     try:
-        from avatar_core.render.refiner import load_refiner as _load
+        from avatar_core.render.refiner import refiner_from_state
     except ImportError as exc:
         raise AvatarError(f"The avatar has refiner weights, but the refiner cannot be imported ({exc}); "
                           f"use --refiner off.") from None
     import torch
 
-    net = _load(avatar.refiner_state, avatar.refiner_config, device=device).eval()
+    net = refiner_from_state(avatar.refiner_state, avatar.refiner_config, device=device).eval()
     if str(device).startswith("cuda"):
         net = net.optimize_for_inference(torch.bfloat16)  # bf16 weights, channels-last: the fast path
     return net

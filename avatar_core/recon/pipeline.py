@@ -20,7 +20,7 @@ import torch
 
 from avatar_core.devices import resolve_device
 from avatar_core.errors import AvatarError
-from avatar_core.gaussians.avatar import REGION_HEAD, REGION_SHOULDER, Avatar
+from avatar_core.gaussians.avatar import Avatar
 from avatar_core.gaussians.build import build_avatar
 from avatar_core.head.model import HeadModel
 from avatar_core.metrics import psnr, ssim
@@ -31,6 +31,7 @@ from avatar_core.recon.init import (SourceView, attach_plane, chin_height, gauss
 from avatar_core.recon.optimise import PhotoFit, holdout_grid, transfer_lod
 from avatar_core.recon.report import ReconReport
 from avatar_core.recon.threads import ThreadGovernor
+from avatar_core.regions import REGION_HEAD, REGION_SHOULDER
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ import math
 
 import torch
 
-from avatar_core.head.lbs import quaternion_to_matrix
+from avatar_core.rotation import quaternion_to_matrix
 
 ALPHA_THRESHOLD = 1.0 / 255.0
 MAX_ALPHA = 0.999
