@@ -10,7 +10,7 @@ from __future__ import annotations
 import bpy
 from bpy.props import EnumProperty, IntProperty, StringProperty
 
-from blender_addon import deps
+from blender_addon.pure import deps
 from blender_addon.props import PATH_OPTIONS
 
 # set by the extension's root __init__ (e.g. "bl_ext.user_default.headsplat"); a legacy

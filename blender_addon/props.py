@@ -12,7 +12,7 @@ import bpy
 from bpy.props import (BoolProperty, BoolVectorProperty, EnumProperty, FloatProperty, IntProperty,
                        PointerProperty, StringProperty)
 
-from blender_addon.constants import MAX_LAYERS, nearest_lod
+from blender_addon.pure.constants import MAX_LAYERS, nearest_lod
 
 COLOUR_MODE_ITEMS = [
     ("RGB", "Colour", "The Gaussians' own colours", 0),

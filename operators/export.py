@@ -11,7 +11,7 @@ from bpy.props import EnumProperty, StringProperty
 from bpy_extras.io_utils import ExportHelper
 
 from blender_addon import lookup
-from blender_addon.constants import nearest_lod
+from blender_addon.pure.constants import nearest_lod
 from operators.avatar import _avatar_poll
 from operators.common import CORE_MODULES, report_exception, require
 
@@ -109,7 +109,8 @@ class HEADSPLAT_OT_export_ply(bpy.types.Operator, ExportHelper):
         import numpy as np
         import torch
 
-        from blender_addon import convert, params
+        from blender_addon import params
+        from blender_addon.pure import convert
         p = params.frame_params(ob, lookup.rig_of(ob), avatar)
         hs = ob.headsplat
         with torch.no_grad():
@@ -119,9 +120,8 @@ class HEADSPLAT_OT_export_ply(bpy.types.Operator, ExportHelper):
                                    lod=nearest_lod(avatar.available_lods(), hs.lod), layers=lookup.layer_selection(hs),
                                    mask_threshold=hs.mask_threshold)
         if self.coordinates == "BLENDER":
-            from avatar_core.io.export import transform_frame
             rigid, s = convert.split_similarity(np.array(ob.matrix_world))
-            frame = transform_frame(frame, rigid[:3, :3], s, rigid[:3, 3])
+            frame = frame.transformed(rigid[:3, :3], s, rigid[:3, 3])
         return frame
 
 

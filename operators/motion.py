@@ -89,7 +89,7 @@ class HEADSPLAT_OT_import_motion(JobOperatorMixin, bpy.types.Operator, ImportHel
             self.report({"ERROR"}, f"The motion file {path!r} does not exist.")
             return {"CANCELLED"}
         from blender_addon import prefs, storage
-        from blender_addon.jobs import Job
+        from blender_addon.pure.jobs import Job
         self._ob_name = lookup.avatar_of(context).name
         try:
             avatar = storage.load_for_object(lookup.avatar_of(context))

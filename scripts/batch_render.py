@@ -71,7 +71,6 @@ def run(args) -> int:
     from avatar_core.errors import AvatarError
 
     from blender_addon import keyframes, prefs, scene as scene_build, storage
-    from operators.common import frame_camera, use_engine
     t0 = time.perf_counter()
     if args.blend:
         if not os.path.isfile(args.blend):
@@ -130,7 +129,7 @@ def run(args) -> int:
     if args.frames:
         scene.frame_end = scene.frame_start + args.frames - 1
 
-    use_engine(context)
+    scene_build.use_engine(context)
     if args.lod is not None:
         scene.headsplat.render_lod = str(args.lod)
     if args.res:
@@ -143,7 +142,7 @@ def run(args) -> int:
         scene.render.resolution_x, scene.render.resolution_y = w, h
         scene.render.resolution_percentage = 100
     # after the resolution: the framing depends on the frame's aspect
-    frame_camera(context, avatars[0], refit=args.camera == "frame")
+    scene_build.frame_camera(context, avatars[0], refit=args.camera == "frame")
     scene.render.film_transparent = bool(args.transparent)
     settings = scene.render.image_settings
     if hasattr(settings, "media_type"):

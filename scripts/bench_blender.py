@@ -99,8 +99,9 @@ def main(argv=None) -> int:
         prefs.get().cpu_threads = args.threads   # the engine applies it in Blender's render thread
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU thread(s), cuda={torch.cuda.is_available()}")
 
-    from blender_addon import convert, params, storage
-    from blender_addon.render_core import refiner_for, AvatarView
+    from blender_addon import params, storage
+    from blender_addon.pure import convert
+    from blender_addon.pure.render_core import refiner_for, AvatarView
     testing.fresh_scene()
     out = {}
     tmp = tempfile.mkdtemp(prefix="headsplat-bench-")

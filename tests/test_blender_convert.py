@@ -1,4 +1,4 @@
-"""The one conversion module (blender_addon/convert.py): head space <-> Blender, Blender cameras
+"""The one conversion module (blender_addon/pure/convert.py): head space <-> Blender, Blender cameras
 -> OpenCV K/viewmat, pose bones <-> avatar_core pose. Checked against Blender's own maths."""
 
 import math
@@ -8,15 +8,18 @@ import numpy as np
 import pytest
 
 from avatar_core import rotation
-from blender_addon import convert
+from blender_addon.pure import convert
 
 
-def test_convert_imports_without_bpy():
+def test_the_pure_helpers_import_without_bpy():
+    """Every module of blender_addon/pure/ (convert, deps, jobs, ...) imports without Blender's."""
     import subprocess
-    code = ("import sys; import blender_addon.convert, blender_addon.deps, blender_addon.jobs; "
-            "assert 'bpy' not in sys.modules, 'bpy imported'")
     from pathlib import Path
     root = Path(__file__).resolve().parents[1]
+    modules = sorted(p.stem for p in (root / "blender_addon" / "pure").glob("*.py") if p.stem != "__init__")
+    assert {"convert", "deps", "jobs", "avatar_data", "render_core", "constants"} <= set(modules)
+    code = ("import sys, importlib\n" + "".join(f"importlib.import_module('blender_addon.pure.{m}')\n" for m in modules)
+            + "assert not {'bpy', 'mathutils', 'bmesh'} & set(sys.modules), 'bpy imported'")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=root)
 
 
@@ -160,7 +163,7 @@ def test_orthographic_viewport_approximation():
 
 def test_torch_and_numpy_srgb_agree():
     import torch
-    from blender_addon.render_core import srgb_to_linear_t
+    from blender_addon.pure.render_core import srgb_to_linear_t
     x = np.linspace(-0.1, 1.2, 1001, dtype=np.float32)
     assert np.allclose(srgb_to_linear_t(torch.from_numpy(x)).numpy(), convert.srgb_to_linear(x), atol=1e-6)
 
@@ -170,7 +173,7 @@ def test_render_views_composite_formula(monkeypatch, background):
     """render_views converts only the drawn pixels; the image equals the whole-frame formulas
     (convert's numpy twins), with or without the depth map."""
     import torch
-    from blender_addon import render_core
+    from blender_addon.pure import render_core
     H, W = 24, 32
     g = torch.Generator().manual_seed(0)
     alpha = torch.rand(H, W, generator=g) * (torch.rand(H, W, generator=g) > 0.5)   # half the pixels empty

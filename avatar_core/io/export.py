@@ -11,8 +11,8 @@ replaced. Nothing is left half-written on an error or Ctrl-C.
 
 Colours are the avatar's own RGB channels (``features[..., :3]``); the neural refiner is not
 part of them. Coordinates are avatar_core's head frame (metres, +Y up, face toward +Z), which
-is also glTF's and SPZ's; ``transform_frame`` moves Gaussians by a similarity (e.g. an object's
-world matrix) when another frame is wanted.
+is also glTF's and SPZ's; ``GaussianFrame.transformed`` moves Gaussians by a similarity (e.g. an
+object's world matrix) when another frame is wanted.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ import json
 from pathlib import Path
 from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Union
 
-import numpy as np
 import torch
 
 from avatar_core.errors import AvatarError
@@ -186,17 +185,3 @@ def parse_frames(spec: Optional[str], num_frames: int) -> slice:
     if b <= a:
         raise AvatarError(f"--frames {spec!r} selects no frame of the motion's {num_frames}.")
     return slice(a, b)
-
-
-def transform_frame(frame: GaussianFrame, rotation, scale: float = 1.0, translation=None) -> GaussianFrame:
-    """The Gaussians moved by x -> scale * R x + t: rotation [3, 3] (proper), scale > 0, t [3]."""
-    from avatar_core.rotation import matrix_to_quaternion, quaternion_multiply
-
-    dt = frame.means.dtype
-    R = torch.as_tensor(np.asarray(rotation, dtype=np.float64), dtype=dt, device=frame.means.device)
-    t = torch.zeros(3, dtype=dt, device=R.device) if translation is None else \
-        torch.as_tensor(np.asarray(translation, dtype=np.float64), dtype=dt, device=R.device)
-    q = matrix_to_quaternion(R)
-    quats = quaternion_multiply(q.expand_as(frame.quats), frame.quats)
-    return GaussianFrame(scale * frame.means @ R.T + t, quats, frame.scales * scale, frame.opacities,
-                         frame.features)

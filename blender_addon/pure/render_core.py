@@ -25,8 +25,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from blender_addon import convert
-from blender_addon.constants import nearest_lod
+from blender_addon.pure import convert
+from blender_addon.pure.constants import nearest_lod
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ def gaussians(view: AvatarView):
                        translation=torch.as_tensor(view.translation, device=dev, dtype=dt)[None],
                        index=selection(view))
     if view.colour_mode != "RGB":
-        from blender_addon.avatar_data import inspection_rgb
+        from blender_addon.pure.avatar_data import inspection_rgb
         idx = selection(view)
         rgb = inspection_rgb(view.colour_mode, av.split_layer[idx], av.soft_mask[idx], av.region[idx],
                              frame.features[0, :, :3])
