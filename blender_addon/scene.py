@@ -26,8 +26,8 @@ import numpy as np
 from mathutils import Matrix
 
 from blender_addon import lookup, nodes, storage
-from blender_addon.pure import convert
 from blender_addon.props import set_points_in_renders
+from blender_addon.pure import convert
 from blender_addon.pure.avatar_data import expression_deltas, quantise_weights, scene_arrays, slider_range, bone_tails
 
 log = logging.getLogger(__name__)

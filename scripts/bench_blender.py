@@ -187,9 +187,9 @@ def main(argv=None) -> int:
     scene.render.film_transparent = True
     scene.headsplat.render_lod = str(args.lod)
     scene.render.use_persistent_data = args.persistent_data == "on"
-    from blender_addon import engine
     from avatar_core.devices import resolve_device
     from avatar_core.render import Camera, render
+    from blender_addon import engine
     dev = resolve_device("AUTO")
     av_dev = storage.load_for_object(ob, dev)
     idx = av_dev.select(args.lod)

@@ -11,11 +11,11 @@ import torch
 from avatar_core.errors import AvatarFileError, ParameterError
 from avatar_core.gaussians.avatar import ALL_LODS, Avatar
 from avatar_core.gaussians.split import split_graph, split_lineage
-from avatar_core.rotation import quaternion_to_matrix
 from avatar_core.head.lod import subdivide_head
 from avatar_core.io import load_avatar, read_ply, save_avatar, write_ply
 from avatar_core.io.ply import read_ply_vertices
 from avatar_core.regions import REGION_SHOULDER
+from avatar_core.rotation import quaternion_to_matrix
 
 
 def test_lod_counts_follow_the_subdivided_mesh(test_head, small_avatar):

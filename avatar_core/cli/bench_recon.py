@@ -41,11 +41,11 @@ def run(args) -> int:
 
     import torch
 
+    from avatar_core.devices import resolve_device
     from avatar_core.errors import ParameterError
     from avatar_core.eval.bench_recon import default_photo, run_one
     from avatar_core.head import load_head
     from avatar_core.recon.config import get_config
-    from avatar_core.devices import resolve_device
     device = torch.device(resolve_device(args.device))
     qualities = [q.strip() for q in args.quality.split(",") if q.strip()]
     for q in qualities:

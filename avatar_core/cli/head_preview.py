@@ -41,8 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from avatar_core.cli.head_info import load_cli_head
     from avatar_core.atomic import atomic_path, check_writable
+    from avatar_core.cli.head_info import load_cli_head
 
     if not 64 <= args.res <= 2048:
         raise AvatarError(f"--res must be between 64 and 2048 pixels, got {args.res}.")

@@ -15,11 +15,11 @@ def add_arguments(p):
 
 
 def run(args) -> int:
+    from avatar_core.atomic import check_output
     from avatar_core.cli.progress_bar import ProgressBar
     from avatar_core.fit.track import track_video
     from avatar_core.head import load_head
     from avatar_core.motion import MotionSequence
-    from avatar_core.atomic import check_output
     from avatar_core.validate import check_range, check_steps
     check_output(args.output, [args.video, args.head], "motion file")
     check_steps(args.steps)

@@ -129,10 +129,10 @@ def evaluate_clip(video, name: str, clip_dir: Path, cfg, head, lpips_net, size: 
                   progress=None) -> ClipResult:
     """Evaluate one clip (see the module docstring); writes the clip's plot and strip, and its
     avatar (deleted at the end unless ``keep_avatar``)."""
+    from avatar_core.camera import Camera
     from avatar_core.eval.report import plot_series, write_png
     from avatar_core.fit.track import read_video, track_frames
     from avatar_core.motion.drive import drive_params, fit_limit, motion_reference
-    from avatar_core.camera import Camera
 
     say = progress or (lambda m: None)
     timings: Dict[str, float] = {}

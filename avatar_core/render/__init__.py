@@ -25,9 +25,9 @@ from typing import Optional, Union
 
 import torch
 
+from avatar_core.camera import Camera, focal_from_fov, intrinsics, look_at, orbit_camera
 from avatar_core.errors import ParameterError
 from avatar_core.gaussians.frame import GaussianFrame
-from avatar_core.camera import Camera, focal_from_fov, intrinsics, look_at, orbit_camera
 from avatar_core.render.project import EPS2D, FAR_PLANE, NEAR_PLANE
 
 log = logging.getLogger(__name__)

@@ -29,9 +29,9 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from avatar_core.camera import scale_intrinsics
 from avatar_core.errors import AvatarError
 from avatar_core.progress import as_progress
-from avatar_core.camera import scale_intrinsics
 from avatar_core.train.schedule import hash_seed
 
 log = logging.getLogger(__name__)
@@ -362,10 +362,10 @@ def untracked_pair(video, src: int, drv: int, image_size: int, num_shape: int, n
     checks only; real training data comes from ``convert_video``.
     """
     import cv2
+    from avatar_core.camera import orbit_camera
     from avatar_core.face import crop_with, process_portrait
     from avatar_core.face.matte import portrait_matte
     from avatar_core.fit.track import read_video
-    from avatar_core.camera import orbit_camera
     frames, _ = read_video(video, max_frames=max(src, drv) + 1)
     portrait = process_portrait(frames[src], size=crop_size)
     cam = orbit_camera(distance=distance, fov_deg=fov_deg, width=image_size, height=image_size)

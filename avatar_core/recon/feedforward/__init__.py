@@ -21,11 +21,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from avatar_core.camera import scale_intrinsics
 from avatar_core.errors import CheckpointError
 from avatar_core.gaussians.avatar import Avatar
 from avatar_core.progress import as_progress
 from avatar_core.recon.feedforward.network import FeedForwardNet
-from avatar_core.camera import scale_intrinsics
 
 log = logging.getLogger(__name__)
 
