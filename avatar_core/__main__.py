@@ -38,7 +38,7 @@ import logging  # noqa: E402
 
 # (command words) -> (module, one-line help)
 COMMANDS = {
-    ("fetch-models",): ("avatar_core.cli.fetch_models", "set up the face models (from the mediapipe 0.10.21 wheel) once"),
+    ("fetch-models",): ("avatar_core.face.cli_fetch", "set up the face models (from the mediapipe 0.10.21 wheel) once"),
     ("head", "info"): ("avatar_core.cli.head_info", "print a head model's sizes per LOD, expressions and joints"),
     ("head", "preview"): ("avatar_core.cli.head_preview", "render a picture of the head at each LOD and a few expressions"),
     ("reconstruct",): ("avatar_core.cli.reconstruct", "photo -> avatar file (+ preview sheet)"),

@@ -196,8 +196,9 @@ def test_no_module_under_recon_imports_train_or_eval():
     assert edges.get(("recon", "train"), []) + edges.get(("recon", "eval"), []) == []
 
 
-# a command whose module is being rewritten on main: it moves to avatar_core/cli/ after that merge
-COMMANDS_STILL_IN_THE_LIBRARY = {"avatar_core/eval/expressions.py"}
+# commands whose files are being changed on main or another branch (not moved meanwhile): they
+# move to avatar_core/cli/ after those merges
+COMMANDS_STILL_IN_THE_LIBRARY = {"avatar_core/eval/expressions.py", "avatar_core/face/cli_fetch.py"}
 
 
 def test_commands_live_in_avatar_core_cli():
