@@ -274,3 +274,15 @@ def test_source_camera_is_read_from_the_avatar_files_source_tensors(tmp_path, sm
     assert not dataclasses.replace(av, source={}).has_source_camera
     with pytest.raises(AvatarFileError, match="no fitted source camera"):
         dataclasses.replace(av, source={}).source_camera(64)
+
+
+def test_the_rig_model_deforms_exactly_like_the_avatar(small_avatar):
+    """Avatar.rig_model() (what retargeting uses) and Avatar.deform_rig are one rig: the same
+    vertices and joint transforms, to the bit."""
+    g = torch.Generator().manual_seed(0)
+    e = torch.rand(2, small_avatar.num_expr, generator=g)
+    pose = 0.2 * torch.randn(2, small_avatar.rig_weights.shape[1], 3, generator=g)
+    t = 0.01 * torch.randn(2, 3, generator=g)
+    verts, transforms = small_avatar.deform_rig(expression=e, pose=pose, translation=t)
+    out = small_avatar.rig_model()(expression=e, pose=pose, translation=t)
+    assert torch.equal(out.vertices, verts) and torch.equal(out.transforms, transforms)

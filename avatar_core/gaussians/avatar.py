@@ -30,7 +30,7 @@ from avatar_core.camera import Camera
 from avatar_core.errors import AvatarFileError, ParameterError
 from avatar_core.gaussians.frame import GaussianFrame
 from avatar_core.head import lbs
-from avatar_core.head.model import JOINT_NAMES, check_param, expression_vector
+from avatar_core.head.model import JOINT_NAMES, HeadModel, check_param, expression_vector
 from avatar_core.rotation import matrix_to_quaternion, quaternion_multiply
 
 ALL_LODS = -1
@@ -230,6 +230,15 @@ class Avatar:
     def expression_vector(self, expression, batch: Optional[int]) -> torch.Tensor:
         return expression_vector(expression, self.expr_names, batch, self.device, self.offset.dtype,
                                  f"this avatar's head ({self.head_name})")
+
+    def rig_model(self) -> HeadModel:
+        """The avatar's LOD-0 rig as a HeadModel on the CPU (same topology as its head model; the
+        person's identity is in its template), e.g. to retarget a motion to it."""
+        return HeadModel(name=self.head_name or "avatar", v_template=self.rig_template.cpu(),
+                         faces=self.rig_faces.cpu(), shapedirs=self.rig_shapedirs.cpu(),
+                         exprdirs=self.rig_exprdirs.cpu(), expr_names=list(self.expr_names),
+                         posedirs=self.rig_posedirs.cpu(), j_regressor=self.rig_j_regressor.cpu(),
+                         lbs_weights=self.rig_weights.cpu(), parents=self.rig_parents.cpu().to(torch.long))
 
     def deform_rig(self, expression=None, pose=None, translation=None, shape=None):
         """Deform the LOD-0 rig.  Returns (vertices [B, V0, 3], transforms [B, J, 4, 4])."""

@@ -56,7 +56,7 @@ def bring_to_avatar(motion, avatar, motion_head: Optional[str] = None):
     if not set(motion.expr_names) <= set(source.expr_names):
         raise MotionError(f"The motion's expressions ({', '.join(motion.expr_names[:3])}, ...) are not those of "
                           f"the head model {motion_head!r} ({', '.join(list(source.expr_names)[:3])}, ...).")
-    target = rig_head(avatar)
+    target = avatar.rig_model()
     retargeter = ExpressionRetargeter.from_heads(source, landmark_embedding(source), target,
                                                  landmark_embedding(target))
     if retargeter.residual > 0.5:
@@ -85,18 +85,6 @@ def motion_for_avatar(motion, avatar, motion_head: Optional[str] = None, fps: Op
     elif translation == "off":
         t = np.zeros_like(t)
     return motion.replace(translation=t.astype(np.float32))
-
-
-def rig_head(avatar):
-    """The avatar's LOD-0 rig as a HeadModel (same topology as its head model)."""
-    import torch
-
-    from avatar_core.head.model import HeadModel
-    return HeadModel(name=avatar.head_name or "avatar", v_template=avatar.rig_template.cpu(),
-                     faces=avatar.rig_faces.cpu(), shapedirs=avatar.rig_shapedirs.cpu(),
-                     exprdirs=avatar.rig_exprdirs.cpu(), expr_names=list(avatar.expr_names),
-                     posedirs=avatar.rig_posedirs.cpu(), j_regressor=avatar.rig_j_regressor.cpu(),
-                     lbs_weights=avatar.rig_weights.cpu(), parents=avatar.rig_parents.cpu().to(torch.long))
 
 
 # ----------------------------------------------------------------------------- cameras
