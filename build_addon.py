@@ -27,6 +27,7 @@ REQUIRED_KEYS = ("schema_version", "id", "version", "name", "tagline", "maintain
                  "blender_version_min", "license")
 EXCLUDE_DIRS = {"__pycache__", ".pytest_cache"}
 EXCLUDE_SUFFIXES = (".pyc", ".pyo", ".avatar", ".blend1")
+EXCLUDE_FILES = {"blender_addon/testing.py"}   # the tests' and scripts' helpers: not part of the add-on
 
 
 def read_manifest(path: Path = ROOT / "blender_manifest.toml") -> dict:
@@ -56,6 +57,8 @@ def package_files():
                 if fn.endswith(EXCLUDE_SUFFIXES) or fn.startswith("."):
                     continue
                 p = Path(dirpath) / fn
+                if p.relative_to(ROOT).as_posix() in EXCLUDE_FILES:
+                    continue
                 out.append((p, p.relative_to(ROOT).as_posix()))
     return out
 

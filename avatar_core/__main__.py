@@ -20,7 +20,7 @@ def _on_sigint(signum, frame):  # pragma: no cover - timing dependent
     f = frame
     while f is not None:
         if f.f_code.co_filename.startswith("<frozen importlib"):
-            atomic = sys.modules.get("avatar_core.io.atomic")
+            atomic = sys.modules.get("avatar_core.atomic")
             if atomic is not None:
                 atomic.remove_live_temporaries()
             os.write(2, (INTERRUPTED + "\n").encode())
@@ -38,25 +38,25 @@ import logging  # noqa: E402
 
 # (command words) -> (module, one-line help)
 COMMANDS = {
-    ("fetch-models",): ("avatar_core.face.cli_fetch", "set up the face models (from the mediapipe 0.10.21 wheel) once"),
-    ("head", "info"): ("avatar_core.head.cli_info", "print a head model's sizes per LOD, expressions and joints"),
-    ("head", "preview"): ("avatar_core.head.cli_preview", "render a picture of the head at each LOD and a few expressions"),
-    ("reconstruct",): ("avatar_core.recon.cli", "photo -> avatar file (+ preview sheet)"),
-    ("track",): ("avatar_core.motion.cli_track", "video -> motion file (per-frame expression and pose)"),
-    ("animate",): ("avatar_core.motion.cli_animate", "render an avatar driven by a motion to a video or frames"),
-    ("render",): ("avatar_core.recon.cli_render", "a still of an avatar at its source camera, turned, with expressions"),
-    ("export",): ("avatar_core.io.cli_export", "write an avatar's Gaussians as PLY, glTF (KHR_gaussian_splatting) "
-                                               "or SPZ: one frame, or a motion as a sequence"),
-    ("export-ply",): ("avatar_core.io.cli_ply", "the old name of export (same options)"),
-    ("bench", "render"): ("avatar_core.eval.bench_render", "time the per-frame render path (FPS per LOD)"),
-    ("bench", "export"): ("avatar_core.io.bench_export", "time a motion exported as a PLY/GLB/SPZ sequence"),
-    ("bench", "face"): ("avatar_core.eval.bench_face", "the torch face models against mediapipe 0.10.21 (parity, speed) as JSON"),
-    ("bench", "recon"): ("avatar_core.eval.bench_recon", "time photo -> avatar file, stage by stage"),
-    ("eval", "selfreenact"): ("avatar_core.eval.selfreenact", "self-reenactment report on video clips"),
-    ("eval", "expressions"): ("avatar_core.eval.expressions", "mouth interior, blink and gaze figures of avatars (JSON)"),
-    ("eval", "sideviews"): ("avatar_core.eval.sideviews", "notch and speckle figures of avatars turned both ways (JSON)"),
-    ("eval", "novelview"): ("avatar_core.eval.novelview", "novel-view report on the head scan"),
-    ("train",): ("avatar_core.train.cli", "train the feed-forward reconstructor (torchrun for DDP)"),
+    ("fetch-models",): ("avatar_core.cli.fetch_models", "set up the face models (from the mediapipe 0.10.21 wheel) once"),
+    ("head", "info"): ("avatar_core.cli.head_info", "print a head model's sizes per LOD, expressions and joints"),
+    ("head", "preview"): ("avatar_core.cli.head_preview", "render a picture of the head at each LOD and a few expressions"),
+    ("reconstruct",): ("avatar_core.cli.reconstruct", "photo -> avatar file (+ preview sheet)"),
+    ("track",): ("avatar_core.cli.track", "video -> motion file (per-frame expression and pose)"),
+    ("animate",): ("avatar_core.cli.animate", "render an avatar driven by a motion to a video or frames"),
+    ("render",): ("avatar_core.cli.render", "a still of an avatar at its source camera, turned, with expressions"),
+    ("export",): ("avatar_core.cli.export", "write an avatar's Gaussians as PLY, glTF (KHR_gaussian_splatting) "
+                                            "or SPZ: one frame, or a motion as a sequence"),
+    ("export-ply",): ("avatar_core.cli.export", "the old name of export (same options)"),
+    ("bench", "render"): ("avatar_core.cli.bench_render", "time the per-frame render path (FPS per LOD)"),
+    ("bench", "export"): ("avatar_core.cli.bench_export", "time a motion exported as a PLY/GLB/SPZ sequence"),
+    ("bench", "face"): ("avatar_core.cli.bench_face", "the torch face models against mediapipe 0.10.21 (parity, speed) as JSON"),
+    ("bench", "recon"): ("avatar_core.cli.bench_recon", "time photo -> avatar file, stage by stage"),
+    ("eval", "selfreenact"): ("avatar_core.cli.eval_selfreenact", "self-reenactment report on video clips"),
+    ("eval", "expressions"): ("avatar_core.cli.eval_expressions", "mouth interior, blink and gaze figures of avatars (JSON)"),
+    ("eval", "sideviews"): ("avatar_core.cli.eval_sideviews", "notch and speckle figures of avatars turned both ways (JSON)"),
+    ("eval", "novelview"): ("avatar_core.cli.eval_novelview", "novel-view report on the head scan"),
+    ("train",): ("avatar_core.cli.train", "train the feed-forward reconstructor (torchrun for DDP)"),
 }
 
 

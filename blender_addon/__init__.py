@@ -1,8 +1,9 @@
 """HeadSplat for Blender: one photo -> an animatable Gaussian head avatar in the scene.
 
 Registration only; the work is in the modules beside this one (see DESIGN.md's layers):
-``convert``, ``avatar_data``, ``deps``, ``jobs`` and ``render_core`` are bpy-free helpers;
-``scene``, ``storage``, ``params``, ``keyframes``, ``nodes`` and ``engine`` bridge to Blender;
+``pure/`` holds the bpy-free helpers (``convert``, ``constants``, ``avatar_data``, ``deps``,
+``jobs``, ``render_core``); ``scene``, ``storage``, ``params``, ``keyframes``, ``nodes`` and
+``engine`` bridge to Blender;
 ``operators/`` and ``panels/`` (sibling packages) are the UI. Heavy modules (torch,
 avatar_core) are imported inside operators and the engine, so enabling the add-on is instant
 and works before the dependencies are installed.
@@ -38,7 +39,7 @@ def deps_target() -> str:
 
 def register():
     global _modules
-    from blender_addon import deps
+    from blender_addon.pure import deps
     deps.set_target(deps_target())
     _modules = _submodules()
     for m in _modules:

@@ -25,7 +25,8 @@ from blender_addon import lookup, prefs, storage
 try:
     import numpy as np
 
-    from blender_addon import convert, params
+    from blender_addon import params
+    from blender_addon.pure import convert
 except ImportError:  # a Blender whose Python lacks numpy: the engine registers; renders say why not
     np = convert = params = None
 
@@ -100,7 +101,7 @@ def _avatars_of_rig(rig) -> list:
 
 
 def _view(depsgraph, orig, rig_eval, matrix, hs, viewmat_world, final, device, warn):
-    from blender_addon.render_core import AvatarView
+    from blender_addon.pure.render_core import AvatarView
     settings = depsgraph.scene.headsplat
     try:
         avatar = storage.load_for_object(orig, device)
@@ -169,14 +170,15 @@ class HeadSplatRenderEngine(bpy.types.RenderEngine):
     def _missing_numpy(self) -> bool:
         if np is not None:
             return False
-        from blender_addon import deps
+        from blender_addon.pure import deps
         self.report({"ERROR"}, deps.numpy_sentence())
         return True
 
     def render(self, depsgraph):
         if self._missing_numpy():
             return
-        from blender_addon.render_core import apply_threads, render_views, resolve_device
+        from avatar_core.devices import resolve_device
+        from blender_addon.pure.render_core import apply_threads, render_views
         scene = depsgraph.scene
         apply_threads(prefs.get().cpu_threads)
         camera = self.camera_override or scene.camera
@@ -189,7 +191,7 @@ class HeadSplatRenderEngine(bpy.types.RenderEngine):
         except ValueError as exc:
             self.report({"ERROR"}, str(exc))
             return
-        device = resolve_device(prefs.get().device)
+        device = resolve_device(prefs.get().device, fallback=True)
         self.update_stats("", "HeadSplat: preparing avatars")
         warnings = []
         views = collect_views(depsgraph, view, True, device, warn=warnings.append)
@@ -227,12 +229,13 @@ class HeadSplatRenderEngine(bpy.types.RenderEngine):
         import gpu
         from gpu_extras.presets import draw_texture_2d
 
-        from blender_addon.render_core import apply_threads, render_views, resolve_device
+        from avatar_core.devices import resolve_device
+        from blender_addon.pure.render_core import apply_threads, render_views
         apply_threads(prefs.get().cpu_threads)
         region, rv3d = context.region, context.region_data
         scene = depsgraph.scene
         settings = scene.headsplat
-        device = resolve_device(prefs.get().device)
+        device = resolve_device(prefs.get().device, fallback=True)
         view_gl = np.array(rv3d.view_matrix)
         win = np.array(rv3d.window_matrix)
         now = time.monotonic()
@@ -302,7 +305,7 @@ def window_depth(depth: np.ndarray, win: np.ndarray) -> np.ndarray:
     clip_z = win[2, 2] * z_eye + win[2, 3]
     clip_w = win[3, 2] * z_eye + win[3, 3]
     out = 0.5 * clip_z / np.where(np.abs(clip_w) < 1e-12, 1e-12, clip_w) + 0.5
-    from blender_addon.render_core import FAR_DEPTH
+    from blender_addon.pure.render_core import FAR_DEPTH
     out = np.where(np.asarray(depth) >= 0.5 * FAR_DEPTH, 1.0, np.clip(out, 0.0, 1.0))
     return out.astype(np.float32)
 

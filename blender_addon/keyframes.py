@@ -13,7 +13,8 @@ from typing import Optional, Sequence
 import bpy
 import numpy as np
 
-from blender_addon import convert, params
+from blender_addon import params
+from blender_addon.pure import convert
 
 INTERP_LINEAR = 1  # Keyframe.interpolation enum: CONSTANT 0, LINEAR 1, BEZIER 2
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import bpy
 
-from blender_addon.constants import LAYER_COLOURS, MASK_HIGH, MASK_LOW, MAX_LAYERS, REGION_COLOURS
+from blender_addon.pure.constants import LAYER_COLOURS, MASK_HIGH, MASK_LOW, MAX_LAYERS, REGION_COLOURS
 
 GROUP_NAME = "HeadSplat Points v3"
 MATERIAL_NAME = "HeadSplat Points"

@@ -13,7 +13,7 @@ from typing import Dict, Optional, Sequence
 
 import numpy as np
 
-from blender_addon import convert
+from blender_addon.pure import convert
 
 
 def expression_values(ob, expr_names: Sequence[str]) -> np.ndarray:

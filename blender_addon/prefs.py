@@ -10,8 +10,8 @@ from __future__ import annotations
 import bpy
 from bpy.props import EnumProperty, IntProperty, StringProperty
 
-from blender_addon import deps
 from blender_addon.props import PATH_OPTIONS
+from blender_addon.pure import deps
 
 # set by the extension's root __init__ (e.g. "bl_ext.user_default.headsplat"); a legacy
 # add-on install keeps the package name

@@ -12,7 +12,7 @@ import bpy
 from bpy.props import (BoolProperty, BoolVectorProperty, EnumProperty, FloatProperty, IntProperty,
                        PointerProperty, StringProperty)
 
-from blender_addon.constants import MAX_LAYERS
+from blender_addon.pure.constants import MAX_LAYERS, nearest_lod
 
 COLOUR_MODE_ITEMS = [
     ("RGB", "Colour", "The Gaussians' own colours", 0),
@@ -81,7 +81,7 @@ def _lod_update(self, context):
     """Snap to the nearest level this avatar has (a reconstruction may keep only LOD 0)."""
     levels = [int(x) for x in self.lod_levels.split(",") if x.strip().lstrip("-").isdigit()]
     if levels and self.lod not in levels:
-        self.lod = min(levels, key=lambda k: abs(k - self.lod))
+        self.lod = nearest_lod(levels, self.lod)
     _redraw(self, context)
 
 

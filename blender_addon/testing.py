@@ -30,7 +30,8 @@ def fresh_scene():
     """An empty scene (factory settings, no objects); the add-on stays registered."""
     import bpy
     bpy.ops.wm.read_factory_settings(use_empty=True)
-    from blender_addon import render_core, storage
+    from blender_addon import storage
+    from blender_addon.pure import render_core
     storage.forget()
     render_core.clear_caches()
     return bpy.context.scene
@@ -41,12 +42,11 @@ def add_avatar(avatar, name="Test Avatar", pack=True, source_path="", engine=Tru
     import bpy
 
     from blender_addon import scene
-    from operators.common import frame_camera, use_engine
     ob = scene.build_avatar(bpy.context, avatar, name=name, source_path=source_path, pack=pack)
     if engine:
-        use_engine(bpy.context)
+        scene.use_engine(bpy.context)
     if camera:
-        frame_camera(bpy.context, ob)
+        scene.frame_camera(bpy.context, ob)
     return ob
 
 

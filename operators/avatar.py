@@ -9,7 +9,7 @@ from bpy.props import BoolProperty, StringProperty
 from bpy_extras.io_utils import ImportHelper
 
 from blender_addon import lookup
-from operators.common import CORE_MODULES, frame_camera, report_exception, require, use_engine
+from operators.common import CORE_MODULES, report_exception, require
 
 
 def _avatar_poll(cls, context) -> bool:
@@ -58,8 +58,8 @@ class HEADSPLAT_OT_import_avatar(bpy.types.Operator, ImportHelper):
             report_exception(self, exc, "Importing the avatar")
             return {"CANCELLED"}
         if self.set_engine:
-            use_engine(context)
-            frame_camera(context, ob)
+            scene.use_engine(context)
+            scene.frame_camera(context, ob)
         self.report({"INFO"}, f"Added {ob.name!r}: {avatar.num_gaussians} Gaussians, "
                               f"{avatar.num_expr} expressions, LODs {avatar.available_lods()}.")
         return {"FINISHED"}

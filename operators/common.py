@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import traceback
 
 import bpy
@@ -16,7 +15,7 @@ PHOTO_MODULES = CORE_MODULES + ("PIL", "cv2", "scipy")
 
 def require(op, *modules) -> bool:
     """Report and return False when a needed package is missing (the panel says how to fix it)."""
-    from blender_addon import deps
+    from blender_addon.pure import deps
     st = deps.status()
     missing = st.missing_for(*(modules or CORE_MODULES))
     if any(r.module == "numpy" for r, _ in st.missing):
@@ -39,65 +38,6 @@ def report_exception(op, exc: BaseException, what: str) -> None:
     else:
         log.error("%s failed:\n%s", what, "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
         op.report({"ERROR"}, f"{what} failed: {type(exc).__name__}: {exc}")
-
-
-def use_engine(context) -> None:
-    """Switch the scene to the HeadSplat engine with a view transform that shows the avatar's
-    colours unchanged, keeping the render's scene data between renders (Persistent Data: an
-    F12 then re-evaluates that data instead of copying it again: 5-10% of a CPU frame for the
-    open head, whose shape keys alone are 64 MB; Render > HeadSplat turns it off)."""
-    scene = context.scene
-    scene.render.engine = "HEADSPLAT"
-    scene.render.use_persistent_data = True
-    try:
-        scene.view_settings.view_transform = "Standard"
-        scene.view_settings.look = "None"
-    except TypeError:
-        pass
-
-
-FRAMING_CAMERA = "HeadSplat Camera"
-FRAME_FILL = 1 / 1.2   # the avatar's bounding box fills this much of the frame's tighter side
-
-
-def frame_camera(context, ob, refit: bool = False) -> bpy.types.Object:
-    """The scene camera; when the scene has none, or with ``refit``, a camera facing the avatar
-    (Blender's front view, looking along +Y) that frames its bounding box for the scene's
-    resolution. A refit reuses the "HeadSplat Camera" it made before and leaves the user's
-    cameras as they are (the scene camera becomes the framing one)."""
-    scene = context.scene
-    if scene.camera is not None and not refit:
-        return scene.camera
-    from mathutils import Vector
-    pts = [ob.matrix_world @ Vector(c) for c in ob.bound_box]
-    lo = Vector((min(p.x for p in pts), min(p.y for p in pts), min(p.z for p in pts)))
-    hi = Vector((max(p.x for p in pts), max(p.y for p in pts), max(p.z for p in pts)))
-    centre = (lo + hi) / 2
-    cam = bpy.data.objects.get(FRAMING_CAMERA)
-    if cam is None or cam.type != "CAMERA":
-        cam = bpy.data.objects.new(FRAMING_CAMERA, bpy.data.cameras.new(FRAMING_CAMERA))
-    if cam.name not in scene.objects:
-        scene.collection.objects.link(cam)
-    cam_data = cam.data
-    cam_data.type = "PERSP"
-    cam_data.lens = 85.0
-    cam_data.clip_start = 0.01
-    cam_data.sensor_fit = "AUTO"
-    cam_data.shift_x = cam_data.shift_y = 0.0
-    # AUTO sensor fit: the sensor width spans the frame's longer side
-    r = scene.render
-    w = max(1.0, r.resolution_x * r.pixel_aspect_x)
-    h = max(1.0, r.resolution_y * r.pixel_aspect_y)
-    half = cam_data.sensor_width / (2 * cam_data.lens)          # tan(half field of view), longer side
-    tan_h, tan_v = (half, half * h / w) if w >= h else (half * w / h, half)
-    size_x, size_z = max(hi.x - lo.x, 0.05), max(hi.z - lo.z, 0.05)
-    # distance from the box's front face (the nearest, so the largest on screen)
-    dist = max(size_z / (2 * FRAME_FILL * tan_v), size_x / (2 * FRAME_FILL * tan_h))
-    cam.location = (centre.x, lo.y - dist, centre.z)
-    cam.rotation_mode = "XYZ"
-    cam.rotation_euler = (math.pi / 2, 0.0, 0.0)
-    scene.camera = cam
-    return cam
 
 
 def tag_redraw(context) -> None:

@@ -9,7 +9,7 @@ import bpy
 from bpy.props import BoolProperty, EnumProperty, StringProperty
 from bpy_extras.io_utils import ImportHelper
 
-from operators.common import PHOTO_MODULES, JobOperatorMixin, frame_camera, report_exception, require, use_engine
+from operators.common import PHOTO_MODULES, JobOperatorMixin, report_exception, require
 
 IMAGE_GLOB = "*.jpg;*.jpeg;*.png;*.bmp;*.webp;*.tif;*.tiff"
 
@@ -69,12 +69,13 @@ class HEADSPLAT_OT_create_from_photo(JobOperatorMixin, bpy.types.Operator, Impor
             self.report({"ERROR"}, "The head model is set to a FLAME file, but no file is chosen "
                                    "(Preferences > Add-ons > HeadSplat).")
             return {"CANCELLED"}
-        from blender_addon.jobs import Job
-        from blender_addon.render_core import resolve_device
+        from avatar_core.devices import resolve_device
+        from blender_addon.pure.jobs import Job
         quality = p.quality if self.quality == "PREFS" else self.quality
         self._out_path = os.path.splitext(photo)[0] + ".avatar" if self.save_file else None
         self._photo = photo
-        self._job = Job(_reconstruct_hook(), photo, self._out_path, head, quality, resolve_device(p.device),
+        self._job = Job(_reconstruct_hook(), photo, self._out_path, head, quality,
+                        resolve_device(p.device, fallback=True),
                         name="HeadSplat reconstruction")
         HEADSPLAT_OT_create_from_photo._running = True
         try:
@@ -102,8 +103,8 @@ class HEADSPLAT_OT_create_from_photo(JobOperatorMixin, bpy.types.Operator, Impor
             report_exception(self, exc, "Building the avatar")
             return {"CANCELLED"}
         if self.set_engine:
-            use_engine(context)
-            frame_camera(context, ob)
+            scene.use_engine(context)
+            scene.frame_camera(context, ob)
         build = time.perf_counter() - t0
         ob["_headsplat_timing"] = {"reconstruct_s": round(job.seconds, 3), "build_s": round(build, 3)}
         self.report({"INFO"}, f"Created {ob.name!r} ({avatar.num_gaussians} Gaussians) in {job.seconds:.0f} s "

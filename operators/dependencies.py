@@ -14,14 +14,14 @@ class HEADSPLAT_OT_check_dependencies(bpy.types.Operator):
     bl_label = "Check Dependencies"
 
     def execute(self, context):
-        from blender_addon import deps
+        from blender_addon.pure import deps
         st = deps.status(refresh=True)
         self.report({"INFO"} if st.ok else {"WARNING"}, st.sentence())
         return {"FINISHED"}
 
 
 def _install(progress=None, cancel=None):
-    from blender_addon import deps
+    from blender_addon.pure import deps
     lines = []
 
     def log(line):
@@ -42,7 +42,7 @@ class HEADSPLAT_OT_install_dependencies(JobOperatorMixin, bpy.types.Operator):
 
     @classmethod
     def poll(cls, context):
-        from blender_addon import deps
+        from blender_addon.pure import deps
         if deps.status().ok:
             cls.poll_message_set("Everything is installed")
             return False
@@ -52,7 +52,7 @@ class HEADSPLAT_OT_install_dependencies(JobOperatorMixin, bpy.types.Operator):
         return True
 
     def execute(self, context):
-        from blender_addon.jobs import Job
+        from blender_addon.pure.jobs import Job
         self._job = Job(_install, name="HeadSplat pip")
         return self.run_job(context)
 

@@ -11,15 +11,11 @@ from bpy.props import EnumProperty, StringProperty
 from bpy_extras.io_utils import ExportHelper
 
 from blender_addon import lookup
+from blender_addon.pure.constants import nearest_lod
 from operators.avatar import _avatar_poll
 from operators.common import CORE_MODULES, report_exception, require
 
 SUFFIXES = (".ply", ".glb", ".spz")
-
-
-def _nearest_lod(avatar, lod: int) -> int:
-    lods = avatar.available_lods()
-    return lod if lod in lods else min(lods, key=lambda k: abs(k - lod))
 
 
 class HEADSPLAT_OT_export_ply(bpy.types.Operator, ExportHelper):
@@ -113,19 +109,19 @@ class HEADSPLAT_OT_export_ply(bpy.types.Operator, ExportHelper):
         import numpy as np
         import torch
 
-        from blender_addon import convert, params
+        from blender_addon import params
+        from blender_addon.pure import convert
         p = params.frame_params(ob, lookup.rig_of(ob), avatar)
         hs = ob.headsplat
         with torch.no_grad():
             frame = avatar.animate(expression=torch.as_tensor(p["expression"])[None],
                                    pose=torch.as_tensor(p["pose"])[None],
                                    translation=torch.as_tensor(p["translation"])[None],
-                                   lod=_nearest_lod(avatar, hs.lod), layers=lookup.layer_selection(hs),
+                                   lod=nearest_lod(avatar.available_lods(), hs.lod), layers=lookup.layer_selection(hs),
                                    mask_threshold=hs.mask_threshold)
         if self.coordinates == "BLENDER":
-            from avatar_core.io.export import transform_frame
             rigid, s = convert.split_similarity(np.array(ob.matrix_world))
-            frame = transform_frame(frame, rigid[:3, :3], s, rigid[:3, 3])
+            frame = frame.transformed(rigid[:3, :3], s, rigid[:3, 3])
         return frame
 
 

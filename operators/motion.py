@@ -18,30 +18,38 @@ VIDEO_EXTS = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".m4v")
 MOTION_GLOB = "*.npz;*.csv;*.txt;" + ";".join("*" + e for e in VIDEO_EXTS)
 
 
-def _load(path, avatar, motion_head, head_spec, fps, progress=None, cancel=None):
-    """Runs off the UI thread: read or track, then bring into the avatar's expression space."""
+def load_for_avatar(path, avatar, motion_head, head_spec, fps, progress=None, cancel=None):
+    """Runs off the UI thread: read or track, then made ready for the avatar as the commands do
+    (``motion_for_avatar``: its expressions, resampled to the scene's ``fps``; the root
+    translation as it is, keyed on the rig)."""
     from avatar_core.motion import load_motion
-    from avatar_core.motion.playback import bring_to_avatar
     from avatar_core.progress import as_progress
     prog = as_progress(progress, cancel)
     if path.lower().endswith(VIDEO_EXTS):
         from avatar_core.fit.track import track_video
         from avatar_core.head import load_head
+        from avatar_core.motion import MotionSequence
         head = load_head(head_spec)
         result = track_video(path, head, progress=prog.sub(0.0, 0.95), cancel=cancel)
-        motion = result.motion(head, source=repr(path))
+        motion = MotionSequence.from_track(result, head, source=repr(path))
         motion_head = motion_head or head_spec
     else:
         prog(0.1, "reading")
         motion = load_motion(path)
     prog(0.95, "matching expressions")
-    motion = bring_to_avatar(motion, avatar, motion_head=motion_head or None)
+    return ready_for_avatar(motion, avatar, motion_head, fps, where=repr(path))
+
+
+def ready_for_avatar(motion, avatar, motion_head=None, fps=None, where=None):
+    """A loaded motion made ready to key on ``avatar`` (``motion_for_avatar``): its expressions,
+    resampled to the scene's ``fps`` (None: its own), the root translation as it is."""
+    from avatar_core.motion.playback import motion_for_avatar
     if fps and abs(motion.fps - fps) > 1e-6:
-        from avatar_core.validate import check_fps, check_frame_count, resampled_frames
+        from avatar_core.validate import check_fps
         check_fps(fps, "the scene frame rate")   # the bounds `animate --fps` applies
-        check_frame_count(resampled_frames(motion.num_frames, motion.fps, fps), fps, repr(path))
-        motion = motion.resample(fps)
-    return motion
+    else:
+        fps = None
+    return motion_for_avatar(motion, avatar, motion_head=motion_head or None, fps=fps, translation="on", where=where)
 
 
 class HEADSPLAT_OT_import_motion(JobOperatorMixin, bpy.types.Operator, ImportHelper):
@@ -81,7 +89,7 @@ class HEADSPLAT_OT_import_motion(JobOperatorMixin, bpy.types.Operator, ImportHel
             self.report({"ERROR"}, f"The motion file {path!r} does not exist.")
             return {"CANCELLED"}
         from blender_addon import prefs, storage
-        from blender_addon.jobs import Job
+        from blender_addon.pure.jobs import Job
         self._ob_name = lookup.avatar_of(context).name
         try:
             avatar = storage.load_for_object(lookup.avatar_of(context))
@@ -92,7 +100,7 @@ class HEADSPLAT_OT_import_motion(JobOperatorMixin, bpy.types.Operator, ImportHel
         fps = scene.render.fps / scene.render.fps_base if self.match_fps else None
         motion_head = bpy.path.abspath(self.motion_head) if self.motion_head not in ("", "open") else self.motion_head
         self._t0 = time.perf_counter()
-        self._job = Job(_load, path, avatar, motion_head, prefs.head_spec(), fps, name="HeadSplat motion")
+        self._job = Job(load_for_avatar, path, avatar, motion_head, prefs.head_spec(), fps, name="HeadSplat motion")
         return self.run_job(context)
 
     def finish(self, context):

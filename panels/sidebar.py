@@ -26,7 +26,8 @@ class VIEW3D_PT_headsplat_create(bpy.types.Panel):
     bl_label = "Create"
 
     def draw(self, context):
-        from blender_addon import deps, prefs, storage
+        from blender_addon import prefs, storage
+        from blender_addon.pure import deps
         layout = self.layout
         st = deps.status()
         if not st.ok:

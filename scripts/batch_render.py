@@ -71,7 +71,6 @@ def run(args) -> int:
     from avatar_core.errors import AvatarError
 
     from blender_addon import keyframes, prefs, scene as scene_build, storage
-    from operators.common import frame_camera, use_engine
     t0 = time.perf_counter()
     if args.blend:
         if not os.path.isfile(args.blend):
@@ -106,24 +105,20 @@ def run(args) -> int:
 
     if args.motion:
         from avatar_core.motion import load_motion
-        from avatar_core.motion.playback import bring_to_avatar
+        from operators.motion import VIDEO_EXTS, load_for_avatar, ready_for_avatar
         if not os.path.isfile(args.motion):
             return fail(f"the motion file {args.motion!r} does not exist.")
         fps = scene.render.fps / scene.render.fps_base
         try:
-            if args.motion.lower().endswith((".mp4", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".m4v")):
-                from operators.motion import _load
+            if args.motion.lower().endswith(VIDEO_EXTS):
                 raw = None
             else:
                 raw = load_motion(args.motion)
             for ob in avatars:
                 av = storage.load_for_object(ob)
-                if raw is None:
-                    motion = _load(args.motion, av, None, prefs.head_spec(), fps)
-                else:
-                    motion = bring_to_avatar(raw, av)
-                    if abs(motion.fps - fps) > 1e-6:
-                        motion = motion.resample(fps)
+                # a video is tracked first; both then go through motion_for_avatar, as in the add-on
+                motion = load_for_avatar(args.motion, av, None, prefs.head_spec(), fps) if raw is None else \
+                    ready_for_avatar(raw, av, fps=fps)
                 keyframes.key_motion(ob, ob.headsplat.rig, motion, start_frame=1,
                                      name=os.path.splitext(os.path.basename(args.motion))[0])
         except AvatarError as exc:
@@ -134,7 +129,7 @@ def run(args) -> int:
     if args.frames:
         scene.frame_end = scene.frame_start + args.frames - 1
 
-    use_engine(context)
+    scene_build.use_engine(context)
     if args.lod is not None:
         scene.headsplat.render_lod = str(args.lod)
     if args.res:
@@ -147,7 +142,7 @@ def run(args) -> int:
         scene.render.resolution_x, scene.render.resolution_y = w, h
         scene.render.resolution_percentage = 100
     # after the resolution: the framing depends on the frame's aspect
-    frame_camera(context, avatars[0], refit=args.camera == "frame")
+    scene_build.frame_camera(context, avatars[0], refit=args.camera == "frame")
     scene.render.film_transparent = bool(args.transparent)
     settings = scene.render.image_settings
     if hasattr(settings, "media_type"):

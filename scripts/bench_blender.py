@@ -38,14 +38,14 @@ sys.path.insert(0, ROOT)
 
 
 def make_avatar(head_kind: str):
-    from avatar_core.gaussians.avatar import Avatar
+    from avatar_core.gaussians.build import synthetic_avatar
     if head_kind == "open":
         from avatar_core.head import load_head
         head = load_head("open")
     else:
         from avatar_core.head.synthetic import make_test_head
         head = make_test_head(subdivisions=4)
-    return Avatar.synthetic(head, channels=32)
+    return synthetic_avatar(head, channels=32)
 
 
 def arkit_csv(path, frames: int, fps: int = 30):
@@ -99,8 +99,9 @@ def main(argv=None) -> int:
         prefs.get().cpu_threads = args.threads   # the engine applies it in Blender's render thread
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU thread(s), cuda={torch.cuda.is_available()}")
 
-    from blender_addon import convert, params, storage
-    from blender_addon.render_core import refiner_for, AvatarView
+    from blender_addon import params, storage
+    from blender_addon.pure import convert
+    from blender_addon.pure.render_core import refiner_for, AvatarView
     testing.fresh_scene()
     out = {}
     tmp = tempfile.mkdtemp(prefix="headsplat-bench-")
@@ -186,9 +187,9 @@ def main(argv=None) -> int:
     scene.render.film_transparent = True
     scene.headsplat.render_lod = str(args.lod)
     scene.render.use_persistent_data = args.persistent_data == "on"
-    from blender_addon import engine
-    from blender_addon.render_core import resolve_device
+    from avatar_core.devices import resolve_device
     from avatar_core.render import Camera, render
+    from blender_addon import engine
     dev = resolve_device("AUTO")
     av_dev = storage.load_for_object(ob, dev)
     idx = av_dev.select(args.lod)

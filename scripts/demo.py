@@ -28,7 +28,7 @@ def main(argv=None) -> int:
 
     from skimage import data
 
-    from avatar_core.cli_util import ProgressBar
+    from avatar_core.cli.progress_bar import ProgressBar
     from avatar_core.errors import AvatarError
     from avatar_core.recon import reconstruct
     from avatar_core.recon.preview import preview_path, preview_sheet, write_png

@@ -8,7 +8,7 @@
 #   cp ../shared/data/driving/*.mp4 .evalcarry/driving/
 #   cp ../shared/data/metrics/lpips_alexnet_flax_layout.npz .evalcarry/
 #   git archive REV avatar_core cuda_backend pyproject.toml | tar -x -C .evalcarry/old   # optional
-# Usage: CODE=. NAME=new scripts/eval_driving_device.sh [SECONDS] [-- extra selfreenact options]
+# Usage: CODE=. NAME=new [DRIVING=folder] scripts/eval_driving_device.sh [SECONDS] [-- extra selfreenact options]
 #   CODE: the tree whose avatar_core runs (default: this checkout; .evalcarry/old for a baseline)
 # Writes $OUT/$NAME.tgz (per-video result.json, plots, strips, logs) for
 #   python -m avatar_core eval selfreenact ... --out DIR --reuse   (merges them into one report)
@@ -27,7 +27,7 @@ export HEADSPLAT_CACHE_DIR=$CARRY/cache
 export HEADSPLAT_LPIPS_WEIGHTS=$CARRY/lpips_alexnet_flax_layout.npz
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=2
 pids=()
-for v in "$CARRY"/driving/*.mp4; do
+for v in "$CARRY"/${DRIVING:-driving}/*.mp4; do   # DRIVING: another folder under .evalcarry
   n=$(basename "$v" .mp4)
   (cd "$CODE" && timeout "$LIMIT" python3 -m avatar_core eval selfreenact "$v" --out "$RUN/$n" --quality fast \
       --device cuda --reuse "$@") > "$RUN/$n.log" 2>&1 &

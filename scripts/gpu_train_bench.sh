@@ -67,7 +67,7 @@ torch.cuda.empty_cache()
 
 # ---------------------------------------------------------------- inference: photo -> avatar
 try:
-    from avatar_core.recon.network import FeedForwardNet, NetworkConfig
+    from avatar_core.recon.feedforward.network import FeedForwardNet, NetworkConfig
     from avatar_core.recon.feedforward import reconstruct_from_batch
     from avatar_core.render import orbit_camera
     torch.manual_seed(0)

@@ -29,5 +29,5 @@ def test_head():
 
 @pytest.fixture(scope="session")
 def small_avatar(test_head):
-    from avatar_core.gaussians.avatar import Avatar
-    return Avatar.synthetic(test_head, channels=8)
+    from avatar_core.gaussians.build import synthetic_avatar
+    return synthetic_avatar(test_head, channels=8)

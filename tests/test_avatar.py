@@ -9,12 +9,13 @@ import pytest
 import torch
 
 from avatar_core.errors import AvatarFileError, ParameterError
-from avatar_core.gaussians.avatar import ALL_LODS, REGION_SHOULDER, REGION_SPLIT, Avatar
+from avatar_core.gaussians.avatar import ALL_LODS, Avatar
 from avatar_core.gaussians.split import split_graph, split_lineage
-from avatar_core.head.lbs import quaternion_to_matrix
 from avatar_core.head.lod import subdivide_head
 from avatar_core.io import load_avatar, read_ply, save_avatar, write_ply
 from avatar_core.io.ply import read_ply_vertices
+from avatar_core.regions import REGION_SHOULDER
+from avatar_core.rotation import quaternion_to_matrix
 
 
 def test_lod_counts_follow_the_subdivided_mesh(test_head, small_avatar):
@@ -51,7 +52,7 @@ def test_rotations_follow_the_surface(small_avatar):
     pose[0, 0, 1] = 0.7
     a = small_avatar.animate(lod=1)
     b = small_avatar.animate(pose=pose, lod=1)
-    from avatar_core.head.lbs import axis_angle_to_matrix
+    from avatar_core.rotation import axis_angle_to_matrix
     R = axis_angle_to_matrix(pose[0, 0])
     Ra, Rb = quaternion_to_matrix(a.quats[0]), quaternion_to_matrix(b.quats[0])
     assert torch.allclose(R @ Ra, Rb, atol=1e-4)
@@ -252,3 +253,36 @@ print("X0", me.attributes["position"].data[0].vector[0])
     splat_names, ply_names = ("radiance:base", "scale", "rotation"), ("f_dc_0", "opacity", "scale_0", "rot_0")
     assert all(n in attrs for n in ply_names) or all(n in attrs for n in splat_names), attrs
     assert abs(float(lines["X0"]) - float(frame.means[0, 0, 0])) < 1e-5
+
+
+def test_source_camera_is_read_from_the_avatar_files_source_tensors(tmp_path, small_avatar):
+    """The one reader of the fitted source camera: the tensors an avatar file keeps (K, viewmat,
+    width, height, as every version wrote them) -> a batch-1 Camera, scaled to a longer side."""
+    from avatar_core.camera import Camera, orbit_camera
+    view = orbit_camera(distance=0.6, yaw_deg=10.0, width=96, height=64)
+    av = dataclasses.replace(small_avatar, source={"K": view.K[0].double(), "viewmat": view.viewmat[0].double(),
+                                                   "width": torch.tensor(96), "height": torch.tensor(64),
+                                                   "expression": torch.zeros(small_avatar.num_expr)})
+    save_avatar(av, tmp_path / "a.avatar")
+    loaded = load_avatar(tmp_path / "a.avatar")
+    cam = loaded.source_camera()
+    assert isinstance(cam, Camera) and cam.batch == 1 and (cam.width, cam.height) == (96, 64)
+    assert cam.K.dtype == torch.float32 and torch.equal(cam.K, view.K.float())
+    half = loaded.source_camera(48)
+    assert (half.width, half.height) == (48, 32)
+    assert torch.equal(half.K, view.scaled(48, 32).K.float())
+    assert not dataclasses.replace(av, source={}).has_source_camera
+    with pytest.raises(AvatarFileError, match="no fitted source camera"):
+        dataclasses.replace(av, source={}).source_camera(64)
+
+
+def test_the_rig_model_deforms_exactly_like_the_avatar(small_avatar):
+    """Avatar.rig_model() (what retargeting uses) and Avatar.deform_rig are one rig: the same
+    vertices and joint transforms, to the bit."""
+    g = torch.Generator().manual_seed(0)
+    e = torch.rand(2, small_avatar.num_expr, generator=g)
+    pose = 0.2 * torch.randn(2, small_avatar.rig_weights.shape[1], 3, generator=g)
+    t = 0.01 * torch.randn(2, 3, generator=g)
+    verts, transforms = small_avatar.deform_rig(expression=e, pose=pose, translation=t)
+    out = small_avatar.rig_model()(expression=e, pose=pose, translation=t)
+    assert torch.equal(out.vertices, verts) and torch.equal(out.transforms, transforms)

@@ -1,4 +1,4 @@
-"""The one conversion module (blender_addon/convert.py): head space <-> Blender, Blender cameras
+"""The one conversion module (blender_addon/pure/convert.py): head space <-> Blender, Blender cameras
 -> OpenCV K/viewmat, pose bones <-> avatar_core pose. Checked against Blender's own maths."""
 
 import math
@@ -7,15 +7,19 @@ import sys
 import numpy as np
 import pytest
 
-from blender_addon import convert
+from avatar_core import rotation
+from blender_addon.pure import convert
 
 
-def test_convert_imports_without_bpy():
+def test_the_pure_helpers_import_without_bpy():
+    """Every module of blender_addon/pure/ (convert, deps, jobs, ...) imports without Blender's."""
     import subprocess
-    code = ("import sys; import blender_addon.convert, blender_addon.deps, blender_addon.jobs; "
-            "assert 'bpy' not in sys.modules, 'bpy imported'")
     from pathlib import Path
     root = Path(__file__).resolve().parents[1]
+    modules = sorted(p.stem for p in (root / "blender_addon" / "pure").glob("*.py") if p.stem != "__init__")
+    assert {"convert", "deps", "jobs", "avatar_data", "render_core", "constants"} <= set(modules)
+    code = ("import sys, importlib\n" + "".join(f"importlib.import_module('blender_addon.pure.{m}')\n" for m in modules)
+            + "assert not {'bpy', 'mathutils', 'bmesh'} & set(sys.modules), 'bpy imported'")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=root)
 
 
@@ -34,24 +38,24 @@ def test_rotation_round_trips():
     aa *= rng.uniform(0, 3.1, size=(50, 1)) / np.linalg.norm(aa, axis=1, keepdims=True)  # angles < pi
     aa[0] = 0.0
     aa[1] = [1e-9, 0, 0]
-    R = convert.axis_angle_to_matrix(aa)
+    R = rotation.axis_angle_to_matrix_np(aa)
     assert np.allclose(R @ np.swapaxes(R, -1, -2), np.eye(3), atol=1e-12)
-    assert np.allclose(convert.matrix_to_axis_angle(R), aa, atol=1e-7)
-    q = convert.axis_angle_to_quaternion(aa)
-    assert np.allclose(convert.quaternion_to_matrix(q), R, atol=1e-9)
-    assert np.allclose(convert.quaternion_to_axis_angle(q), aa, atol=1e-7)
+    assert np.allclose(rotation.matrix_to_axis_angle_np(R), aa, atol=1e-7)
+    q = rotation.axis_angle_to_quaternion_np(aa)
+    assert np.allclose(rotation.quaternion_to_matrix_np(q), R, atol=1e-9)
+    assert np.allclose(rotation.quaternion_to_axis_angle_np(q), aa, atol=1e-7)
     # agrees with avatar_core's Rodrigues
     import torch
-    from avatar_core.head.lbs import axis_angle_to_matrix
+    from avatar_core.rotation import axis_angle_to_matrix
     assert np.allclose(axis_angle_to_matrix(torch.tensor(aa)).numpy(), R, atol=1e-7)
 
 
 def test_bone_basis_pose_round_trip():
     rng = np.random.default_rng(2)
-    rest = convert.axis_angle_to_matrix(rng.normal(size=(5, 3)))      # arbitrary bone rest frames
+    rest = rotation.axis_angle_to_matrix_np(rng.normal(size=(5, 3)))      # arbitrary bone rest frames
     pose = rng.normal(size=(7, 5, 3)) * 0.5
     q = convert.pose_to_bone_basis(rest[None], pose)
-    back = convert.bone_basis_to_pose(rest[None], convert.quaternion_to_matrix(q))
+    back = convert.bone_basis_to_pose(rest[None], rotation.quaternion_to_matrix_np(q))
     assert np.allclose(back, pose, atol=1e-7)
     t = rng.normal(size=(7, 3))
     loc = convert.translation_to_root_location(rest[0], t)
@@ -124,12 +128,12 @@ def test_camera_matches_blender(bpy_scene, cam):
 def test_head_camera_moves_with_the_avatar():
     """A head-space point seen through head_camera projects like its Blender world position."""
     rng = np.random.default_rng(4)
-    R = convert.axis_angle_to_matrix(rng.normal(size=3))
+    R = rotation.axis_angle_to_matrix_np(rng.normal(size=3))
     M = np.eye(4)
     M[:3, :3] = 1.7 * R @ convert.HEAD_TO_BLENDER
     M[:3, 3] = [0.2, -0.5, 1.0]
     cam = np.eye(4)
-    cam[:3, :3] = convert.axis_angle_to_matrix(np.array([math.pi / 2, 0, 0]))
+    cam[:3, :3] = rotation.axis_angle_to_matrix_np(np.array([math.pi / 2, 0, 0]))
     cam[:3, 3] = [0.0, -3.0, 1.0]
     view = convert.opencv_viewmat(cam)
     vh, s = convert.head_camera(view, M)
@@ -159,7 +163,7 @@ def test_orthographic_viewport_approximation():
 
 def test_torch_and_numpy_srgb_agree():
     import torch
-    from blender_addon.render_core import srgb_to_linear_t
+    from blender_addon.pure.render_core import srgb_to_linear_t
     x = np.linspace(-0.1, 1.2, 1001, dtype=np.float32)
     assert np.allclose(srgb_to_linear_t(torch.from_numpy(x)).numpy(), convert.srgb_to_linear(x), atol=1e-6)
 
@@ -169,7 +173,7 @@ def test_render_views_composite_formula(monkeypatch, background):
     """render_views converts only the drawn pixels; the image equals the whole-frame formulas
     (convert's numpy twins), with or without the depth map."""
     import torch
-    from blender_addon import render_core
+    from blender_addon.pure import render_core
     H, W = 24, 32
     g = torch.Generator().manual_seed(0)
     alpha = torch.rand(H, W, generator=g) * (torch.rand(H, W, generator=g) > 0.5)   # half the pixels empty

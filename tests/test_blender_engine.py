@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from blender_addon import convert, testing
+from blender_addon import testing
+from blender_addon.pure import convert
 
 
 @pytest.fixture(scope="module")
@@ -215,8 +216,9 @@ def _expr(av, **values):
 
 def test_viewport_inspection_colours(bpy, small_avatar):
     """The Rendered viewport path shows inspection colours (region palette here)."""
-    from blender_addon import engine, render_core
-    from blender_addon.constants import REGION_COLOURS
+    from blender_addon import engine
+    from blender_addon.pure import render_core
+    from blender_addon.pure.constants import REGION_COLOURS
     testing.fresh_scene()
     ob = testing.add_avatar(small_avatar, name="Inspect")
     ob.headsplat.lod = 0

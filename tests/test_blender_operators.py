@@ -291,7 +291,7 @@ def test_modal_job_progress_and_escape_cancel(bpy, monkeypatch):
     worker thread, the operator reports and cancels, the status bar is cleared."""
     from avatar_core.errors import Cancelled
 
-    from blender_addon.jobs import Job
+    from blender_addon.pure.jobs import Job
     from operators.common import JobOperatorMixin
     started = threading.Event()
 
@@ -328,7 +328,7 @@ def test_modal_job_progress_and_escape_cancel(bpy, monkeypatch):
 
 
 def test_job_reports_errors_and_results():
-    from blender_addon.jobs import Job
+    from blender_addon.pure.jobs import Job
     ok = Job(lambda x, progress=None, cancel=None: x * 2, 21).start()
     assert ok.wait(5) and ok.result == 42 and ok.error is None
     bad = Job(lambda progress=None, cancel=None: 1 / 0).start()
@@ -337,7 +337,7 @@ def test_job_reports_errors_and_results():
 
 # --------------------------------------------------------------------------------- dependencies
 def test_dependency_check_names_what_is_missing(monkeypatch):
-    from blender_addon import deps
+    from blender_addon.pure import deps
     reqs = deps.REQUIREMENTS + (deps.Requirement("headsplat_no_such_module", "nope", "nope==1.0", "testing"),)
     st = deps.check(reqs)
     assert not st.ok and [r.pip for r, _ in st.missing] == ["nope==1.0"]
@@ -354,7 +354,7 @@ def test_install_dependencies_into_target_folder(tmp_path):
     """pip --target into the add-on's folder, offline, with a tiny local wheel."""
     import sys
     import zipfile
-    from blender_addon import deps
+    from blender_addon.pure import deps
     wheel = tmp_path / "wheels" / "headsplat_dummy-1.0-py3-none-any.whl"
     wheel.parent.mkdir()
     with zipfile.ZipFile(wheel, "w") as z:
@@ -386,7 +386,7 @@ ERROR: No matching distribution found for scipy==1.99
 
 
 def test_pip_failure_is_one_sentence_with_the_decisive_line(tmp_path):
-    from blender_addon import deps
+    from blender_addon.pure import deps
     assert deps.decisive_line(PIP_SCIPY_FAILURE.splitlines()) == "ERROR: No matching distribution found for scipy==1.99"
     assert deps.decisive_line(["Collecting x", "ERROR: Ignored the following versions ...", "ERROR: boom"]) == "ERROR: boom"
     req = deps.Requirement("headsplat_no_such_module", "nope", "headsplat-nope==1.0", "the test")
@@ -410,7 +410,7 @@ def test_pip_failure_is_one_sentence_with_the_decisive_line(tmp_path):
 def test_numpy_rule_and_the_sentence_for_a_blender_without_numpy(monkeypatch):
     import importlib.metadata
     import sys
-    from blender_addon import deps
+    from blender_addon.pure import deps
     import numpy
     assert deps.numpy_spec() == f"numpy=={numpy.__version__}"   # never replace Blender's own numpy
     real = importlib.metadata.version
@@ -435,7 +435,7 @@ def test_addon_registers_without_numpy_and_says_why_it_cannot_render(tmp_path):
     import sys
     code = ("import sys; sys.path.insert(0, sys.argv[1]); import bpy; sys.modules['numpy'] = None\n"
             "import blender_addon; blender_addon.register()\n"
-            "from blender_addon import deps; assert not deps.check().ok\n"
+            "from blender_addon.pure import deps; assert not deps.check().ok\n"
             "print('REGISTERED', deps.check().sentence())")
     env = dict(os.environ, BLENDER_USER_RESOURCES=str(tmp_path / "user"))
     r = subprocess.run([sys.executable, "-c", code, str(ROOT)], capture_output=True, text=True, env=env, timeout=300)
@@ -444,7 +444,7 @@ def test_addon_registers_without_numpy_and_says_why_it_cannot_render(tmp_path):
 
 
 def test_operators_refuse_clearly_when_dependencies_are_missing(bpy, scene, avatar_file, monkeypatch):
-    from blender_addon import deps
+    from blender_addon.pure import deps
     torch_req = next(r for r in deps.REQUIREMENTS if r.module == "torch")
     missing = deps.Status("3.11", "/somewhere", [(torch_req, "not installed, needed for everything")], [])
     monkeypatch.setattr(deps, "status", lambda refresh=False: missing)

@@ -20,6 +20,7 @@ def test_zip_layout(tmp_path):
     assert {"blender_manifest.toml", "__init__.py", "blender_addon/__init__.py", "operators/__init__.py",
             "panels/__init__.py", "avatar_core/__init__.py", "cuda_backend/__init__.py"} <= names
     assert not any("__pycache__" in n or n.endswith(".pyc") for n in names)
+    assert "blender_addon/pure/convert.py" in names and "blender_addon/testing.py" not in names  # tests' helpers
     manifest = build_addon.read_manifest()
     assert manifest["id"] == "headsplat" and manifest["blender_version_min"] >= "4.2.0"
 

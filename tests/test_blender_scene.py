@@ -101,7 +101,7 @@ def test_inspect_filters_match_avatar_select(bpy, small_avatar, avatar_ob):
     geo = ob2.evaluated_get(bpy.context.evaluated_depsgraph_get()).evaluated_geometry()
     col = np.empty(len(geo.pointcloud.points) * 4, np.float32)
     geo.pointcloud.attributes["display_color"].data.foreach_get("color", col)
-    from blender_addon.constants import REGION_COLOURS
+    from blender_addon.pure.constants import REGION_COLOURS
     idx = av2.select(2, mask_threshold=0.8)
     assert np.allclose(col.reshape(-1, 4)[:, :3], REGION_COLOURS[av2.region[idx].numpy()], atol=1e-5)
 
@@ -227,7 +227,7 @@ def test_reopen_with_avatar_file_missing_warns_but_shows_points(bpy, small_avata
 
 
 def test_mask_chain_equals_effective_mask(small_avatar):
-    from blender_addon.avatar_data import mask_chain
+    from blender_addon.pure.avatar_data import mask_chain
     av = small_avatar.subset(torch.arange(small_avatar.num_gaussians))
     av.soft_mask = torch.randn(av.num_gaussians, generator=torch.Generator().manual_seed(1)) * 2
     chain = mask_chain(av)
@@ -254,8 +254,8 @@ def test_unregister_removes_everything(bpy):
 
 
 def test_lod_snaps_to_the_levels_an_avatar_has(bpy, test_head):
-    from avatar_core.gaussians.avatar import Avatar
-    av = Avatar.synthetic(test_head, channels=4, lods=(0,), split_levels=1, shoulders=False)
+    from avatar_core.gaussians.build import synthetic_avatar
+    av = synthetic_avatar(test_head, channels=4, lods=(0,), split_levels=1, shoulders=False)
     testing.fresh_scene()
     ob = testing.add_avatar(av, name="Coarse", camera=False)
     assert ob.headsplat.lod == 0 and ob.headsplat.lod_levels == "0"

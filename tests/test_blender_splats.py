@@ -52,7 +52,7 @@ def _psnr(a, b, mask):
 
 
 def test_toggle_makes_a_splat_cloud_with_the_importers_attributes(bpy, avatar_ob, small_avatar):
-    from blender_addon.avatar_data import SH_C0
+    from blender_addon.pure.avatar_data import SH_C0
     ob = avatar_ob
     dg = bpy.context.evaluated_depsgraph_get()
     geo = ob.evaluated_get(dg).evaluated_geometry()

@@ -90,7 +90,8 @@ def test_sidebar_and_render_panels_draw(bpy, small_avatar):
 
 
 def test_preferences_draw_and_dependency_box(bpy, monkeypatch):
-    from blender_addon import deps, prefs
+    from blender_addon import prefs
+    from blender_addon.pure import deps
     cls = prefs._cls
     stand_in = type("P", (), {"layout": Layout([]), "head_model": "FLAME", "bl_rna": cls.bl_rna})()
     log = stand_in.layout.log

@@ -12,7 +12,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import shared_data
+from conftest import ROOT, shared_data
 
 from avatar_core.eval.face_metrics import LIP_LANDMARKS, akd, box_psnr, mouth_box
 from avatar_core.eval.lpips import ALEX_CONVS, LPIPS, LPIPSWeightsError, alexnet_state_from_flax
@@ -176,7 +176,8 @@ def test_novelview_renders_the_scan_with_blender(tmp_path):
     pytest.importorskip("bpy", reason="the scan is rendered with Blender's Python module (bpy)")
     from avatar_core.eval.novelview import render_scan
     scan = shared_data("headscan", "LeePerrySmith.glb").parent
-    views = render_scan(scan, tmp_path / "r", [-30, 0, 30], size=96, samples=4, depth_grid=48)
+    renderer = ROOT / "scripts" / "render_headscan.py"
+    views = render_scan(scan, tmp_path / "r", [-30, 0, 30], renderer, size=96, samples=4, depth_grid=48)
     assert views.rgba.shape == (3, 96, 96, 4)
     cover = (views.rgba[..., 3] > 0.5).mean(axis=(1, 2))
     assert np.all(cover > 0.1) and np.all(cover < 0.9)
@@ -189,7 +190,7 @@ def test_novelview_renders_the_scan_with_blender(tmp_path):
     z = views.depth_front
     assert 0.1 < np.isfinite(z).mean() < 0.9 and 0.5 < np.nanmin(z) < 0.7 < np.nanmax(z) < 0.9
     # a second call with the same job reuses the renders
-    again = render_scan(scan, tmp_path / "r", [-30, 0, 30], size=96, samples=4, depth_grid=48, reuse=True)
+    again = render_scan(scan, tmp_path / "r", [-30, 0, 30], renderer, size=96, samples=4, depth_grid=48, reuse=True)
     assert np.array_equal(again.rgba, views.rgba)
 
 

@@ -16,8 +16,7 @@ import torch
 
 from avatar_core.errors import AvatarError
 from avatar_core.gaussians.frame import GaussianFrame
-from avatar_core.io.export import (INDEX_NAME, export_sequence, read_frame, read_index, transform_frame,
-                                   write_frame)
+from avatar_core.io.export import INDEX_NAME, export_sequence, read_frame, read_index, write_frame
 from avatar_core.io.gltf_splat import read_glb, write_glb
 from avatar_core.io.spz import read_spz, write_spz
 
@@ -241,14 +240,14 @@ def test_sequence_interrupted_leaves_nothing(tmp_path, small_avatar):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_transform_frame_moves_points_and_turns_gaussians(frame):
+def test_frame_transformed_moves_points_and_turns_gaussians(frame):
     c, s = np.cos(0.3), np.sin(0.3)
     R = np.array([[c, 0, s], [0, 1, 0], [-s, 0, c]])
-    out = transform_frame(frame, R, 2.0, [0.0, 0.0, 1.0])
+    out = frame.transformed(R, 2.0, [0.0, 0.0, 1.0])
     assert torch.allclose(out.means, 2 * frame.means @ torch.tensor(R, dtype=torch.float32).T
                           + torch.tensor([0.0, 0.0, 1.0]), atol=1e-5)
     assert torch.allclose(out.scales, 2 * frame.scales)
-    from avatar_core.head.lbs import quaternion_to_matrix
+    from avatar_core.rotation import quaternion_to_matrix
     M = quaternion_to_matrix(out.quats[0, :5])
     assert torch.allclose(M, torch.tensor(R, dtype=torch.float32) @ quaternion_to_matrix(frame.quats[0, :5]),
                           atol=1e-5)
@@ -331,7 +330,7 @@ def test_cli_export_missing_folder_and_bad_frames(tmp_path, avatar_file, capsys)
 
 def test_avatar_core_export_does_not_import_bpy():
     code = ("import sys; import avatar_core.io.export, avatar_core.io.spz, avatar_core.io.gltf_splat, "
-            "avatar_core.io.cli_export; assert 'bpy' not in sys.modules")
+            "avatar_core.cli.export; assert 'bpy' not in sys.modules")
     subprocess.run([os.fspath(Path(os.sys.executable)), "-c", code], check=True, cwd=ROOT)
 
 

@@ -479,7 +479,7 @@ def test_parity_with_mediapipe_on_portraits_and_a_clip():
     images = [(p.name, np.ascontiguousarray(cv2.imread(str(p))[..., ::-1])) for p in paths]
     frames, _ = read_video(shared_data("grid", "s1", "bbaf3s.mpg"), max_frames=30)
     images += [(f"grid:{i}", f) for i, f in enumerate(frames[::10])]
-    mp = bench_face._Mediapipe()
+    mp = bench_face.Mediapipe()
     res = bench_face.parity(images, mp, torch.device("cpu"))
     print(res)
     assert not res["found_by_one_only"]

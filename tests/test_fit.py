@@ -77,7 +77,8 @@ def test_track_grid_clip_with_missing_frames(open_head, embedding):
     assert res.valid.sum() == 11 and not res.valid[5]
     assert any("1 of 12 frames had no face (5)" in w for w in res.warnings)
     assert np.nanmedian(res.fit.errors_px) / res.fit.face_size_px < 0.03
-    seq = res.motion(open_head, source="clip")
+    from avatar_core.motion import MotionSequence
+    seq = MotionSequence.from_track(res, open_head, source="clip")
     assert seq.expression.shape == (12, 52) and np.isfinite(seq.expression).all()
     # the interpolated frame lies between its neighbours
     e = seq.expression

@@ -101,7 +101,7 @@ def _fill(folder: Path, leave: int) -> None:
 def _fake_reconstruct(monkeypatch, avatar, fail_preview=None):
     """reconstruct without the face pipeline: returns ``avatar`` and a tiny report."""
     import avatar_core.recon as recon
-    import avatar_core.recon.cli as recon_cli
+    import avatar_core.cli.reconstruct as recon_cli
     import avatar_core.recon.preview as preview
 
     class Report:
@@ -505,15 +505,14 @@ def _fake_track(monkeypatch, n=10):
     class Result:
         fit, warnings = Fit(), []
 
-        @staticmethod
-        def motion(head, source=""):
-            g = np.random.default_rng(0)
-            return MotionSequence(fps=30.0, expr_names=[f"e{i}" for i in range(50)],
-                                  expression=g.standard_normal((n, 50)).astype(np.float32),
-                                  pose=np.zeros((n, 5, 3), np.float32), translation=np.zeros((n, 3), np.float32),
-                                  source=source)
+    def from_track(cls, result, head, source=""):
+        g = np.random.default_rng(0)
+        return cls(fps=30.0, expr_names=[f"e{i}" for i in range(50)],
+                   expression=g.standard_normal((n, 50)).astype(np.float32),
+                   pose=np.zeros((n, 5, 3), np.float32), translation=np.zeros((n, 3), np.float32), source=source)
 
     monkeypatch.setattr(track, "track_video", lambda *a, **k: Result())
+    monkeypatch.setattr(MotionSequence, "from_track", classmethod(from_track))
     monkeypatch.setattr(head_mod, "load_head", lambda spec: None)
 
 
@@ -680,29 +679,29 @@ def test_8_blender_failed_scene_build_removes_what_it_added(small_avatar, monkey
 
 def test_6_blender_import_motion_applies_the_cli_bounds(tmp_path, small_avatar):
     _bpy()
-    from operators.motion import _load
+    from operators.motion import load_for_avatar
 
     from avatar_core.errors import MotionError
     take = _csv(tmp_path / "big.csv", value="1e30")
     with pytest.raises(MotionError, match=r"big\.csv.*expected values within"):
-        _load(str(take), small_avatar, None, "open", 30.0)
+        load_for_avatar(str(take), small_avatar, None, "open", 30.0)
     good = np.zeros((30, 50), np.float32)
     np.savez(tmp_path / "g.npz", expr=good, fps=30)
     data = (tmp_path / "g.npz").read_bytes()
     (tmp_path / "cut.npz").write_bytes(data[: len(data) // 2])
     with pytest.raises(MotionError, match=r"cut\.npz"):
-        _load(str(tmp_path / "cut.npz"), small_avatar, None, "open", 30.0)
+        load_for_avatar(str(tmp_path / "cut.npz"), small_avatar, None, "open", 30.0)
 
 
 # ============================================================================ memory over 1,000 frames
 MEMORY_SCRIPT = r"""
 import os, sys
 import numpy as np
-from avatar_core.gaussians.avatar import Avatar
+from avatar_core.gaussians.build import synthetic_avatar
 from avatar_core.head.synthetic import make_test_head
 from avatar_core.motion.playback import make_cameras, render_motion
 from avatar_core.motion.sequence import MotionSequence
-avatar = Avatar.synthetic(make_test_head(subdivisions=3), channels=8)
+avatar = synthetic_avatar(make_test_head(subdivisions=3), channels=8)
 T, E = 1000, len(avatar.expr_names)
 g = np.random.default_rng(0)
 motion = MotionSequence(fps=30.0, expr_names=list(avatar.expr_names),

@@ -507,8 +507,8 @@ def test_animate_cli_errors(animate_inputs, tmp_path, capsys):
 def test_cameras_and_render_motion(small_avatar):
     import dataclasses
     import threading
+    from avatar_core.camera import intrinsics, look_at
     from avatar_core.motion.playback import make_cameras, render_motion
-    from avatar_core.render.camera import intrinsics, look_at
     # no source camera: a frontal one, or one per frame for orbit
     cam = make_cameras(small_avatar, 6, "source", 32, "cpu")
     assert cam.batch == 1 and (cam.width, cam.height) == (32, 32)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from avatar_core.errors import CheckpointError
-from avatar_core.recon.network import FeedForwardNet, NetworkConfig
+from avatar_core.recon.feedforward.network import FeedForwardNet, NetworkConfig
 from avatar_core.render import orbit_camera, render
 
 
@@ -91,7 +91,7 @@ def test_coarser_lods_train_only_their_levels(tiny_net):
 
 
 def test_straight_through_masks_follow_splitavatar_eq_13():
-    from avatar_core.recon.network_split import ste_masks
+    from avatar_core.recon.feedforward.split import ste_masks
     g = torch.Generator().manual_seed(1)
     k = 2
     m1 = torch.rand(3, 6, generator=g).requires_grad_(True)   # n_0 = 3 parents, k = 2
@@ -124,7 +124,7 @@ def test_exported_avatar_renders_like_the_training_avatar(tiny_net, tmp_path):
         logit = pred["split"]["mask_logit"]
         n0 = net.expression.split_vertices.numel()
         logit[:, n0::3] = -3.0
-        from avatar_core.recon.network_split import ste_masks
+        from avatar_core.recon.feedforward.split import ste_masks
         soft, layers, start = [], [], n0
         for i in range(1, net.cfg.split_levels + 1):
             n = n0 * 2 ** i
@@ -154,8 +154,8 @@ def test_exported_avatar_renders_like_the_training_avatar(tiny_net, tmp_path):
             fr2 = av2.animate(batch["drv_expression"], batch["drv_pose"], lod=lod)
             img = render(fr2, cam, background=1.0, with_depth=False).image
         torch.testing.assert_close(img, ref, atol=2e-4, rtol=0)
-    from avatar_core.render.refiner import load_refiner
-    ref = load_refiner(av2.refiner_state, av2.refiner_config)
+    from avatar_core.render.refiner import refiner_from_state
+    ref = refiner_from_state(av2.refiner_state, av2.refiner_config)
     assert ref.config.in_channels == net.cfg.channels
 
 
@@ -174,7 +174,7 @@ def test_visibility_sees_the_front_not_the_back(tiny_net):
 
 
 def test_encoder_loads_dinov2_key_names(tmp_path):
-    from avatar_core.recon.encoder import EncoderConfig, ViTEncoder, build_encoder, load_vit_weights
+    from avatar_core.recon.feedforward.encoder import EncoderConfig, ViTEncoder, build_encoder, load_vit_weights
     cfg = EncoderConfig.tiny(registers=4)
     src = ViTEncoder(cfg)
     with torch.no_grad():
@@ -200,7 +200,7 @@ def test_encoder_loads_dinov2_key_names(tmp_path):
 def test_checkpoint_round_trip_and_clear_errors(tiny_net, tmp_path):
     from safetensors.torch import save_file
     from avatar_core.recon.feedforward import reconstruct_from_batch, load_feedforward
-    from avatar_core.train.checkpoint import load_network, save_model
+    from avatar_core.recon.feedforward.model_file import load_network, save_model
     path = save_model(tiny_net, tmp_path / "model.safetensors", step=7)
     net2 = load_network(path)
     for (n, a), (_, b) in zip(tiny_net.state_dict().items(), net2.state_dict().items()):

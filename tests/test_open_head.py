@@ -301,7 +301,7 @@ def test_head_info_cli(built):
 
 
 def test_preview_contact_sheet(head):
-    from avatar_core.head.cli_preview import contact_sheet
+    from avatar_core.cli.head_preview import contact_sheet
     sheet = contact_sheet(head, res=64)
     assert sheet.size[0] == 4 * 64 and sheet.size[1] > 3 * 64
     px = torch.tensor(list(sheet.getdata()), dtype=torch.float32)

@@ -33,9 +33,9 @@ def _random_cloud(n, channels, seed):
 
 
 def _avatar_frame(lod, channels):
-    from avatar_core.gaussians.avatar import Avatar
+    from avatar_core.gaussians.build import synthetic_avatar
     from avatar_core.head.synthetic import make_test_head
-    avatar = Avatar.synthetic(make_test_head(), channels=channels, lods=(0, 1, 2))
+    avatar = synthetic_avatar(make_test_head(), channels=channels, lods=(0, 1, 2))
     e = torch.zeros(1, avatar.num_expr)
     e[0, : min(3, avatar.num_expr)] = torch.tensor([0.6, 0.3, 0.8])[: min(3, avatar.num_expr)]
     pose = torch.zeros(1, avatar.rig_weights.shape[1], 3)
@@ -122,12 +122,12 @@ def test_parity_batched_views():
 
 def test_static_binning_pipeline_matches_render():
     """The graph-captured real-time path gives the same pixels as render(backend="gsplat")."""
-    from avatar_core.gaussians.avatar import Avatar
+    from avatar_core.gaussians.build import synthetic_avatar
     from avatar_core.head.synthetic import make_test_head
     from avatar_core.render import render
     from avatar_core.render.realtime import FramePipeline
     dev = torch.device("cuda")
-    avatar = Avatar.synthetic(make_test_head(), channels=32).to(dev)
+    avatar = synthetic_avatar(make_test_head(), channels=32).to(dev)
     cam = _camera().to(dev)
     pipe = FramePipeline(avatar, cam, lod=2, refiner=None, background=1.0)
     e = torch.full((1, avatar.num_expr), 0.4, device=dev)

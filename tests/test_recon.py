@@ -260,11 +260,11 @@ def test_cli_sigint_mid_way_exits_130_and_leaves_nothing(tmp_path):
 def test_cgls_colour_solve_recovers_colours(test_head):
     """With geometry fixed the render is linear in the colours; the CGLS solve must bring
     perturbed colours back to those that rendered the target."""
-    from avatar_core.gaussians.avatar import Avatar
+    from avatar_core.gaussians.build import synthetic_avatar
     from avatar_core.recon.init import SourceView
     from avatar_core.recon.optimise import PhotoFit, holdout_grid
     from avatar_core.render import orbit_camera, render
-    av = Avatar.synthetic(test_head, channels=3, lods=(0,), split_levels=0, shoulders=False)
+    av = synthetic_avatar(test_head, channels=3, lods=(0,), split_levels=0, shoulders=False)
     cam = orbit_camera(distance=0.6, fov_deg=30, width=64, height=64)
     params = {"expression": torch.zeros(1, av.num_expr), "pose": torch.zeros(1, 5, 3),
               "translation": torch.zeros(1, 3)}
@@ -369,10 +369,11 @@ def test_split_region_covers_eyes_and_mouth(test_head):
 
 def test_transfer_lod_carries_offsets_in_world_space(test_head):
     """LOD k+1 starts from LOD k's optimised offsets: at a shared vertex, the same world offset."""
-    from avatar_core.gaussians.avatar import REGION_HEAD, face_frames
+    from avatar_core.gaussians.avatar import face_frames
     from avatar_core.gaussians.build import build_avatar
     from avatar_core.recon.init import lod_chain
     from avatar_core.recon.optimise import transfer_lod
+    from avatar_core.regions import REGION_HEAD
     av = build_avatar(test_head, lods=(0, 1), channels=3, split_levels=0)
     view = _synthetic_view(test_head)
     chain = lod_chain(test_head.faces, test_head.num_vertices, 1)

@@ -25,8 +25,8 @@ def _cli(*args):
 
 def test_feedforward_reconstruct_writes_an_avatar(tmp_path, photo):
     from avatar_core.io import load_avatar
-    from avatar_core.recon.network import FeedForwardNet, NetworkConfig
-    from avatar_core.train.checkpoint import save_model
+    from avatar_core.recon.feedforward.model_file import save_model
+    from avatar_core.recon.feedforward.network import FeedForwardNet, NetworkConfig
     net = FeedForwardNet(NetworkConfig.tiny(head="open"))
     ckpt = save_model(net, tmp_path / "model.safetensors", step=1)
     out = tmp_path / "ff.avatar"
@@ -45,8 +45,8 @@ def test_feedforward_needs_a_matching_checkpoint(tmp_path, photo):
     assert r.returncode == 1 and "needs --checkpoint" in r.stderr
     r = _cli(photo, "-o", tmp_path / "a.avatar", "--method", "feedforward", "--checkpoint", tmp_path / "none.safetensors")
     assert r.returncode == 1 and "does not exist" in r.stderr and "Traceback" not in r.stderr
-    from avatar_core.recon.network import FeedForwardNet, NetworkConfig
-    from avatar_core.train.checkpoint import save_model
+    from avatar_core.recon.feedforward.model_file import save_model
+    from avatar_core.recon.feedforward.network import FeedForwardNet, NetworkConfig
     ckpt = save_model(FeedForwardNet(NetworkConfig.tiny()), tmp_path / "synthetic.safetensors", step=1)
     r = _cli(photo, "-o", tmp_path / "a.avatar", "--method", "feedforward", "--checkpoint", ckpt)
     assert r.returncode == 1 and "head model" in r.stderr and "Traceback" not in r.stderr

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from avatar_core.errors import ParameterError
-from avatar_core.render.refiner import Refiner, RefinerConfig, load_refiner, refine
+from avatar_core.render.refiner import Refiner, RefinerConfig, refine, refiner_from_state
 
 
 def test_untrained_refiner_is_identity_on_rgb_and_off_is_first_three_channels():
@@ -54,7 +54,7 @@ def test_bad_input_and_state_rejected():
     with pytest.raises(ParameterError):
         r(torch.rand(1, 8, 8, 5))
     with pytest.raises(ParameterError):
-        load_refiner(r.state_dict(), {"in_channels": 16, "widths": [8, 8, 8]})
-    assert load_refiner(None) is None
-    again = load_refiner(r.state_dict(), r.config.to_dict())
+        refiner_from_state(r.state_dict(), {"in_channels": 16, "widths": [8, 8, 8]})
+    assert refiner_from_state(None) is None
+    again = refiner_from_state(r.state_dict(), r.config.to_dict())
     assert torch.equal(again.head.weight, r.head.weight)

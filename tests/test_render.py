@@ -331,11 +331,11 @@ def test_static_binning_matches_sorted_tile_lists():
 
 
 def test_frame_pipeline_cpu_matches_render_and_refine():
-    from avatar_core.gaussians.avatar import Avatar
+    from avatar_core.gaussians.build import synthetic_avatar
     from avatar_core.head.synthetic import make_test_head
     from avatar_core.render.realtime import FramePipeline
     from avatar_core.render.refiner import Refiner, RefinerConfig, refine
-    avatar = Avatar.synthetic(make_test_head(subdivisions=2), channels=8, lods=(0,))
+    avatar = synthetic_avatar(make_test_head(subdivisions=2), channels=8, lods=(0,))
     cam = orbit_camera(distance=0.9, focal=60.0, width=24, height=24)
     e = torch.full((1, avatar.num_expr), 0.3)
     frame = avatar.animate(expression=e, lod=0)

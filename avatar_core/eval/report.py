@@ -46,7 +46,7 @@ def prepare_out_dir(path) -> Path:
 
 def _atomic_bytes(path, data: bytes) -> Path:
     path = Path(path)
-    from avatar_core.io.atomic import atomic_path
+    from avatar_core.atomic import atomic_path
     with atomic_path(path, "report file") as tmp:
         tmp.write_bytes(data)
     return path

@@ -1,10 +1,11 @@
-"""``python -m avatar_core eval selfreenact VIDEO... --out DIR``: self-reenactment report.
+"""Self-reenactment: measuring an avatar driven by the rest of the clip it was made from
+(``python -m avatar_core eval selfreenact``, ``avatar_core.cli.eval_selfreenact``).
 
-For each clip: the frames are cropped like the source photo would be (``track_frames`` crops
+For each clip (``evaluate_clip``): the frames are cropped like the source photo would be (``track_frames`` crops
 every frame with the first face frame's head crop), an avatar is reconstructed from the
 source frame (frame 0, or the first frame with a face), the clip is tracked, and each frame is
 rendered through the avatar's fitted source camera with the tracked head motion since the
-source frame (a turn about the neck joint plus a shift, see ``drive_params``); by default
+source frame (a turn about the neck joint plus a shift, see ``motion.drive.drive_params``); by default
 (``--expression relative``) expressions and jaw/eye rotations are also applied as changes
 from the source frame's tracked values, on top of the avatar's own source expression, so the
 source frame renders as reconstructed.
@@ -18,7 +19,7 @@ frame (pixels at ``--size``); PSNR inside the mouth box (the real frame's lip la
 padded by a quarter of the box). Clip means leave the source frame out (the baseline is
 that frame itself).
 
-Writes to ``--out``: ``report.md``, ``summary.json``, ``per_frame.csv`` (all clips), and per
+``write_reports`` writes ``report.md``, ``summary.json``, ``per_frame.csv`` (all clips), and per
 clip ``<clip>/metrics.png`` (each metric per frame, avatar vs baseline), ``<clip>/strip.png``
 (real | render | error for a few frames), ``<clip>/result.json`` (the clip's numbers; with
 ``--reuse`` a later run with the same settings takes them instead of recomputing, so a long
@@ -32,17 +33,12 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
-import platform
-import shlex
-import sys
 import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
 import numpy as np
 
-from avatar_core.errors import AvatarError
 from avatar_core.eval.report import EvalError
 
 log = logging.getLogger(__name__)
@@ -54,107 +50,6 @@ LABELS = {"psnr": "PSNR dB", "ssim": "SSIM", "lpips": "LPIPS", "head_psnr": "hea
           "mouth_psnr": "mouth PSNR dB"}
 METHODS = ("avatar", "baseline")
 BACKGROUND = 1.0   # the reconstructor's background (white)
-
-
-def add_arguments(parser) -> None:
-    parser.add_argument("videos", nargs="+", help="video clips (mpg, mp4, ...), one talking head each")
-    parser.add_argument("--out", required=True, help="report folder (created; its parent must exist)")
-    parser.add_argument("--quality", default="fast", help="reconstruction quality: fast (default), default, best")
-    parser.add_argument("--size", type=int, default=256, help="evaluation image size in pixels (default 256)")
-    parser.add_argument("--frames", type=int, default=None, help="use at most this many frames per clip")
-    parser.add_argument("--lod", type=int, default=None, help="level of detail to render (default: highest)")
-    parser.add_argument("--head", default="open", help="head model: open (default) or a FLAME file")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    parser.add_argument("--track-steps", type=int, default=150, help="tracking optimisation steps (default 150)")
-    parser.add_argument("--track-smooth", type=float, default=5.0, help="tracking smoothness weight (default 5)")
-    parser.add_argument("--expression", choices=("relative", "absolute"), default="relative",
-                        help="drive the avatar with expression changes from the source frame (default) or the "
-                             "tracked values as they are")
-    parser.add_argument("--strip-frames", type=int, default=4, help="frames in each strip image (default 4)")
-    parser.add_argument("--lpips-weights", default=None,
-                        help="LPIPS-alex weights .npz (default ../shared/data/metrics/lpips_alexnet_flax_layout.npz)")
-    parser.add_argument("--reuse", action="store_true",
-                        help="resume: reuse each clip's results (<out>/<clip>/result.json) from an earlier run with the "
-                             "same settings, else its avatar.safetensors, instead of recomputing")
-    parser.add_argument("--keep-avatars", action="store_true",
-                        help="keep each clip's avatar as <out>/<clip>/avatar.safetensors (default: deleted after use)")
-
-
-# ----------------------------------------------------------------------------- CLI
-def run(args) -> int:
-    from avatar_core.eval.lpips import LPIPS
-    from avatar_core.eval.report import prepare_out_dir
-    from avatar_core.recon.config import get_config
-
-    videos = [Path(v) for v in args.videos]
-    for v in videos:
-        if not v.is_file():
-            raise EvalError(f"The video {str(v)!r} does not exist.")
-    if not 64 <= args.size <= 2048:
-        raise EvalError(f"--size must be between 64 and 2048 pixels, not {args.size}.")
-    if args.frames is not None and args.frames < 2:
-        raise EvalError(f"--frames must be at least 2 (a source frame and one to drive), not {args.frames}.")
-    cfg = get_config(args.quality)
-    out = prepare_out_dir(args.out)
-    lpips_net = LPIPS.load(args.lpips_weights)
-    from avatar_core.cli_util import resolve_device
-    device = resolve_device(args.device)
-    from avatar_core.head import load_head
-    head = load_head(args.head)
-
-    names = clip_names(videos)
-    settings = {
-        "command": "python -m avatar_core eval selfreenact " + " ".join(shlex.quote(a) for a in sys.argv[3:])
-        if sys.argv[1:3] == ["eval", "selfreenact"] else None,
-        "quality": cfg.name, "size": args.size, "frames": args.frames, "lod": args.lod, "head": args.head,
-        "device": device, "track_steps": args.track_steps, "track_smooth": args.track_smooth,
-        "expression": args.expression,
-        "background": BACKGROUND, "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
-    }
-    key = {k: settings[k] for k in RESULT_KEY}
-    results: List[ClipResult] = []
-    failed = 0
-    for i, (video, name) in enumerate(zip(videos, names)):
-        print(f"[{i + 1}/{len(videos)}] {name}: {video}", file=sys.stderr, flush=True)
-        try:
-            res = load_result(out / name, key) if args.reuse else None
-            if res is not None:
-                res.video, res.reused = str(video), True
-                print(f"    {name}: results of an earlier run with the same settings", file=sys.stderr)
-            else:
-                res = evaluate_clip(video, name, out / name, cfg, head, lpips_net, size=args.size,
-                                    max_frames=args.frames, lod=args.lod, device=device,
-                                    track_steps=args.track_steps, track_smooth=args.track_smooth,
-                                    expression=args.expression,
-                                    strip_frames=args.strip_frames, reuse=args.reuse,
-                                    keep_avatar=args.keep_avatars, progress=_stage_printer(name))
-                save_result(out / name, res, key)
-        except AvatarError as exc:
-            if len(videos) == 1:
-                raise
-            print(f"error: {name}: {exc}", file=sys.stderr)
-            res = ClipResult(name=name, video=str(video), error=str(exc))
-            failed += 1
-        results.append(res)
-        write_reports(out, results, settings)
-        if res.error is None:
-            a, b = res.means["avatar"], res.means["baseline"]
-            print(f"    {name}: AKD {a['akd']:.2f} vs {b['akd']:.2f} px, mouth PSNR {a['mouth_psnr']:.2f} vs "
-                  f"{b['mouth_psnr']:.2f} dB, PSNR {a['psnr']:.2f} vs {b['psnr']:.2f} dB "
-                  f"({res.timings.get('total', 0):.0f} s)", file=sys.stderr, flush=True)
-    if failed == len(videos):
-        raise EvalError(f"None of the {len(videos)} clips could be evaluated; see {str(out / 'report.md')!r}.")
-    print(f"wrote {out / 'report.md'}, summary.json, per_frame.csv and per-clip plots/strips"
-          + (f"; {failed} clip(s) failed" if failed else ""))
-    return 1 if failed else 0
-
-
-def _stage_printer(name: str):
-    t0 = time.perf_counter()
-
-    def show(message: str) -> None:
-        print(f"    {name}: {message} ({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
-    return show
 
 
 def clip_names(videos) -> List[str]:
@@ -235,9 +130,10 @@ def evaluate_clip(video, name: str, clip_dir: Path, cfg, head, lpips_net, size: 
                   progress=None) -> ClipResult:
     """Evaluate one clip (see the module docstring); writes the clip's plot and strip, and its
     avatar (deleted at the end unless ``keep_avatar``)."""
+    from avatar_core.camera import Camera
     from avatar_core.eval.report import plot_series, write_png
     from avatar_core.fit.track import read_video, track_frames
-    from avatar_core.render.camera import Camera
+    from avatar_core.motion.drive import drive_params, fit_limit, motion_reference
 
     say = progress or (lambda m: None)
     timings: Dict[str, float] = {}
@@ -287,12 +183,12 @@ def evaluate_clip(video, name: str, clip_dir: Path, cfg, head, lpips_net, size: 
         warnings.append(f"the tracker's fit of frame {src} is off (median landmark error {err[src]:.1f} px, clip "
                         f"median {np.nanmedian(err):.1f} px); motion is taken relative to frame {ref} instead, "
                         f"as if the head had not moved between them.")
-    bad = np.nonzero(np.asarray(track.fit.errors_px) > _fit_limit(track))[0]
+    bad = np.nonzero(np.asarray(track.fit.errors_px) > fit_limit(track))[0]
     if len(bad):
         warnings.append(f"the tracker fits {len(bad)} of {T} frames loosely (landmark error over "
-                        f"{_fit_limit(track):.1f} px: frames {_frame_list(bad)}); the avatar is driven wrongly there.")
+                        f"{fit_limit(track):.1f} px: frames {_frame_list(bad)}); the avatar is driven wrongly there.")
     params, viewmats = drive_params(track, avatar, head, ref, expression)
-    cams = source_camera(avatar, size)
+    cams = avatar.source_camera(size)
     cams = Camera(cams.K.expand(len(viewmats), 3, 3), viewmats, cams.width, cams.height)
     renders = render_frames(avatar, params, size, lod=lod, device=device, cameras=cams)
     timings["render"] = time.perf_counter() - t0
@@ -333,122 +229,9 @@ def _nanmean(v) -> float:
     return nanmean(v)
 
 
-# ----------------------------------------------------------------------------- driving
-def _fit_limit(track) -> float:
-    """Landmark error (px at the crop) above which a tracked frame counts as badly fitted."""
-    err = np.asarray(track.fit.errors_px, np.float64)
-    return max(3.0, 3.0 * float(np.nanmedian(err))) if np.isfinite(err).any() else np.inf
-
-
-def motion_reference(track, src: int) -> int:
-    """The frame the tracked motion is taken relative to: ``src``, unless the tracker fitted it
-    badly (see ``_fit_limit``); then the nearest well-fitted frame."""
-    err = np.asarray(track.fit.errors_px, np.float64)
-    good = np.isfinite(err) & (err <= _fit_limit(track))
-    if good[src] or not good.any():
-        return src
-    idx = np.nonzero(good)[0]
-    return int(idx[np.argmin(np.abs(idx - src))])
-
-
 def _frame_list(idx) -> str:
     idx = [int(i) for i in idx]
     return ", ".join(map(str, idx[:8])) + (" ..." if len(idx) > 8 else "")
-
-
-def drive_params(track, avatar, head, src: int = 0, expression: str = "relative"):
-    """Per-frame avatar parameters and cameras from a TrackResult.
-
-    Returns (params {"expression" [T, E], "pose" [T, J, 3], "translation" [T, 3]}, viewmats
-    [T, 4, 4]: the avatar's source camera for every frame), float32, CPU.
-
-    Head motion: the tracker splits rigid head motion between a per-frame camera V_t and the
-    neck joint N_t, and on a still speaker the split wanders (the camera turns one way, the
-    neck the other, the face stays put). Only the head's motion, H_t = V_t N_t, is well
-    determined, so that is what is carried over: its motion since frame ``src`` in camera
-    coordinates, H_t H_src^-1, is taken as a rotation R_t about the neck joint plus a shift d_t of
-    the joint. The avatar keeps its source camera A (the video's camera does not move); its neck
-    turns by R_t (in world axes: W^T R_t W times its source neck rotation, W = A's rotation) and
-    the shift becomes a root translation W^T (k d_t), k scaling x, y by (f_trk z_a) / (f_a z_trk)
-    and z by z_a / z_trk (z: the neck joint's depth, f: focal in pixels per crop side) so the head
-    moves as far in the image. Shoulders follow only the shift.
-    ``expression="relative"``: expression and the jaw/eye rotations = the avatar's source
-    values + (tracked value at t - tracked value at src), clamped to [0, 1] for ARKit-style
-    expressions; ``"absolute"``: the tracked values.
-    """
-    import torch
-
-    from avatar_core.fit.single import is_unit_range, matrix_to_axis_angle
-    from avatar_core.head.lbs import axis_angle_to_matrix
-
-    NECK = 1
-    fit = track.fit
-    e_trk = fit.expression.detach().float()                        # [T, E]
-    p_trk = fit.pose.detach().float()                              # [T, J, 3]
-    names = list(avatar.expr_names)
-    if e_trk.shape[1] != len(names) or p_trk.shape[1] != avatar.rig_weights.shape[1]:
-        raise EvalError(f"The clip was tracked with {e_trk.shape[1]} expressions and {p_trk.shape[1]} joints, but "
-                        f"the avatar has {len(names)} and {avatar.rig_weights.shape[1]}; track with the avatar's "
-                        "head model.")
-    T = e_trk.shape[0]
-    V = fit.camera.viewmat.detach().double()                       # [T, 4, 4]
-    src_cam = source_camera(avatar, int(fit.camera.width))
-    A = src_cam.viewmat[0].double()
-    W = A[:3, :3]
-
-    # the tracked head transform H_t = V_t N_t (N_t: rotation about the tracked neck joint)
-    S = fit.shape.detach().double()
-    rest = head.v_template.double() + torch.einsum("k,vik->vi", S, head.shapedirs[..., : S.numel()].double())
-    j_n = (head.j_regressor.double() @ rest)[NECK]
-    Rn = axis_angle_to_matrix(p_trk[:, NECK].double())             # [T, 3, 3]
-    N = torch.eye(4, dtype=torch.float64).repeat(T, 1, 1)
-    N[:, :3, :3] = Rn
-    N[:, :3, 3] = j_n - Rn @ j_n
-    H = V @ N
-    M = H @ torch.linalg.inv(H[src])                               # camera src -> camera t, the head's motion
-    R = M[:, :3, :3]
-    n = V[src, :3, :3] @ j_n + V[src, :3, 3]                       # the neck joint, camera src
-    d = (R @ n + M[:, :3, 3]) - n                                  # [T, 3] its shift
-
-    j_a = (avatar.rig_j_regressor.detach().double().cpu() @ avatar.rig_template.detach().double().cpu())[NECK]
-    n_a = W @ j_a + A[:3, 3]
-    f_t = float(fit.camera.K[0, 0, 0]) / fit.camera.width
-    f_a = float(src_cam.K[0, 0, 0]) / src_cam.width
-    k = torch.tensor([f_t * float(n_a[2]) / (f_a * float(n[2]))] * 2 + [float(n_a[2]) / float(n[2])],
-                     dtype=torch.float64)
-    translation = (W.T @ (k * d).T).T.float()                      # [T, 3] world
-
-    if expression == "relative":
-        e_src = torch.as_tensor(avatar.source.get("expression", e_trk[src])).float().reshape(-1)
-        p_src = torch.as_tensor(avatar.source.get("pose", p_trk[src])).float().reshape(p_trk.shape[1:])
-        e = e_src[None] + (e_trk - e_trk[src:src + 1])
-        pose = p_src[None] + (p_trk - p_trk[src:src + 1])
-        if is_unit_range(names):
-            e = e.clamp(0.0, 1.0)
-    elif expression == "absolute":
-        e, pose = e_trk.clone(), p_trk.clone()
-        p_src = torch.zeros_like(p_trk[0])
-    else:
-        raise EvalError(f"expression must be relative or absolute, not {expression!r}.")
-    neck_src = axis_angle_to_matrix(p_src[NECK].double()[None])[0]
-    pose[:, NECK] = matrix_to_axis_angle(W.T @ R @ W @ neck_src).float()
-    pose[:, 0] = 0.0
-    params = {"expression": e.contiguous(), "pose": pose.contiguous(), "translation": translation.contiguous()}
-    return params, src_cam.viewmat.float().expand(T, 4, 4).clone()
-
-
-def source_camera(avatar, size: int):
-    """The avatar's fitted source camera scaled to ``size`` x ``size`` (the crop it was fitted on)."""
-    import torch
-
-    from avatar_core.render.camera import Camera
-    src = avatar.source or {}
-    if not all(k in src for k in ("K", "viewmat", "width", "height")):
-        raise EvalError("The avatar has no fitted source camera (reconstruct it with this version).")
-    w = int(torch.as_tensor(src["width"]).reshape(-1)[0])
-    h = int(torch.as_tensor(src["height"]).reshape(-1)[0])
-    cam = Camera(torch.as_tensor(src["K"]).float(), torch.as_tensor(src["viewmat"]).float(), w, h)
-    return cam.scaled(size, size)
 
 
 def render_frames(avatar, params: Dict, size: int, lod: Optional[int] = None, device: str = "cpu",
@@ -465,7 +248,7 @@ def render_frames(avatar, params: Dict, size: int, lod: Optional[int] = None, de
     lod = lods[-1] if lod is None else lod
     if lod not in lods:
         raise EvalError(f"--lod {lod} is not in the avatar; it has LODs {lods}.")
-    cam = (cameras if cameras is not None else source_camera(avatar, size)).to(device=device)
+    cam = (cameras if cameras is not None else avatar.source_camera(size)).to(device=device)
     refiner = load_refiner(avatar, device)
     index = avatar.select(lod)
     T = params["expression"].shape[0]
@@ -537,7 +320,7 @@ def measure(real: np.ndarray, alpha: np.ndarray, methods: Dict[str, np.ndarray],
     import torch
 
     from avatar_core.eval.face_metrics import akd, box_psnr, landmark_sequence, mouth_box
-    from avatar_core.eval.metrics import psnr, ssim
+    from avatar_core.metrics import psnr, ssim
 
     T, H, W = real.shape[:3]
     real_l = landmark_sequence(_u8(real))

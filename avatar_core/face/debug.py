@@ -32,10 +32,3 @@ def debug_image(portrait) -> np.ndarray:
     comp = np.clip((portrait.image * a + green * (1 - a)) * 255.0 + 0.5, 0, 255).astype(np.uint8)
     matte = np.repeat(np.clip(portrait.alpha * 255.0 + 0.5, 0, 255).astype(np.uint8)[:, :, None], 3, axis=2)
     return np.concatenate([left, comp, matte], axis=1).reshape(s, 3 * s, 3)
-
-
-def save_debug_image(portrait, path: str) -> None:
-    """Write ``debug_image(portrait)`` as a PNG/JPEG file."""
-    from PIL import Image
-
-    Image.fromarray(debug_image(portrait)).save(path)

@@ -128,7 +128,7 @@ def _closest_bary(p, a, b, c):
 
 def render_head_for_landmarks(head: HeadModel, yaw_deg: float, size: int = 512):
     """A shaded, skin-toned render of the neutral head and its camera and raster."""
-    from avatar_core.render.camera import orbit_camera
+    from avatar_core.camera import orbit_camera
     from avatar_core.render.mesh import rasterize_mesh
     v = head.v_template.float()
     faces = head.faces
@@ -276,7 +276,7 @@ def landmark_embedding(head: HeadModel, embedding_file: Optional[str] = None) ->
             log.warning("rebuilding the corrupt landmark cache %s", path)
     emb = compute_embedding(head)
     try:  # a cache that cannot be written (read-only folder, disk full) only costs time next run
-        from avatar_core.io.atomic import atomic_path
+        from avatar_core.atomic import atomic_path
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(path, "landmark cache") as tmp:
             with open(tmp, "wb") as f:

@@ -20,12 +20,13 @@ from typing import Optional
 import numpy as np
 import torch
 
+from avatar_core.camera import Camera
 from avatar_core.fit.correspondence import Embedding
 from avatar_core.fit.landmark_sets import landmark_weights
 from avatar_core.head import lbs
 from avatar_core.head.model import HeadModel
 from avatar_core.progress import as_progress
-from avatar_core.render.camera import Camera
+from avatar_core.rotation import axis_angle_to_matrix, matrix_to_axis_angle
 
 log = logging.getLogger(__name__)
 FLIP = torch.diag(torch.tensor([1.0, -1.0, -1.0]))
@@ -79,7 +80,7 @@ def is_unit_range(head_or_names) -> bool:
 def cameras_from(omega: torch.Tensor, t: torch.Tensor, focal: torch.Tensor, size: int) -> Camera:
     """omega [T, 3], t [T, 3], focal scalar -> Camera batch T."""
     T = omega.shape[0]
-    R = lbs.axis_angle_to_matrix(omega) @ FLIP.to(omega)
+    R = axis_angle_to_matrix(omega) @ FLIP.to(omega)
     bottom = torch.tensor([0.0, 0.0, 0.0, 1.0], dtype=omega.dtype).expand(T, 1, 4)
     view = torch.cat([torch.cat([R, t[:, :, None]], 2), bottom], 1)
     c = (size - 1) / 2.0
@@ -87,15 +88,6 @@ def cameras_from(omega: torch.Tensor, t: torch.Tensor, focal: torch.Tensor, size
     K = torch.stack([torch.stack([focal, zero, zero + c]), torch.stack([zero, focal, zero + c]),
                      torch.stack([zero, zero, zero + 1])])
     return Camera(K[None].expand(T, 3, 3), view, size, size)
-
-
-def matrix_to_axis_angle(R: torch.Tensor) -> torch.Tensor:
-    """[..., 3, 3] -> [..., 3]."""
-    q = lbs.matrix_to_quaternion(R)
-    w = q[..., :1].clamp(-1, 1)
-    angle = 2 * torch.acos(w)
-    s = torch.sqrt((1 - w * w).clamp_min(1e-12))
-    return torch.where(angle > 1e-6, q[..., 1:] / s * angle, q[..., 1:] * 2)
 
 
 class LandmarkHead:
@@ -127,7 +119,7 @@ class LandmarkHead:
         v = self.v[None] + lbs.blend_shapes(shape, self.shapedirs[..., :S]) + lbs.blend_shapes(expression, self.exprdirs)
         joints = self.j_template[None] + lbs.blend_shapes(shape, self.j_shapedirs[..., :S]) \
             + lbs.blend_shapes(expression, self.j_exprdirs)
-        rot = lbs.axis_angle_to_matrix(pose)
+        rot = axis_angle_to_matrix(pose)
         if self.has_posedirs:
             v = v + lbs.blend_shapes(lbs.pose_features(rot), self.posedirs)
         _, transforms = lbs.rigid_transforms(rot, joints, self.parents)

@@ -17,10 +17,9 @@ from pathlib import Path
 from typing import List, Optional
 
 import numpy as np
-import torch
 
 from avatar_core.errors import FaceNotFoundError, MotionError
-from avatar_core.fit.single import FitResult, camera_motion_to_pose, fit_landmarks
+from avatar_core.fit.single import FitResult, fit_landmarks
 from avatar_core.progress import as_progress
 
 log = logging.getLogger(__name__)
@@ -39,19 +38,6 @@ class TrackResult:
     fps: float
     portrait: object
     warnings: List[str]
-
-    def motion(self, head, source: str = ""):
-        """The tracked motion as a MotionSequence (root motion relative to frame 0)."""
-        from avatar_core.motion.sequence import MotionSequence
-        joints = head.j_regressor @ (head.v_template + torch.einsum(
-            "k,vik->vi", self.fit.shape, head.shapedirs[..., : self.fit.shape.numel()]))
-        root, trans = camera_motion_to_pose(self.fit.camera.viewmat, joints[0])
-        pose = self.fit.pose.clone()
-        pose[:, 0] = root
-        return MotionSequence(fps=self.fps, expr_names=list(head.expr_names),
-                              expression=self.fit.expression.numpy(), pose=pose.numpy(),
-                              translation=trans.numpy(), shape=self.fit.shape.numpy(),
-                              source=source, warnings=list(self.warnings))
 
 
 def read_video(path, max_frames: Optional[int] = None):

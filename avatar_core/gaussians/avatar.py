@@ -26,13 +26,13 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
-from avatar_core.errors import ParameterError
+from avatar_core.camera import Camera
+from avatar_core.errors import AvatarFileError, ParameterError
 from avatar_core.gaussians.frame import GaussianFrame
 from avatar_core.head import lbs
-from avatar_core.head.model import JOINT_NAMES, check_param, expression_vector
+from avatar_core.head.model import JOINT_NAMES, HeadModel, check_param, expression_vector
+from avatar_core.rotation import matrix_to_quaternion, quaternion_multiply
 
-REGION_HEAD, REGION_SPLIT, REGION_SHOULDER = 0, 1, 2
-REGION_NAMES = ("head", "split", "shoulder")
 ALL_LODS = -1
 
 
@@ -102,7 +102,9 @@ class Avatar:
     split_k: int = 2
     split_levels: int = 0
     # optional extras
-    source: Dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)   # fitted source camera/params
+    source: Dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)   # fitted source camera/params:
+    # K [3, 3], viewmat [4, 4], width, height, expression [E], pose [J, 3], translation [3], shape;
+    # as the avatar file stores them. Read the camera with ``source_camera``.
     refiner_state: Optional[Dict[str, torch.Tensor]] = None
     refiner_config: Dict = dataclasses.field(default_factory=dict)
     info: Dict = dataclasses.field(default_factory=dict)                        # free-form (metrics, quality)
@@ -111,14 +113,6 @@ class Avatar:
                        "opacity_logit", "features", "lod", "split_layer", "parent", "soft_mask", "region")
     RIG_FIELDS = ("rig_template", "rig_faces", "rig_exprdirs", "rig_shapedirs", "rig_posedirs",
                   "rig_weights", "rig_j_regressor", "rig_parents")
-
-    @classmethod
-    def synthetic(cls, head, channels: int = 32, lods=(0, 1, 2), split_levels: int = 2,
-                  shoulders: bool = True, seed: int = 0) -> "Avatar":
-        """A plausible avatar from a head model alone (tests, benchmarks, the pre-photo demo)."""
-        from avatar_core.gaussians.build import synthetic_avatar
-        return synthetic_avatar(head, channels=channels, lods=lods, split_levels=split_levels,
-                                shoulders=shoulders, seed=seed)
 
     # ------------------------------------------------------------------ basics
     @property
@@ -144,6 +138,26 @@ class Avatar:
     def available_lods(self) -> List[int]:
         levels = sorted(set(int(x) for x in self.lod.unique().tolist()) - {ALL_LODS})
         return levels or [0]
+
+    SOURCE_CAMERA_KEYS = ("K", "viewmat", "width", "height")
+
+    @property
+    def has_source_camera(self) -> bool:
+        return all(k in self.source for k in self.SOURCE_CAMERA_KEYS)
+
+    def source_camera(self, size: Optional[int] = None) -> Camera:
+        """The camera the avatar was fitted through (batch 1, float32, on the CPU), resized so
+        that its longer side is ``size`` pixels (None: as fitted). AvatarFileError when the
+        avatar has none (``has_source_camera``)."""
+        if not self.has_source_camera:
+            raise AvatarFileError("The avatar has no fitted source camera (reconstruct it with this version).")
+        s = self.source
+        w, h = (int(torch.as_tensor(s[k]).reshape(-1)[0]) for k in ("width", "height"))
+        cam = Camera(torch.as_tensor(s["K"]).float().cpu(), torch.as_tensor(s["viewmat"]).float().cpu(), w, h)
+        if size is None:
+            return cam
+        scale = size / max(w, h)
+        return cam.scaled(max(1, int(round(w * scale))), max(1, int(round(h * scale))))
 
     def tensors(self) -> Dict[str, torch.Tensor]:
         return {n: getattr(self, n) for n in self.RIG_FIELDS + self.GAUSSIAN_FIELDS}
@@ -217,6 +231,15 @@ class Avatar:
         return expression_vector(expression, self.expr_names, batch, self.device, self.offset.dtype,
                                  f"this avatar's head ({self.head_name})")
 
+    def rig_model(self) -> HeadModel:
+        """The avatar's LOD-0 rig as a HeadModel on the CPU (same topology as its head model; the
+        person's identity is in its template), e.g. to retarget a motion to it."""
+        return HeadModel(name=self.head_name or "avatar", v_template=self.rig_template.cpu(),
+                         faces=self.rig_faces.cpu(), shapedirs=self.rig_shapedirs.cpu(),
+                         exprdirs=self.rig_exprdirs.cpu(), expr_names=list(self.expr_names),
+                         posedirs=self.rig_posedirs.cpu(), j_regressor=self.rig_j_regressor.cpu(),
+                         lbs_weights=self.rig_weights.cpu(), parents=self.rig_parents.cpu().to(torch.long))
+
     def deform_rig(self, expression=None, pose=None, translation=None, shape=None):
         """Deform the LOD-0 rig.  Returns (vertices [B, V0, 3], transforms [B, J, 4, 4])."""
         B = _batch(expression, pose, translation, shape)
@@ -274,12 +297,12 @@ class Avatar:
         g = {n: getattr(self, n)[index] for n in ("rotation", "log_scale", "opacity_logit", "features")}
         frames = face_frames(verts, self.rig_faces)  # [B, F0, 3, 3]
         means = self.place_means(verts, frames, transforms, index)
-        frame_q = lbs.matrix_to_quaternion(frames)    # [B, F0, 4]
+        frame_q = matrix_to_quaternion(frames)    # [B, F0, 4]
         ff = self.frame_face[index]
         has_face = ff >= 0
-        root_q = lbs.matrix_to_quaternion(transforms[:, 0, :3, :3])
+        root_q = matrix_to_quaternion(transforms[:, 0, :3, :3])
         q = torch.where(has_face[None, :, None], frame_q[:, ff.clamp_min(0)], root_q[:, None])
-        quats = lbs.quaternion_multiply(q, g["rotation"][None].expand(B, -1, -1))
+        quats = quaternion_multiply(q, g["rotation"][None].expand(B, -1, -1))
         scales = torch.exp(g["log_scale"])[None].expand(B, -1, -1)
         # a Gaussian on a stretched face grows with it (isotropically, by the square root of the
         # face's area ratio to the rest rig), so a lid closing over the eye or lips parting

@@ -1,7 +1,7 @@
 """Building an avatar's Gaussians on a head model: LOD levels, split layers, shoulders.
 
 The reconstructors (optimisation and feed-forward) start from ``build_avatar`` and then
-set the Gaussians' attributes; ``Avatar.synthetic`` uses it for tests and benchmarks.
+set the Gaussians' attributes; ``synthetic_avatar`` uses it for tests and benchmarks.
 """
 
 from __future__ import annotations
@@ -11,9 +11,10 @@ from typing import Optional, Sequence
 
 import torch
 
-from avatar_core.gaussians.avatar import ALL_LODS, REGION_HEAD, REGION_SHOULDER, REGION_SPLIT, Avatar
+from avatar_core.gaussians.avatar import ALL_LODS, Avatar
 from avatar_core.head.lod import lod_binding
 from avatar_core.head.model import HeadModel
+from avatar_core.regions import REGION_HEAD, REGION_SHOULDER, REGION_SPLIT
 
 RGB_SKIN = (0.78, 0.60, 0.50)
 

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import torch
+
+from avatar_core.rotation import matrix_to_quaternion, quaternion_multiply
 
 
 @dataclasses.dataclass
@@ -38,6 +41,18 @@ class GaussianFrame:
     def to(self, device=None, dtype=None) -> "GaussianFrame":
         return GaussianFrame(*(getattr(self, f.name).to(device=device, dtype=dtype)
                                for f in dataclasses.fields(self)))
+
+    def transformed(self, rotation, scale: float = 1.0, translation=None) -> "GaussianFrame":
+        """The Gaussians moved by x -> scale * R x + t: rotation [3, 3] (proper), scale > 0, t [3]
+        (e.g. an object's world transform, for export in its scene's coordinates)."""
+        dt = self.means.dtype
+        R = torch.as_tensor(np.asarray(rotation, dtype=np.float64), dtype=dt, device=self.means.device)
+        t = torch.zeros(3, dtype=dt, device=R.device) if translation is None else \
+            torch.as_tensor(np.asarray(translation, dtype=np.float64), dtype=dt, device=R.device)
+        q = matrix_to_quaternion(R)
+        quats = quaternion_multiply(q.expand_as(self.quats), self.quats)
+        return GaussianFrame(scale * self.means @ R.T + t, quats, self.scales * scale, self.opacities,
+                             self.features)
 
     def index(self, b: int) -> "GaussianFrame":
         """The b-th frame as a batch of one."""

@@ -8,66 +8,8 @@ from __future__ import annotations
 
 import torch
 
-
-def axis_angle_to_matrix(aa: torch.Tensor) -> torch.Tensor:
-    """Rodrigues' formula.  aa: [..., 3] -> [..., 3, 3]; smooth at zero."""
-    theta2 = (aa * aa).sum(-1, keepdim=True)  # [..., 1]
-    theta = torch.sqrt(theta2 + 1e-16)
-    small = theta2 < 1e-8
-    # sin(t)/t and (1-cos(t))/t^2 with Taylor series near zero
-    a = torch.where(small, 1.0 - theta2 / 6.0, torch.sin(theta) / theta)
-    b = torch.where(small, 0.5 - theta2 / 24.0, (1.0 - torch.cos(theta)) / theta2.clamp_min(1e-16))
-    x, y, z = aa.unbind(-1)
-    zero = torch.zeros_like(x)
-    K = torch.stack([zero, -z, y, z, zero, -x, -y, x, zero], -1).reshape(*aa.shape[:-1], 3, 3)
-    eye = torch.eye(3, dtype=aa.dtype, device=aa.device).expand_as(K)
-    return eye + a[..., None] * K + b[..., None] * (K @ K)
-
-
-def matrix_to_quaternion(R: torch.Tensor) -> torch.Tensor:
-    """[..., 3, 3] rotation matrices -> [..., 4] unit quaternions (w, x, y, z), w >= 0."""
-    m = R
-    t = m[..., 0, 0] + m[..., 1, 1] + m[..., 2, 2]
-    q = torch.stack([
-        1.0 + t,
-        1.0 + m[..., 0, 0] - m[..., 1, 1] - m[..., 2, 2],
-        1.0 - m[..., 0, 0] + m[..., 1, 1] - m[..., 2, 2],
-        1.0 - m[..., 0, 0] - m[..., 1, 1] + m[..., 2, 2],
-    ], -1)
-    # choose the numerically best-conditioned of four candidate formulas
-    idx = q.argmax(-1, keepdim=True)
-    s = torch.sqrt(q.gather(-1, idx).clamp_min(1e-12))[..., 0] * 2.0  # 4 * |component|
-    c0 = torch.stack([s / 4, (m[..., 2, 1] - m[..., 1, 2]) / s, (m[..., 0, 2] - m[..., 2, 0]) / s, (m[..., 1, 0] - m[..., 0, 1]) / s], -1)
-    c1 = torch.stack([(m[..., 2, 1] - m[..., 1, 2]) / s, s / 4, (m[..., 0, 1] + m[..., 1, 0]) / s, (m[..., 0, 2] + m[..., 2, 0]) / s], -1)
-    c2 = torch.stack([(m[..., 0, 2] - m[..., 2, 0]) / s, (m[..., 0, 1] + m[..., 1, 0]) / s, s / 4, (m[..., 1, 2] + m[..., 2, 1]) / s], -1)
-    c3 = torch.stack([(m[..., 1, 0] - m[..., 0, 1]) / s, (m[..., 0, 2] + m[..., 2, 0]) / s, (m[..., 1, 2] + m[..., 2, 1]) / s, s / 4], -1)
-    cands = torch.stack([c0, c1, c2, c3], -2)  # [..., 4, 4]
-    out = cands.gather(-2, idx[..., None].expand(*idx.shape[:-1], 1, 4)).squeeze(-2)
-    out = out * torch.where(out[..., :1] < 0, -1.0, 1.0)
-    return out / out.norm(dim=-1, keepdim=True)
-
-
-def quaternion_to_matrix(q: torch.Tensor) -> torch.Tensor:
-    """[..., 4] quaternions (w, x, y, z), any norm -> [..., 3, 3]."""
-    q = q / q.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-    w, x, y, z = q.unbind(-1)
-    return torch.stack([
-        1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-        2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-        2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
-    ], -1).reshape(*q.shape[:-1], 3, 3)
-
-
-def quaternion_multiply(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Hamilton product of [..., 4] (w, x, y, z) quaternions."""
-    aw, ax, ay, az = a.unbind(-1)
-    bw, bx, by, bz = b.unbind(-1)
-    return torch.stack([
-        aw * bw - ax * bx - ay * by - az * bz,
-        aw * bx + ax * bw + ay * bz - az * by,
-        aw * by - ax * bz + ay * bw + az * bx,
-        aw * bz + ax * by - ay * bx + az * bw,
-    ], -1)
+# the rotation maths is avatar_core.rotation's; recon.init still reads matrix_to_quaternion here
+from avatar_core.rotation import axis_angle_to_matrix, matrix_to_quaternion  # noqa: F401
 
 
 def blend_shapes(coeffs: torch.Tensor, dirs: torch.Tensor) -> torch.Tensor:

@@ -216,7 +216,7 @@ def write_cache(path: Path, head: HeadModel, meta: dict) -> None:
     """Write ``head`` and ``meta`` as one safetensors file, atomically (temp file + os.replace)."""
     from safetensors.torch import save_file
 
-    from avatar_core.io.atomic import atomic_path
+    from avatar_core.atomic import atomic_path
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

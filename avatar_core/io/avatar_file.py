@@ -17,9 +17,9 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from avatar_core.atomic import OutputError, atomic_path, check_free_space
 from avatar_core.errors import AvatarFileError
 from avatar_core.gaussians.avatar import Avatar
-from avatar_core.io.atomic import OutputError, atomic_path, check_free_space
 from avatar_core.validate import check_avatar_metadata, check_avatar_tensors
 
 FORMAT_NAME = "headsplat-avatar"

@@ -11,8 +11,8 @@ replaced. Nothing is left half-written on an error or Ctrl-C.
 
 Colours are the avatar's own RGB channels (``features[..., :3]``); the neural refiner is not
 part of them. Coordinates are avatar_core's head frame (metres, +Y up, face toward +Z), which
-is also glTF's and SPZ's; ``transform_frame`` moves Gaussians by a similarity (e.g. an object's
-world matrix) when another frame is wanted.
+is also glTF's and SPZ's; ``GaussianFrame.transformed`` moves Gaussians by a similarity (e.g. an
+object's world matrix) when another frame is wanted.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ import json
 from pathlib import Path
 from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Union
 
-import numpy as np
 import torch
 
 from avatar_core.errors import AvatarError
@@ -89,7 +88,7 @@ def frame_name(i: int, fmt: str) -> str:
 def check_output(out: Union[str, Path], inputs: Sequence[Union[str, Path]] = (), folder: bool = False) -> Path:
     """Refuse an output that is one of the inputs, or cannot be written; returns it as a Path
     (the shared guard, ``atomic.check_output``)."""
-    from avatar_core.io.atomic import check_output as guard
+    from avatar_core.atomic import check_output as guard
     return guard(out, inputs, what="sequence folder" if folder else "output file", folder=folder)
 
 
@@ -122,7 +121,7 @@ def export_sequence(out: Union[str, Path], frames: Iterable[GaussianFrame], fmt:
                 write_frame(tmp / name, frame, fmt, b=b, extras=extras)
                 names.append(name)
                 if len(names) == 1 and total and total > 1:  # the size is known now: fail before the long work
-                    from avatar_core.io.atomic import check_free_space
+                    from avatar_core.atomic import check_free_space
                     check_free_space(tmp, (tmp / name).stat().st_size * (total - 1), "sequence folder", out)
                 num = frame.num if num is None else num
                 if total:
@@ -140,7 +139,7 @@ def export_sequence(out: Union[str, Path], frames: Iterable[GaussianFrame], fmt:
 
 def _staging_folder(out: Path):
     """A temporary folder beside ``out``; on success its files replace out's frames and index."""
-    from avatar_core.io.atomic import atomic_folder
+    from avatar_core.atomic import atomic_folder
     return atomic_folder(out, replace_glob=[f"frame_*{sfx}" for sfx in SUFFIX.values()] + [INDEX_NAME],
                          what="sequence folder")
 
@@ -186,17 +185,3 @@ def parse_frames(spec: Optional[str], num_frames: int) -> slice:
     if b <= a:
         raise AvatarError(f"--frames {spec!r} selects no frame of the motion's {num_frames}.")
     return slice(a, b)
-
-
-def transform_frame(frame: GaussianFrame, rotation, scale: float = 1.0, translation=None) -> GaussianFrame:
-    """The Gaussians moved by x -> scale * R x + t: rotation [3, 3] (proper), scale > 0, t [3]."""
-    from avatar_core.head.lbs import matrix_to_quaternion, quaternion_multiply
-
-    dt = frame.means.dtype
-    R = torch.as_tensor(np.asarray(rotation, dtype=np.float64), dtype=dt, device=frame.means.device)
-    t = torch.zeros(3, dtype=dt, device=R.device) if translation is None else \
-        torch.as_tensor(np.asarray(translation, dtype=np.float64), dtype=dt, device=R.device)
-    q = matrix_to_quaternion(R)
-    quats = quaternion_multiply(q.expand_as(frame.quats), frame.quats)
-    return GaussianFrame(scale * frame.means @ R.T + t, quats, frame.scales * scale, frame.opacities,
-                         frame.features)

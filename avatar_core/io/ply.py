@@ -15,9 +15,9 @@ from typing import Dict, Union
 import numpy as np
 import torch
 
+from avatar_core.atomic import atomic_path
 from avatar_core.errors import AvatarFileError
 from avatar_core.gaussians.frame import GaussianFrame
-from avatar_core.io.atomic import atomic_path
 
 SH_C0 = 0.28209479177387814
 _PLY_TYPES = {"char": "i1", "uchar": "u1", "short": "i2", "ushort": "u2", "int": "i4", "uint": "u4",

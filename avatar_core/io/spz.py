@@ -40,9 +40,9 @@ from typing import Union
 import numpy as np
 import torch
 
+from avatar_core.atomic import atomic_path
 from avatar_core.errors import AvatarFileError
 from avatar_core.gaussians.frame import GaussianFrame
-from avatar_core.io.atomic import atomic_path
 
 SH_C0 = 0.28209479177387814
 MAGIC = 0x5053474E  # "NGSP" in file order

@@ -17,7 +17,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from avatar_core.io.atomic import (_LIVE, OutputError, _default_mode, _folder, atomic_folder, check_free_space,
+from avatar_core.atomic import (_LIVE, OutputError, _default_mode, _folder, atomic_folder, check_free_space,
                                    check_output, clean_stale, os_error_sentence, temp_name)
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".m4v")

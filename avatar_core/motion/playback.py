@@ -56,7 +56,7 @@ def bring_to_avatar(motion, avatar, motion_head: Optional[str] = None):
     if not set(motion.expr_names) <= set(source.expr_names):
         raise MotionError(f"The motion's expressions ({', '.join(motion.expr_names[:3])}, ...) are not those of "
                           f"the head model {motion_head!r} ({', '.join(list(source.expr_names)[:3])}, ...).")
-    target = rig_head(avatar)
+    target = avatar.rig_model()
     retargeter = ExpressionRetargeter.from_heads(source, landmark_embedding(source), target,
                                                  landmark_embedding(target))
     if retargeter.residual > 0.5:
@@ -66,16 +66,18 @@ def bring_to_avatar(motion, avatar, motion_head: Optional[str] = None):
 
 
 def motion_for_avatar(motion, avatar, motion_head: Optional[str] = None, fps: Optional[float] = None,
-                      translation: str = "relative"):
+                      translation: str = "relative", where: Optional[str] = None):
     """A loaded motion made ready to drive ``avatar``: its expressions brought to the avatar's
     (``bring_to_avatar``), resampled to ``fps`` when given (the frame budget checked first), and
     its root translation kept ("on"), made relative to the first frame ("relative") or dropped
-    ("off"). The one path the commands (animate, export) share."""
+    ("off"). ``where`` names the motion in a refusal (default: its source). The one path the
+    commands (animate, export), the add-on's Import Motion and batch_render share."""
     from avatar_core.validate import check_frame_count, resampled_frames
 
     motion = bring_to_avatar(motion, avatar, motion_head)
     if fps is not None:
-        check_frame_count(resampled_frames(motion.num_frames, motion.fps, fps), fps, repr(str(motion.source)))
+        check_frame_count(resampled_frames(motion.num_frames, motion.fps, fps), fps,
+                          where or repr(str(motion.source)))
         motion = motion.resample(fps)
     t = motion.translation
     if translation == "relative":
@@ -85,31 +87,12 @@ def motion_for_avatar(motion, avatar, motion_head: Optional[str] = None, fps: Op
     return motion.replace(translation=t.astype(np.float32))
 
 
-def rig_head(avatar):
-    """The avatar's LOD-0 rig as a HeadModel (same topology as its head model)."""
-    import torch
-
-    from avatar_core.head.model import HeadModel
-    return HeadModel(name=avatar.head_name or "avatar", v_template=avatar.rig_template.cpu(),
-                     faces=avatar.rig_faces.cpu(), shapedirs=avatar.rig_shapedirs.cpu(),
-                     exprdirs=avatar.rig_exprdirs.cpu(), expr_names=list(avatar.expr_names),
-                     posedirs=avatar.rig_posedirs.cpu(), j_regressor=avatar.rig_j_regressor.cpu(),
-                     lbs_weights=avatar.rig_weights.cpu(), parents=avatar.rig_parents.cpu().to(torch.long))
-
-
 # ----------------------------------------------------------------------------- cameras
 def make_cameras(avatar, num_frames: int, mode: str, res: int, device):
     """One camera per frame (batch T), or one shared camera (batch 1) for ``source``."""
-    import torch
-
-    from avatar_core.render.camera import Camera, focal_from_fov, orbit_camera
-    src = avatar.source or {}
-    if mode == "source" and all(k in src for k in ("K", "viewmat", "width", "height")):
-        w, h = int(torch.as_tensor(src["width"]).reshape(-1)[0]), int(torch.as_tensor(src["height"]).reshape(-1)[0])
-        scale = res / max(w, h)
-        cam = Camera(src["K"].float().cpu(), src["viewmat"].float().cpu(), w, h)
-        cam = cam.scaled(max(1, int(round(w * scale))), max(1, int(round(h * scale))))
-        return cam.to(device=device)
+    from avatar_core.camera import focal_from_fov, orbit_camera
+    if mode == "source" and avatar.has_source_camera:
+        return avatar.source_camera(res).to(device=device)
     if mode == "source":
         log.info("the avatar has no source camera; using a frontal camera")
     target, distance = _framing(avatar)
@@ -180,7 +163,7 @@ def render_motion(avatar, motion, cameras, lod: Optional[int] = None, refiner=No
 
 
 def _camera_slice(cameras, start: int, stop: int):
-    from avatar_core.render.camera import Camera
+    from avatar_core.camera import Camera
     return Camera(cameras.K[start:stop], cameras.viewmat[start:stop], cameras.width, cameras.height)
 
 
@@ -191,13 +174,13 @@ def load_refiner(avatar, device):
         log.info("the avatar has no refiner; rendering the 3DGS image")
         return None
     try:
-        from avatar_core.render.refiner import load_refiner as _load
+        from avatar_core.render.refiner import refiner_from_state
     except ImportError as exc:
         raise AvatarError(f"The avatar has refiner weights, but the refiner cannot be imported ({exc}); "
                           f"use --refiner off.") from None
     import torch
 
-    net = _load(avatar.refiner_state, avatar.refiner_config, device=device).eval()
+    net = refiner_from_state(avatar.refiner_state, avatar.refiner_config, device=device).eval()
     if str(device).startswith("cuda"):
         net = net.optimize_for_inference(torch.bfloat16)  # bf16 weights, channels-last: the fast path
     return net

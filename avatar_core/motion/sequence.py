@@ -34,6 +34,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from avatar_core.errors import MotionError
+from avatar_core.rotation import slerp_axis_angle_np
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +160,7 @@ class MotionSequence:
         def lerp(a):
             return ((1 - w) * a[i0] + w * a[i1]).astype(np.float32)
 
-        pose = slerp_axis_angle(self.pose[i0], self.pose[i1], w[:, :, None])
+        pose = slerp_axis_angle_np(self.pose[i0], self.pose[i1], w[:, :, None])
         return self.replace(fps=fps, expression=lerp(self.expression), translation=lerp(self.translation),
                             pose=pose.astype(np.float32), warnings=list(self.warnings))
 
@@ -235,7 +236,7 @@ class MotionSequence:
         folder = path.parent if str(path.parent) else Path(".")
         if not folder.is_dir():
             raise MotionError(f"Cannot write the motion file {str(path)!r}: the folder {str(folder)!r} does not exist.")
-        from avatar_core.io.atomic import atomic_path
+        from avatar_core.atomic import atomic_path
         import io
         buf = io.BytesIO()  # built in memory: a full disk fails the plain write below, not zipfile's close
         np.savez(buf, **self.to_dict())
@@ -266,6 +267,23 @@ class MotionSequence:
                    pose=np.zeros((num_frames, NUM_JOINTS, 3), np.float32),
                    translation=np.zeros((num_frames, 3), np.float32), source=source)
 
+    @classmethod
+    def from_track(cls, result, head, source: str = "") -> "MotionSequence":
+        """The motion of a video tracked with ``head`` (``fit.track.TrackResult``): the per-frame
+        camera re-expressed as root rotation + translation relative to frame 0."""
+        import torch
+
+        from avatar_core.fit.single import camera_motion_to_pose
+        fit = result.fit
+        joints = head.j_regressor @ (head.v_template + torch.einsum(
+            "k,vik->vi", fit.shape, head.shapedirs[..., : fit.shape.numel()]))
+        root, trans = camera_motion_to_pose(fit.camera.viewmat, joints[0])
+        pose = fit.pose.clone()
+        pose[:, 0] = root
+        return cls(fps=result.fps, expr_names=list(head.expr_names), expression=fit.expression.numpy(),
+                   pose=pose.numpy(), translation=trans.numpy(), shape=fit.shape.numpy(), source=source,
+                   warnings=list(result.warnings))
+
 
 def _array(where: str, key: str, value) -> np.ndarray:
     try:
@@ -277,41 +295,3 @@ def _array(where: str, key: str, value) -> np.ndarray:
         raise MotionError(f"{where}: {key} contains NaN or infinite values (first at index "
                           f"{tuple(int(i) for i in bad)}); expected finite numbers.")
     return np.ascontiguousarray(a)
-
-
-def slerp_axis_angle(a: np.ndarray, b: np.ndarray, w) -> np.ndarray:
-    """Spherical interpolation between axis-angle rotations a, b [..., 3] with weights w
-    (broadcastable to [..., 1]); returns axis-angle [..., 3] (float64)."""
-    qa, qb = _aa_to_quat(np.asarray(a, np.float64)), _aa_to_quat(np.asarray(b, np.float64))
-    dot = (qa * qb).sum(-1, keepdims=True)
-    qb = np.where(dot < 0, -qb, qb)  # shortest arc
-    dot = np.abs(dot).clip(0.0, 1.0)
-    w = np.asarray(w, np.float64)
-    theta = np.arccos(dot)
-    sin = np.sin(theta)
-    small = sin < 1e-6
-    safe = np.where(small, 1.0, sin)
-    ka = np.where(small, 1.0 - w, np.sin((1.0 - w) * theta) / safe)
-    kb = np.where(small, w, np.sin(w * theta) / safe)
-    q = ka * qa + kb * qb
-    q = q / np.linalg.norm(q, axis=-1, keepdims=True)
-    return _quat_to_aa(q)
-
-
-def _aa_to_quat(aa: np.ndarray) -> np.ndarray:
-    """[..., 3] axis-angle -> [..., 4] (w, x, y, z)."""
-    angle = np.linalg.norm(aa, axis=-1, keepdims=True)
-    half = 0.5 * angle
-    # sin(half)/angle, with its Taylor series near zero
-    k = np.where(angle < 1e-8, 0.5 - angle ** 2 / 48.0, np.sin(half) / np.where(angle < 1e-8, 1.0, angle))
-    return np.concatenate([np.cos(half), aa * k], -1)
-
-
-def _quat_to_aa(q: np.ndarray) -> np.ndarray:
-    """[..., 4] unit (w, x, y, z) -> [..., 3] axis-angle, angle in [0, pi]."""
-    q = np.where(q[..., :1] < 0, -q, q)
-    v = q[..., 1:]
-    s = np.linalg.norm(v, axis=-1, keepdims=True)
-    angle = 2.0 * np.arctan2(s, q[..., :1])
-    k = np.where(s < 1e-8, 2.0 / np.clip(q[..., :1], 1e-8, None), angle / np.where(s < 1e-8, 1.0, s))
-    return v * k

@@ -29,11 +29,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from avatar_core.gaussians.avatar import REGION_HEAD, REGION_SHOULDER, Avatar, face_frames
+from avatar_core.gaussians.avatar import Avatar, face_frames
 from avatar_core.head import lbs
 from avatar_core.head.lod import edges_of, subdivide_once
 from avatar_core.head.model import HeadModel
-from avatar_core.render.camera import Camera
+from avatar_core.camera import Camera
+from avatar_core.regions import REGION_HEAD, REGION_SHOULDER
 from avatar_core.render.mesh import MeshRaster, rasterize_mesh
 
 log = logging.getLogger(__name__)

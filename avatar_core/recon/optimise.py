@@ -29,11 +29,12 @@ from typing import Dict, Optional
 import torch
 import torch.nn.functional as F
 
-from avatar_core.eval.metrics import ssim_map
-from avatar_core.gaussians.avatar import ALL_LODS, REGION_HEAD, REGION_SHOULDER, Avatar, face_frames
-from avatar_core.render import render
+from avatar_core.gaussians.avatar import ALL_LODS, Avatar, face_frames
+from avatar_core.metrics import ssim_map
 from avatar_core.recon.init import LodChain, SourceView
 from avatar_core.recon.threads import ThreadGovernor
+from avatar_core.regions import REGION_HEAD, REGION_SHOULDER
+from avatar_core.render import render
 
 log = logging.getLogger(__name__)
 

@@ -18,11 +18,12 @@ from typing import Optional, Tuple, Union
 import numpy as np
 import torch
 
-from avatar_core.errors import AvatarError, ParameterError
-from avatar_core.eval.metrics import psnr, ssim
-from avatar_core.gaussians.avatar import REGION_HEAD, REGION_SHOULDER, Avatar
+from avatar_core.devices import resolve_device
+from avatar_core.errors import AvatarError
+from avatar_core.gaussians.avatar import Avatar
 from avatar_core.gaussians.build import build_avatar
 from avatar_core.head.model import HeadModel
+from avatar_core.metrics import psnr, ssim
 from avatar_core.progress import Progress, as_progress
 from avatar_core.recon.config import ReconConfig, get_config
 from avatar_core.recon.init import (SourceView, attach_plane, chin_height, gaussian_visibility, hair_bind_faces,
@@ -30,24 +31,13 @@ from avatar_core.recon.init import (SourceView, attach_plane, chin_height, gauss
 from avatar_core.recon.optimise import PhotoFit, holdout_grid, transfer_lod
 from avatar_core.recon.report import ReconReport
 from avatar_core.recon.threads import ThreadGovernor
+from avatar_core.regions import REGION_HEAD, REGION_SHOULDER
 
 log = logging.getLogger(__name__)
 
 # facing (cosine to the source camera) below which a head Gaussian seen outside the matte
 # stays opaque (see initial_avatar)
 EDGE_ON = 0.45
-
-
-def resolve_device(name) -> torch.device:
-    if isinstance(name, torch.device):
-        return name
-    if name in (None, "", "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ParameterError("device 'cuda' was asked for, but no CUDA GPU is available to PyTorch; use 'cpu'.")
-    if name not in ("cpu", "cuda"):
-        raise ParameterError(f"device must be auto, cpu or cuda, not {name!r}.")
-    return torch.device(name)
 
 
 class _Timer:
@@ -65,7 +55,7 @@ class _Timer:
 
 def check_output_path(path) -> None:
     """Raise AvatarError now, before minutes of work, if the avatar cannot be written to ``path``."""
-    from avatar_core.io.atomic import check_writable
+    from avatar_core.atomic import check_writable
     p = Path(path)
     if p.is_dir():
         raise AvatarError(f"Cannot write the avatar file {str(p)!r}: it is a folder; expected a file path "
@@ -308,7 +298,7 @@ def reconstruct(photo, out_path: Optional[Union[str, os.PathLike]] = None, head=
         prog = Progress(progress.callback, cancel, progress.start, progress.end)
     if out_path is not None:
         check_output_path(out_path)
-    dev = resolve_device(device)
+    dev = torch.device(resolve_device(device))
     old_threads = torch.get_num_threads()
     # the face pipeline and the fit work on small tensors: one torch thread is as fast and is
     # not slowed down by a busy machine; the optimisation loops choose their own (see threads.py)

@@ -23,9 +23,10 @@ from typing import List, Optional, Sequence
 import numpy as np
 import torch
 
-from avatar_core.gaussians.avatar import REGION_SPLIT, Avatar
+from avatar_core.camera import Camera
+from avatar_core.gaussians.avatar import Avatar
+from avatar_core.regions import MASK_HIGH, MASK_LOW, layer_colour
 from avatar_core.render import render
-from avatar_core.render.camera import Camera
 
 # the sheet's expression rows: label -> ARKit units set to 1
 EXPRESSIONS = (("jawOpen", {"jawOpen": 1.0}),
@@ -36,15 +37,7 @@ EXPRESSIONS = (("jawOpen", {"jawOpen": 1.0}),
                ("glance", {"eyeLookOutLeft": 1.0, "eyeLookInRight": 1.0}))
 TURNS = (-45.0, 45.0, 150.0, -30.0, 30.0)
 COLUMNS = 6
-LAYER_COLOURS = ((0.95, 0.25, 0.2), (0.2, 0.8, 0.3), (0.25, 0.45, 0.95), (0.95, 0.8, 0.2), (0.8, 0.3, 0.9))
 BACKGROUND = 1.0
-
-
-def source_camera(avatar: Avatar, size: Optional[int] = None) -> Camera:
-    """The avatar's stored source camera, optionally resized to ``size`` x ``size``."""
-    s = avatar.source
-    cam = Camera(s["K"].float(), s["viewmat"].float(), int(s["width"]), int(s["height"]))
-    return cam.scaled(size, size) if size else cam
 
 
 def source_params(avatar: Avatar) -> dict:
@@ -94,17 +87,19 @@ def _render(avatar: Avatar, camera: Camera, lod: int, features: Optional[torch.T
 
 
 def split_colours(avatar: Avatar) -> torch.Tensor:
-    """Per-Gaussian RGB [N, 3]: head/shoulders a light grey, split layer l in LAYER_COLOURS[l]."""
+    """Per-Gaussian RGB [N, 3]: head/shoulders a light grey, split layer l in its colour
+    (``regions.layer_colour``, as Blender's inspection shows it)."""
     col = torch.full((avatar.num_gaussians, 3), 0.82, device=avatar.device)
     for layer in range(avatar.split_levels + 1):
         sel = avatar.split_layer == layer
-        col[sel] = torch.tensor(LAYER_COLOURS[layer % len(LAYER_COLOURS)], device=avatar.device)
+        col[sel] = torch.tensor(layer_colour(layer), device=avatar.device)
     return col
 
 
 def mask_colours(avatar: Avatar) -> torch.Tensor:
     """Per-Gaussian RGB [N, 3]: split Gaussians of layers >= 1 coloured by their effective soft
-    mask (blue 0 -> red 1, the product with every ancestor's), the rest light grey."""
+    mask (``regions.MASK_LOW`` 0 -> ``MASK_HIGH`` 1, the product with every ancestor's), the rest
+    light grey."""
     col = torch.full((avatar.num_gaussians, 3), 0.82, device=avatar.device)
     soft = torch.sigmoid(avatar.soft_mask.float())
     eff = soft.clone()
@@ -117,7 +112,7 @@ def mask_colours(avatar: Avatar) -> torch.Tensor:
         eff[idx] = soft[idx] * pm
     sel = avatar.split_layer >= 1
     m = eff[sel][:, None]
-    hot, cold = torch.tensor([0.9, 0.15, 0.1], device=col.device), torch.tensor([0.1, 0.25, 0.9], device=col.device)
+    hot, cold = torch.tensor(MASK_HIGH, device=col.device), torch.tensor(MASK_LOW, device=col.device)
     col[sel] = m * hot + (1 - m) * cold
     return col
 
@@ -139,7 +134,7 @@ def preview_panels(avatar: Avatar, source_image: Optional[np.ndarray], size: int
     default the avatar's; see the module docstring)."""
     if device is not None:
         avatar = avatar.to(device)
-    cam = source_camera(avatar, size).to(device=avatar.device)
+    cam = avatar.source_camera(size).to(device=avatar.device)
     lods = avatar.available_lods()
     top = max(lods)
     panels = []
@@ -198,7 +193,7 @@ def write_png(image: np.ndarray, path, what: str = "preview image") -> Path:
     """Write an RGB uint8 image as PNG, atomically."""
     import cv2
 
-    from avatar_core.io.atomic import atomic_path
+    from avatar_core.atomic import atomic_path
     path = Path(path)
     ok, buf = cv2.imencode(".png", np.ascontiguousarray(image[..., ::-1]))
     if not ok:

@@ -19,7 +19,7 @@ from typing import Dict
 
 import torch
 
-from avatar_core.eval.metrics import psnr
+from avatar_core.metrics import psnr
 from avatar_core.recon.config import ReconConfig
 from avatar_core.recon.optimise import PhotoFit, Target
 from avatar_core.render.refiner import Refiner, RefinerConfig

@@ -16,7 +16,7 @@ import torch
 
 from avatar_core.errors import ParameterError
 from avatar_core.gaussians.avatar import Avatar
-from avatar_core.render.camera import Camera
+from avatar_core.camera import Camera
 
 BACKGROUND = 1.0
 

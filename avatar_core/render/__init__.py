@@ -9,10 +9,11 @@ Backends: ``"torch"`` (any device; the reference), ``"gsplat"`` (CUDA tensors, n
 else torch; the environment variable ``HEADSPLAT_RENDER_BACKEND`` overrides it).
 Both are differentiable with respect to every Gaussian parameter.
 
-Submodules: ``camera`` (Camera, look_at, orbit_camera), ``project`` (EWA projection),
-``rasterize_torch`` (the CPU reference rasterizer), ``refiner`` (the neural refiner U-Net),
-``realtime`` (FramePipeline: a viewer's per-frame path with CUDA graphs). The CUDA backend
-lives in the top-level package ``cuda_backend`` and is imported only when used.
+Cameras (Camera, look_at, orbit_camera) live one floor down in ``avatar_core.camera`` and are
+re-exported here. Submodules: ``project`` (EWA projection), ``rasterize_torch`` (the CPU
+reference rasterizer), ``refiner`` (the neural refiner U-Net), ``realtime`` (FramePipeline: a
+viewer's per-frame path with CUDA graphs). The CUDA backend lives in the top-level package
+``cuda_backend`` and is imported only when used.
 """
 
 from __future__ import annotations
@@ -24,9 +25,9 @@ from typing import Optional, Union
 
 import torch
 
+from avatar_core.camera import Camera, focal_from_fov, intrinsics, look_at, orbit_camera
 from avatar_core.errors import ParameterError
 from avatar_core.gaussians.frame import GaussianFrame
-from avatar_core.render.camera import Camera, focal_from_fov, intrinsics, look_at, orbit_camera
 from avatar_core.render.project import EPS2D, FAR_PLANE, NEAR_PLANE
 
 log = logging.getLogger(__name__)

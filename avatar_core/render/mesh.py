@@ -2,7 +2,7 @@
 
 Used for the head preview, depth-buffer visibility (which vertices does the photo see) and
 pixel -> surface look-ups (landmark correspondences). Cameras follow
-:mod:`avatar_core.render.camera`: OpenCV axes (x right, y down, z forward), ``K`` in pixels
+:mod:`avatar_core.camera`: OpenCV axes (x right, y down, z forward), ``K`` in pixels
 with integer coordinates at pixel centres (``image[i, j]`` is centred on u = j, v = i),
 ``viewmat`` world -> camera.
 

@@ -7,7 +7,7 @@ W Sigma W^T, the affine approximation J of the perspective map at the mean, and 
 fused projection, so the CPU and CUDA backends agree:
 
 - internally pixel (i, j) is centred at (j + 0.5, i + 0.5), so an OpenCV ``cx`` becomes
-  ``cx + 0.5`` here (see :mod:`avatar_core.render.camera`);
+  ``cx + 0.5`` here (see :mod:`avatar_core.camera`);
 - the Jacobian is evaluated at x/z, y/z clamped to 1.3x the field of view;
 - Gaussians nearer than ``near`` or beyond ``far``, with a non-positive 2D determinant,
   an opacity below 1/255, or a footprint entirely off screen get radius 0 (culled);
@@ -22,7 +22,7 @@ import math
 
 import torch
 
-from avatar_core.head.lbs import quaternion_to_matrix
+from avatar_core.rotation import quaternion_to_matrix
 
 ALPHA_THRESHOLD = 1.0 / 255.0
 MAX_ALPHA = 0.999

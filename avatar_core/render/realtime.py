@@ -24,8 +24,8 @@ from typing import Optional
 
 import torch
 
+from avatar_core.camera import Camera
 from avatar_core.errors import ParameterError
-from avatar_core.render.camera import Camera
 from avatar_core.render.refiner import Refiner
 
 log = logging.getLogger(__name__)

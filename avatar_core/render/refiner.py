@@ -117,8 +117,8 @@ def refine(features: torch.Tensor, refiner: Optional[Refiner] = None) -> torch.T
     return refiner(features)
 
 
-def load_refiner(state: Optional[Dict[str, torch.Tensor]], config: Optional[Dict] = None,
-                 device=None) -> Optional[Refiner]:
+def refiner_from_state(state: Optional[Dict[str, torch.Tensor]], config: Optional[Dict] = None,
+                       device=None) -> Optional[Refiner]:
     """A refiner from a saved ``state_dict`` and config dict (as stored in an avatar file); None if no state."""
     if state is None:
         return None

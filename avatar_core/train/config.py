@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Optional
 
 from avatar_core.errors import AvatarError
-from avatar_core.recon.network import NetworkConfig
+from avatar_core.recon.feedforward.network import NetworkConfig
 from avatar_core.train.losses import LossWeights
 from avatar_core.train.schedule import LodSchedule
 

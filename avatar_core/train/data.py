@@ -29,6 +29,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from avatar_core.camera import scale_intrinsics
 from avatar_core.errors import AvatarError
 from avatar_core.progress import as_progress
 from avatar_core.train.schedule import hash_seed
@@ -167,22 +168,10 @@ class Clip:
         rgb = torch.from_numpy(np.ascontiguousarray(bgr[..., ::-1])).permute(2, 0, 1).float() / 255.0
         alpha = torch.from_numpy(matte).float()[None] / 255.0
         image = rgb * alpha + background * (1.0 - alpha)
-        K = scale_K(self.params["K"][t], self.size, image_size)
+        K = scale_intrinsics(self.params["K"][t].float(), image_size / self.size)
         return dict(image=image, alpha=alpha, K=K, viewmat=self.params["viewmat"][t],
                     expression=self.params["expression"][t], pose=self.params["pose"][t],
                     translation=self.params["translation"][t])
-
-
-def scale_K(K: torch.Tensor, size: int, new_size: int) -> torch.Tensor:
-    """Intrinsics for a square image resized from size to new_size (pixel centres at integers)."""
-    s = new_size / size
-    K = K.clone().float()
-    K[0, 0] *= s
-    K[1, 1] *= s
-    K[0, 1] *= s
-    K[0, 2] = (K[0, 2] + 0.5) * s - 0.5
-    K[1, 2] = (K[1, 2] + 0.5) * s - 0.5
-    return K
 
 
 def pair_sample(src: Dict[str, torch.Tensor], drv: Dict[str, torch.Tensor], shape: torch.Tensor,
@@ -238,7 +227,7 @@ class SyntheticPairs:
 
     def __init__(self, image_size: int, num_shape: int, num_expr: int, num_joints: int = 5,
                  background: float = 1.0, length: int = 10_000, distance: float = 0.75, fov_deg: float = 22.0):
-        from avatar_core.render.camera import orbit_camera
+        from avatar_core.camera import orbit_camera
         self.image_size, self.num_shape, self.num_expr, self.num_joints = image_size, num_shape, num_expr, num_joints
         self.length = length
         cam = orbit_camera(distance=distance, fov_deg=fov_deg, width=image_size, height=image_size)
@@ -373,10 +362,10 @@ def untracked_pair(video, src: int, drv: int, image_size: int, num_shape: int, n
     checks only; real training data comes from ``convert_video``.
     """
     import cv2
+    from avatar_core.camera import orbit_camera
     from avatar_core.face import crop_with, process_portrait
     from avatar_core.face.matte import portrait_matte
     from avatar_core.fit.track import read_video
-    from avatar_core.render.camera import orbit_camera
     frames, _ = read_video(video, max_frames=max(src, drv) + 1)
     portrait = process_portrait(frames[src], size=crop_size)
     cam = orbit_camera(distance=distance, fov_deg=fov_deg, width=image_size, height=image_size)

@@ -28,7 +28,7 @@ import torch.distributed as dist
 
 from avatar_core.errors import AvatarError
 from avatar_core.progress import as_progress
-from avatar_core.recon.network import FeedForwardNet
+from avatar_core.recon.feedforward.network import FeedForwardNet
 from avatar_core.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from avatar_core.train.config import TrainConfig
 from avatar_core.train.data import BatchLoader, ClipDataset, PairSampler, SyntheticPairs

@@ -23,7 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from avatar_core.errors import CheckpointError
-from avatar_core.eval.metrics import ssim_loss
+from avatar_core.metrics import ssim_loss
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ def load_cli_head(flame_path=None):
     if flame_path:
         from avatar_core.head.flame import load_flame
         return load_flame(flame_path)
-    from avatar_core.cli_util import ProgressBar
+    from avatar_core.cli.progress_bar import ProgressBar
     from avatar_core.head.open_head import cache_path, load_open_head
     bar = None if cache_path().exists() else ProgressBar("building the open head (first use)")
     return load_open_head(progress=bar)

@@ -50,7 +50,7 @@ def run(args) -> int:
     rank = int(os.environ.get("RANK", "0"))
     progress = None
     if rank == 0:
-        from avatar_core.cli_util import ProgressBar
+        from avatar_core.cli.progress_bar import ProgressBar
         progress = ProgressBar("train")
     result = train(cfg, resume=not args.no_resume, progress=progress)
     if rank == 0:
@@ -64,7 +64,7 @@ def run(args) -> int:
 
 
 def _prepare(args) -> int:
-    from avatar_core.cli_util import ProgressBar
+    from avatar_core.cli.progress_bar import ProgressBar
     from avatar_core.errors import AvatarError
     from avatar_core.head import load_head
     from avatar_core.train.data import convert_video

@@ -38,20 +38,20 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from avatar_core.camera import Camera
 from avatar_core.errors import CheckpointError
 from avatar_core.gaussians.avatar import Avatar
 from avatar_core.gaussians.build import build_avatar, split_region
 from avatar_core.gaussians.frame import GaussianFrame
 from avatar_core.gaussians.split import split_graph
 from avatar_core.head.model import HeadModel
-from avatar_core.recon.encoder import EncoderConfig, build_encoder
-from avatar_core.recon.network_blocks import (ATTR_BASE, ATTR_OFFSET, ATTR_OPAC, ATTR_ROT, ATTR_SCALE, MLP,
+from avatar_core.recon.feedforward.blocks import (ATTR_BASE, ATTR_OFFSET, ATTR_OPAC, ATTR_ROT, ATTR_SCALE, MLP,
                                               GaussianHead, GlobalBranch, LocalHead, ShoulderBranch)
-from avatar_core.recon.network_geometry import (HeadRig, project, resolve_head, sample_map, shoulder_plane,
+from avatar_core.recon.feedforward.encoder import EncoderConfig, build_encoder
+from avatar_core.recon.feedforward.geometry import (HeadRig, project, resolve_head, sample_map, shoulder_plane,
                                                 visibility)
-from avatar_core.recon.network_split import ExpressionBranch
+from avatar_core.recon.feedforward.split import ExpressionBranch
 from avatar_core.render import render
-from avatar_core.render.camera import Camera
 from avatar_core.render.refiner import Refiner, RefinerConfig
 
 log = logging.getLogger(__name__)

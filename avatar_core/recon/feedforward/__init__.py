@@ -15,17 +15,17 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
 from typing import Dict, Optional
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from avatar_core.camera import scale_intrinsics
 from avatar_core.errors import CheckpointError
 from avatar_core.gaussians.avatar import Avatar
 from avatar_core.progress import as_progress
-from avatar_core.recon.network import FeedForwardNet
+from avatar_core.recon.feedforward.network import FeedForwardNet
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ _CACHE: Dict = {}
 def load_feedforward(checkpoint, head=None, device=None) -> FeedForwardNet:
     """The network of ``checkpoint`` (a model file, step folder or run folder), cached per
     (file, modification time, device); in eval mode."""
-    from avatar_core.train.checkpoint import load_network, resolve_model_file
+    from avatar_core.recon.feedforward.model_file import load_network, resolve_model_file
     f = resolve_model_file(checkpoint)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     key = (str(f.resolve()), f.stat().st_mtime_ns, str(dev), id(head) if head is not None else None)
@@ -69,12 +69,12 @@ def source_batch(net: FeedForwardNet, image: np.ndarray, alpha: np.ndarray, K: t
         img = F.interpolate(img, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
         a = F.interpolate(a, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
     img = img * a + cfg.background * (1 - a)
-    from avatar_core.train.data import scale_K
     s = torch.zeros(1, net.rig.num_shape)
     shp = torch.as_tensor(shape, dtype=torch.float32).reshape(-1)
     n = min(shp.numel(), net.rig.num_shape)
     s[0, :n] = shp[:n]
-    batch = dict(src_image=img, src_alpha=a, src_K=scale_K(torch.as_tensor(K).reshape(3, 3), S, size)[None],
+    src_K = scale_intrinsics(torch.as_tensor(K).reshape(3, 3).float(), size / S)
+    batch = dict(src_image=img, src_alpha=a, src_K=src_K[None],
                  src_viewmat=torch.as_tensor(viewmat, dtype=torch.float32).reshape(1, 4, 4), shape=s,
                  src_expression=torch.as_tensor(expression, dtype=torch.float32).reshape(1, -1),
                  src_pose=torch.as_tensor(pose, dtype=torch.float32).reshape(1, -1, 3),
@@ -143,10 +143,3 @@ def reconstruct_photo(path, checkpoint, head="open", size: int = 512, device=Non
     portrait = process_portrait(path, size=size, progress=p.sub(0.0, 0.3))
     fit = fit_portrait(hm, portrait, landmark_embedding(hm), progress=p.sub(0.3, 0.7))
     return reconstruct_feedforward(portrait, fit, checkpoint, head=hm, device=device, progress=p.sub(0.7, 1.0))
-
-
-def checkpoint_summary(checkpoint) -> dict:
-    """The metadata of a checkpoint (config, head, step) without building the network."""
-    from avatar_core.train.checkpoint import read_model_file
-    _, meta = read_model_file(Path(checkpoint))
-    return meta

@@ -30,6 +30,20 @@ from avatar_core.errors import ParameterError
 Number = Union[float, int]
 
 
+def scale_intrinsics(K: torch.Tensor, sx: float, sy: Optional[float] = None) -> torch.Tensor:  # [..., 3, 3]
+    """Intrinsics K [..., 3, 3] for an image resized by ``sx`` across and ``sy`` down (default
+    ``sx``): focal lengths and skew scale, and the principal point keeps its place on the image
+    with the pixel-centre convention ``cx' = (cx + 0.5) * sx - 0.5``. A new tensor."""
+    sy = sx if sy is None else sy
+    out = K.clone()
+    out[..., 0, 0] = K[..., 0, 0] * sx
+    out[..., 0, 1] = K[..., 0, 1] * sx
+    out[..., 1, 1] = K[..., 1, 1] * sy
+    out[..., 0, 2] = (K[..., 0, 2] + 0.5) * sx - 0.5
+    out[..., 1, 2] = (K[..., 1, 2] + 0.5) * sy - 0.5
+    return out
+
+
 @dataclasses.dataclass
 class Camera:
     """A batch of B pinhole cameras sharing one image size.
@@ -135,15 +149,7 @@ class Camera:
         """
         if height is None:
             height = int(round(self.height * width / self.width))
-        sx = width / self.width
-        sy = height / self.height
-        K = self.K.clone()
-        K[:, 0, 0] = self.K[:, 0, 0] * sx
-        K[:, 0, 1] = self.K[:, 0, 1] * sx
-        K[:, 1, 1] = self.K[:, 1, 1] * sy
-        K[:, 0, 2] = (self.K[:, 0, 2] + 0.5) * sx - 0.5
-        K[:, 1, 2] = (self.K[:, 1, 2] + 0.5) * sy - 0.5
-        return Camera(K, self.viewmat, width, height)
+        return Camera(scale_intrinsics(self.K, width / self.width, height / self.height), self.viewmat, width, height)
 
     # -- geometry -----------------------------------------------------------------------
     def world_to_camera(self, points: torch.Tensor) -> torch.Tensor:

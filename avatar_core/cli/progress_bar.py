@@ -1,4 +1,4 @@
-"""Small helpers shared by the CLI commands: a progress bar, device choice."""
+"""The commands' progress bar: ``progress(fraction, message)`` as one updating line on stderr."""
 
 from __future__ import annotations
 
@@ -33,14 +33,3 @@ class ProgressBar:
         self.stream.write("\n")
         self.stream.flush()
 
-
-def resolve_device(name: str = "auto") -> str:
-    import torch
-    from avatar_core.errors import AvatarError
-    if name in (None, "", "auto"):
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise AvatarError("--device cuda was asked for, but no CUDA GPU is available to PyTorch; use --device cpu.")
-    if name not in ("cpu", "cuda"):
-        raise AvatarError(f"--device must be auto, cpu or cuda, not {name!r}.")
-    return name

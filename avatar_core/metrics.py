@@ -13,7 +13,6 @@ large empty background does not inflate them.
 
 from __future__ import annotations
 
-import math
 from typing import Optional, Union
 
 import numpy as np
@@ -129,7 +128,3 @@ def ssim_loss(a: torch.Tensor, b: torch.Tensor, mask: Optional[torch.Tensor] = N
               window: int = 11, sigma: float = 1.5) -> torch.Tensor:
     """1 - mean SSIM over the batch (and mask): a scalar loss."""
     return 1.0 - ssim(a, b, mask, window, sigma).mean()
-
-
-def psnr_from_mse(value: float, max_val: float = 1.0) -> float:
-    return 10.0 * math.log10(max_val ** 2 / max(value, 1e-12))

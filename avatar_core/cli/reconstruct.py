@@ -33,8 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from avatar_core.cli_util import ProgressBar, resolve_device
-    from avatar_core.io.atomic import atomic_paths, check_output
+    from avatar_core.atomic import atomic_paths, check_output
+    from avatar_core.cli.progress_bar import ProgressBar
+    from avatar_core.devices import resolve_device
     from avatar_core.recon import reconstruct
     from avatar_core.recon.pipeline import check_output_path
     from avatar_core.recon.preview import preview_path, preview_sheet

@@ -30,9 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args) -> int:
     from pathlib import Path
 
-    from avatar_core.cli_util import resolve_device
+    from avatar_core.atomic import check_output, check_writable
+    from avatar_core.devices import resolve_device
     from avatar_core.io import load_avatar
-    from avatar_core.io.atomic import check_output, check_writable
     from avatar_core.motion.playback import load_refiner
     from avatar_core.recon.preview import write_png
     from avatar_core.recon.still import parse_expressions, render_still

@@ -22,10 +22,11 @@ Every function here is tested against Blender's own maths in tests/test_blender_
 
 from __future__ import annotations
 
-import math
 from typing import Tuple
 
 import numpy as np
+
+from avatar_core.rotation import axis_angle_to_matrix_np, matrix_to_axis_angle_np, matrix_to_quaternion_np
 
 # head (Y up, face +Z) -> Blender (Z up, face -Y): +90 degrees about X
 HEAD_TO_BLENDER = np.array([[1.0, 0.0, 0.0],
@@ -203,85 +204,6 @@ def project(K: np.ndarray, viewmat: np.ndarray, points: np.ndarray) -> Tuple[np.
     return uv, z
 
 
-# ------------------------------------------------------------------------------------------------
-# rotations (batched, numpy; quaternions are (w, x, y, z) like Blender and avatar_core)
-# ------------------------------------------------------------------------------------------------
-def axis_angle_to_matrix(aa: np.ndarray) -> np.ndarray:
-    """[..., 3] -> [..., 3, 3] (Rodrigues)."""
-    aa = np.asarray(aa, dtype=np.float64)
-    theta = np.linalg.norm(aa, axis=-1, keepdims=True)
-    small = theta < 1e-8
-    axis = np.where(small, 0.0, aa / np.where(small, 1.0, theta))
-    x, y, z = axis[..., 0], axis[..., 1], axis[..., 2]
-    zero = np.zeros_like(x)
-    k = np.stack([zero, -z, y, z, zero, -x, -y, x, zero], -1).reshape(*aa.shape[:-1], 3, 3)
-    s = np.sin(theta)[..., None]
-    c = np.cos(theta)[..., None]
-    eye = np.broadcast_to(np.eye(3), k.shape)
-    return eye + s * k + (1.0 - c) * (k @ k)
-
-
-def matrix_to_axis_angle(r: np.ndarray) -> np.ndarray:
-    """[..., 3, 3] rotations -> [..., 3] axis-angle (angle in [0, pi]), via quaternions."""
-    return quaternion_to_axis_angle(matrix_to_quaternion(r))
-
-
-def matrix_to_quaternion(r: np.ndarray) -> np.ndarray:
-    """[..., 3, 3] -> [..., 4] (w, x, y, z), w >= 0 (Shepperd's method, batched)."""
-    m = np.asarray(r, dtype=np.float64)
-    t = m[..., 0, 0] + m[..., 1, 1] + m[..., 2, 2]
-    cand = np.stack([1 + t, 1 + m[..., 0, 0] - m[..., 1, 1] - m[..., 2, 2],
-                     1 - m[..., 0, 0] + m[..., 1, 1] - m[..., 2, 2],
-                     1 - m[..., 0, 0] - m[..., 1, 1] + m[..., 2, 2]], -1)
-    i = cand.argmax(-1)
-    s = 2.0 * np.sqrt(np.maximum(np.take_along_axis(cand, i[..., None], -1)[..., 0], 1e-12))
-    q = np.empty(m.shape[:-2] + (4,))
-    d21, d02, d10 = m[..., 2, 1] - m[..., 1, 2], m[..., 0, 2] - m[..., 2, 0], m[..., 1, 0] - m[..., 0, 1]
-    s01, s02, s12 = m[..., 0, 1] + m[..., 1, 0], m[..., 0, 2] + m[..., 2, 0], m[..., 1, 2] + m[..., 2, 1]
-    opts = [np.stack([s / 4, d21 / s, d02 / s, d10 / s], -1),
-            np.stack([d21 / s, s / 4, s01 / s, s02 / s], -1),
-            np.stack([d02 / s, s01 / s, s / 4, s12 / s], -1),
-            np.stack([d10 / s, s02 / s, s12 / s, s / 4], -1)]
-    for k in range(4):
-        q = np.where((i == k)[..., None], opts[k], q)
-    q = q * np.where(q[..., :1] < 0, -1.0, 1.0)
-    return q / np.linalg.norm(q, axis=-1, keepdims=True)
-
-
-def quaternion_to_matrix(q: np.ndarray) -> np.ndarray:
-    """[..., 4] (w, x, y, z), any norm -> [..., 3, 3]."""
-    q = np.asarray(q, dtype=np.float64)
-    q = q / np.maximum(np.linalg.norm(q, axis=-1, keepdims=True), 1e-12)
-    w, x, y, z = q[..., 0], q[..., 1], q[..., 2], q[..., 3]
-    return np.stack([1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-                     2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-                     2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)],
-                    -1).reshape(*q.shape[:-1], 3, 3)
-
-
-def quaternion_to_axis_angle(q: np.ndarray) -> np.ndarray:
-    """[..., 4] (w, x, y, z) -> [..., 3]."""
-    q = np.asarray(q, dtype=np.float64)
-    q = q / np.maximum(np.linalg.norm(q, axis=-1, keepdims=True), 1e-12)
-    q = q * np.where(q[..., :1] < 0, -1.0, 1.0)
-    v = q[..., 1:]
-    sin_half = np.linalg.norm(v, axis=-1, keepdims=True)
-    angle = 2.0 * np.arctan2(sin_half, q[..., :1])
-    # angle / sin(angle / 2) -> 2 as the angle -> 0
-    factor = np.where(sin_half > 1e-8, angle / np.maximum(sin_half, 1e-12), 2.0)
-    return v * factor
-
-
-def axis_angle_to_quaternion(aa: np.ndarray) -> np.ndarray:
-    """[..., 3] -> [..., 4] (w, x, y, z)."""
-    aa = np.asarray(aa, dtype=np.float64)
-    theta = np.linalg.norm(aa, axis=-1, keepdims=True)
-    half = 0.5 * theta
-    # sin(half) / theta -> 0.5 as theta -> 0
-    k = np.where(theta > 1e-8, np.sin(half) / np.maximum(theta, 1e-12), 0.5)
-    return np.concatenate([np.cos(half), aa * k], -1)
-
-
 def bone_basis_to_pose(rest_rotations: np.ndarray, basis: np.ndarray) -> np.ndarray:
     """Blender pose-bone rotations -> avatar_core pose.
 
@@ -294,15 +216,15 @@ def bone_basis_to_pose(rest_rotations: np.ndarray, basis: np.ndarray) -> np.ndar
     b = np.asarray(rest_rotations, dtype=np.float64)
     # R_head = B @ R_basis @ B^T
     r = b @ np.asarray(basis, dtype=np.float64) @ np.swapaxes(b, -1, -2)
-    return matrix_to_axis_angle(r)
+    return matrix_to_axis_angle_np(r)
 
 
 def pose_to_bone_basis(rest_rotations: np.ndarray, pose: np.ndarray) -> np.ndarray:
     """Inverse of ``bone_basis_to_pose``: [..., J, 3] axis-angle -> [..., J, 4] bone quaternions."""
     b = np.asarray(rest_rotations, dtype=np.float64)
-    r = axis_angle_to_matrix(pose)
+    r = axis_angle_to_matrix_np(pose)
     # R_basis = B^T @ R_head @ B
-    return matrix_to_quaternion(np.swapaxes(b, -1, -2) @ r @ b)
+    return matrix_to_quaternion_np(np.swapaxes(b, -1, -2) @ r @ b)
 
 
 def root_location_to_translation(root_rest_rotation: np.ndarray, location: np.ndarray) -> np.ndarray:
@@ -334,7 +256,3 @@ def premultiplied_srgb_to_linear(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarr
     a = np.asarray(alpha, dtype=np.float32)[..., None]
     straight = np.where(a > 1e-6, rgb / np.maximum(a, 1e-6), 0.0)
     return srgb_to_linear(straight) * a
-
-
-def fov_to_lens(fov_rad: float, sensor: float) -> float:
-    return 0.5 * sensor / math.tan(0.5 * fov_rad)

@@ -61,12 +61,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args) -> int:
 
-    from avatar_core.cli_util import ProgressBar, resolve_device
+    from avatar_core.cli.progress_bar import ProgressBar
+    from avatar_core.devices import resolve_device
     from avatar_core.io import load_avatar
     from avatar_core.motion.load import load_motion
     from avatar_core.motion.playback import load_refiner, make_cameras, motion_for_avatar, render_motion
 
-    from avatar_core.io.atomic import check_output
+    from avatar_core.atomic import check_output
     from avatar_core.io.video import frame_writer
     from avatar_core.validate import check_fps, check_range, check_resolution
 
@@ -122,9 +123,10 @@ def track_motion(args):
     open head) as ``python -m avatar_core track`` does; returns its MotionSequence."""
     import time
 
-    from avatar_core.cli_util import ProgressBar
+    from avatar_core.cli.progress_bar import ProgressBar
     from avatar_core.fit.track import track_video
     from avatar_core.head import load_head
+    from avatar_core.motion import MotionSequence
     from avatar_core.validate import check_range
     check_range(args.track_steps, "--track-steps", 1, 100000)
     check_range(args.track_size, "--track-size", 64, 2048)
@@ -139,7 +141,7 @@ def track_motion(args):
                              smooth=args.track_smooth, progress=bar)
     finally:
         bar.close()
-    seq = result.motion(head, source=str(path))
+    seq = MotionSequence.from_track(result, head, source=str(path))
     if args.motion_fps is not None:
         seq = seq.replace(fps=float(args.motion_fps))
     for w in result.warnings:

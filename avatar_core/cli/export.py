@@ -98,7 +98,7 @@ def _one_frame(args, out, fmt) -> int:
 
 def _sequence(args, out, fmt) -> int:
 
-    from avatar_core.cli_util import ProgressBar
+    from avatar_core.cli.progress_bar import ProgressBar
     from avatar_core.io.export import export_sequence, motion_frames, parse_frames
     from avatar_core.motion.load import load_motion
     from avatar_core.motion.playback import motion_for_avatar

@@ -15,10 +15,11 @@ def add_arguments(p):
 
 
 def run(args) -> int:
-    from avatar_core.cli_util import ProgressBar
+    from avatar_core.atomic import check_output
+    from avatar_core.cli.progress_bar import ProgressBar
     from avatar_core.fit.track import track_video
     from avatar_core.head import load_head
-    from avatar_core.io.atomic import check_output
+    from avatar_core.motion import MotionSequence
     from avatar_core.validate import check_range, check_steps
     check_output(args.output, [args.video, args.head], "motion file")
     check_steps(args.steps)
@@ -28,7 +29,7 @@ def run(args) -> int:
     bar = ProgressBar("track")
     t0 = time.perf_counter()
     result = track_video(args.video, head, size=args.size, steps=args.steps, smooth=args.smooth, progress=bar)
-    seq = result.motion(head, source=args.video)
+    seq = MotionSequence.from_track(result, head, source=args.video)
     seq.save(args.output)
     dt = time.perf_counter() - t0
     err = result.fit.median_error_px

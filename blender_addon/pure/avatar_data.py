@@ -21,10 +21,8 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from blender_addon.constants import (COLOUR_MODES, LAYER_COLOURS, MASK_HIGH, MASK_LOW, MAX_LAYERS,  # noqa: F401
+from blender_addon.pure.constants import (COLOUR_MODES, LAYER_COLOURS, MASK_HIGH, MASK_LOW, MAX_LAYERS,  # noqa: F401
                                      REGION_COLOURS)
-
-REGION_SHOULDER = 2
 
 
 @dataclasses.dataclass

@@ -41,8 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from avatar_core.head.cli_info import load_cli_head
-    from avatar_core.io.atomic import atomic_path, check_writable
+    from avatar_core.atomic import atomic_path, check_writable
+    from avatar_core.cli.head_info import load_cli_head
 
     if not 64 <= args.res <= 2048:
         raise AvatarError(f"--res must be between 64 and 2048 pixels, got {args.res}.")
@@ -82,7 +82,7 @@ def _colours(head) -> torch.Tensor:
 
 
 def _camera(target, yaw: float, distance: float, fov: float, res: int, pitch: float = 0.0):
-    from avatar_core.render.camera import orbit_camera
+    from avatar_core.camera import orbit_camera
     cam = orbit_camera(target=tuple(float(t) for t in target), distance=distance, yaw_deg=yaw,
                        pitch_deg=pitch, fov_deg=fov, width=res, height=res)
     return cam.K[0], cam.viewmat[0]

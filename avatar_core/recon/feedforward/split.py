@@ -26,7 +26,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from avatar_core.recon.network_blocks import (ATTR_OFFSET, ATTR_OPAC, ATTR_ROT, ATTR_SCALE, ATTR_BASE, MLP,
+from avatar_core.recon.feedforward.blocks import (ATTR_OFFSET, ATTR_OPAC, ATTR_ROT, ATTR_SCALE, ATTR_BASE, MLP,
                                               attr_dim)
 
 IDENTITY_QUAT = (1.0, 0.0, 0.0, 0.0)

@@ -25,7 +25,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from blender_addon import convert
+from blender_addon.pure import convert
+from blender_addon.pure.constants import nearest_lod
 
 log = logging.getLogger(__name__)
 
@@ -66,18 +67,6 @@ def clear_caches() -> None:
     _refiner_cache.clear()
 
 
-def resolve_device(choice: str) -> str:
-    """'AUTO' | 'CUDA' | 'CPU' -> a torch device string."""
-    choice = (choice or "AUTO").upper()
-    if choice == "CPU":
-        return "cpu"
-    if torch.cuda.is_available():
-        return "cuda"
-    if choice == "CUDA":
-        log.warning("CUDA was asked for but torch sees no CUDA device; rendering on the CPU")
-    return "cpu"
-
-
 def apply_threads(n: int) -> None:
     """Use ``n`` torch CPU threads in the calling thread (0 = leave torch's default). OpenMP
     settings are per thread, and Blender calls the engine from its render thread."""
@@ -86,8 +75,7 @@ def apply_threads(n: int) -> None:
 
 
 def selection(view: AvatarView) -> torch.Tensor:
-    lods = view.avatar.available_lods()
-    lod = view.lod if view.lod in lods else min(lods, key=lambda k: abs(k - view.lod))
+    lod = nearest_lod(view.avatar.available_lods(), view.lod)
     key = (view.key, str(view.avatar.device), lod, view.layers, round(float(view.mask_threshold), 6))
     idx = _index_cache.get(key)
     if idx is None:
@@ -118,7 +106,7 @@ def gaussians(view: AvatarView):
                        translation=torch.as_tensor(view.translation, device=dev, dtype=dt)[None],
                        index=selection(view))
     if view.colour_mode != "RGB":
-        from blender_addon.avatar_data import inspection_rgb
+        from blender_addon.pure.avatar_data import inspection_rgb
         idx = selection(view)
         rgb = inspection_rgb(view.colour_mode, av.split_layer[idx], av.soft_mask[idx], av.region[idx],
                              frame.features[0, :, :3])
@@ -243,26 +231,3 @@ def srgb_to_linear_t(c: torch.Tensor) -> torch.Tensor:
     c = c.clamp_min(0)
     curve = c.add(0.055).div_(1.055).log_().mul_(2.4).exp_()
     return torch.where(c <= 0.04045, c / 12.92, curve)
-
-
-def reference_image(view: AvatarView, K: np.ndarray, width: int, height: int,
-                    background_srgb=None) -> np.ndarray:
-    """avatar_core's own render of one view, converted exactly as the engine converts it
-    ([H, W, 4] linear premultiplied, or opaque over the background) - for tests and benchmarks."""
-    from avatar_core.render import Camera, render
-    av = view.avatar
-    dev, dt = av.device, av.offset.dtype
-    with torch.no_grad():
-        frame = av.animate(expression=torch.as_tensor(view.expression, dtype=dt)[None].to(dev),
-                           pose=torch.as_tensor(view.pose, dtype=dt)[None].to(dev),
-                           translation=torch.as_tensor(view.translation, dtype=dt)[None].to(dev),
-                           lod=view.lod, layers=view.layers, mask_threshold=view.mask_threshold)
-        cam = Camera(torch.as_tensor(K, dtype=dt).to(dev), torch.as_tensor(view.viewmat_head, dtype=dt).to(dev),
-                     width, height)
-        bg = None if background_srgb is None else torch.as_tensor(background_srgb, dtype=dt).to(dev)
-        out = render(frame, cam, background=bg)
-    rgb = out.image[0, ..., :3].clamp(0, 1).cpu().numpy()
-    a = out.alpha[0, ..., 0].clamp(0, 1).cpu().numpy()
-    if background_srgb is not None:
-        return np.concatenate([convert.srgb_to_linear(rgb), np.ones_like(a)[..., None]], -1)
-    return np.concatenate([convert.premultiplied_srgb_to_linear(rgb, a), a[..., None]], -1)

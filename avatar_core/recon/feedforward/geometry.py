@@ -13,10 +13,10 @@ from typing import List, Tuple
 import torch
 import torch.nn as nn
 
+from avatar_core.camera import Camera
 from avatar_core.head import lbs
 from avatar_core.head.lod import subdivide_once
 from avatar_core.head.model import HeadModel
-from avatar_core.render.camera import Camera
 
 
 def resolve_head(spec: str) -> HeadModel:
