@@ -41,7 +41,7 @@ def test_bust_joins_the_neck_cut_and_follows_the_root(open_head_and_bust):
 
 def test_reconstruction_has_a_closed_bust_and_a_hair_shell(tmp_path):
     from avatar_core.eval.sideviews import sideview_figures
-    from avatar_core.gaussians.avatar import REGION_SHOULDER
+    from avatar_core.regions import REGION_SHOULDER
     from avatar_core.recon import reconstruct
     from test_recon import TEST_QUALITY, _astronaut
     avatar, _ = reconstruct(_astronaut(), quality=TEST_QUALITY, device="cpu")

@@ -64,7 +64,7 @@ def turned_still(avatar, yaw: float, res: int, lod: Optional[int] = None, refine
     degrees, the photo's expression, over white."""
     import torch
 
-    from avatar_core.gaussians.avatar import REGION_HEAD
+    from avatar_core.regions import REGION_HEAD
     from avatar_core.recon.still import still_camera, still_params
     from avatar_core.render import render
     from scipy import ndimage

@@ -121,7 +121,8 @@ def initial_avatar(head: HeadModel, fit, view: SourceView, cfg: ReconConfig, lan
     Returns (avatar, facing [N]: cosine between each Gaussian's surface normal and the
     direction to the source camera, 1 for the plane ones; the LodChain of the head; locked
     [N] bool: Gaussians whose painted colour the photo fit must keep; held [N] bool: Gaussians
-    whose opacity it must keep).
+    whose opacity it must keep; unseen [N] bool: the bust's back and sides and the hair shell,
+    which the photo does not show).
     """
     shape = fit.shape.float()
     with torch.no_grad():
@@ -156,7 +157,9 @@ def initial_avatar(head: HeadModel, fit, view: SourceView, cfg: ReconConfig, lan
     init_colours(avatar, view, vis, groups, footprint, fill_from=f"lod{max(cfg.lods)}")
     locked = paint_interior(avatar, head, view, vis, landmarks)
     # the bust's unseen back and sides keep the colours carried round from its front
-    locked[torch.nonzero(avatar.region == REGION_SHOULDER)[:, 0][~plane.seen]] = True
+    unseen = torch.zeros(avatar.num_gaussians, dtype=torch.bool)
+    unseen[torch.nonzero(avatar.region == REGION_SHOULDER)[:, 0][~plane.seen]] = True
+    locked |= unseen
     # opacity: solid head, except where the photo sees the mesh outside the person's matte
     with torch.no_grad():
         from avatar_core.recon.init import sample_image
@@ -173,7 +176,7 @@ def initial_avatar(head: HeadModel, fit, view: SourceView, cfg: ReconConfig, lan
         avatar.opacity_logit[outside & ~edge_on] = -3.0
         locked |= edge_on
         avatar.soft_mask[avatar.split_layer >= 1] = 1.0
-    return avatar, vis.facing, chain, locked, edge_on
+    return avatar, vis.facing, chain, locked, edge_on, unseen
 
 
 def evaluate(fitter: PhotoFit, lods, size: int) -> Tuple[dict, dict]:
@@ -216,7 +219,7 @@ def reconstruct_from_fit(head_model: HeadModel, portrait, fit, cfg: ReconConfig,
         prog(0.0, "initialising Gaussians from the photo")
         view = source_view(portrait, fit)
         view = gaze_ahead(view, head_model)
-        avatar, facing, chain, locked, held = initial_avatar(head_model, fit, view, cfg,
+        avatar, facing, chain, locked, held, unseen = initial_avatar(head_model, fit, view, cfg,
                                                        getattr(portrait, "landmarks", None))
     avatar = avatar.to(dev)
     dview = SourceView(view.image, view.alpha, view.camera.to(device=dev),
@@ -225,6 +228,9 @@ def reconstruct_from_fit(head_model: HeadModel, portrait, fit, cfg: ReconConfig,
     fitter = PhotoFit(avatar, dview, holdout_grid(cfg.holdout_fraction), facing.to(dev), dev, governor)
     fitter.colour_free &= ~locked.to(dev)
     fitter.opacity_free &= ~held.to(dev)
+    # the bust's back and the hair shell lie behind what the photo shows: the source-view
+    # renders of the fit leave them out (they would only cost time)
+    fitter.front &= ~unseen.to(dev)
     # progress weights: an Adam step, a CGLS iteration at colour_size (~2 renders, more pixels)
     cg = 2.0 * (cfg.colour_size / max(cfg.opt_size, 1)) ** 2 / 4
     total = sum(cfg.steps) + cg * sum(cfg.colour_iters) + cfg.refiner_steps
