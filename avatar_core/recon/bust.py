@@ -36,7 +36,7 @@ from avatar_core.render.mesh import MeshRaster, face_normals, rasterize_mesh
 log = logging.getLogger(__name__)
 
 SCALE_RANGE = (0.65, 1.6)   # how far the silhouette fit may widen or narrow a row
-BACK_SPACING = 2.0          # unseen Gaussians' spacing, in front cells
+BACK_SPACING = 3.0          # unseen Gaussians' spacing, in front cells
 SEEN_TOLERANCE = 0.01       # metres: a sample this close to the bust's depth buffer is seen
 
 

@@ -502,7 +502,7 @@ def plane_points(view: SourceView, raster: MeshRaster, verts: torch.Tensor, chin
     # (an outline with no solid hair inside it, thin hair over a background, is not swept: its
     # colours are mostly the background's)
     shell_src = PlanePoints(p_world, inner_cols, opac, scale.expand(p_world.shape[0]), ray, head_bound)
-    parts = [plane, hair_shell(shell_src, outline & ok_inner, cam, verts, spacing=2.0 * s * z_centre / fx)]
+    parts = [plane, hair_shell(shell_src, outline & ok_inner, cam, verts, spacing=SHELL_SPACING * s * z_centre / fx)]
     if extra is not None:
         m = extra.points.shape[0]
         parts.append(PlanePoints(extra.points.to(dt), extra.colours.to(dt), extra.opacity.to(dt), extra.scale.to(dt),
@@ -518,6 +518,7 @@ def concat_points(parts) -> PlanePoints:
 # the outline's colour gives way to the mean outline colour at the far end of the sweep
 SHELL_SWEEP_DEG = 100.0
 SHELL_BLEND = 0.5
+SHELL_SPACING = 3.0        # cells between the shell's Gaussians along the sweep
 SHELL_MIN_RADIUS = 0.7      # outline points nearer the head's vertical axis (in half head widths) are not swept,
 SHELL_MAX_RADIUS = 1.35     # nor those further from it
 

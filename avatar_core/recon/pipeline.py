@@ -219,7 +219,7 @@ def reconstruct_from_fit(head_model: HeadModel, portrait, fit, cfg: ReconConfig,
         prog(0.0, "initialising Gaussians from the photo")
         view = source_view(portrait, fit)
         view = gaze_ahead(view, head_model)
-        avatar, facing, chain, locked, held, unseen = initial_avatar(head_model, fit, view, cfg,
+        avatar, facing, chain, locked, held, _ = initial_avatar(head_model, fit, view, cfg,
                                                        getattr(portrait, "landmarks", None))
     avatar = avatar.to(dev)
     dview = SourceView(view.image, view.alpha, view.camera.to(device=dev),
@@ -228,9 +228,6 @@ def reconstruct_from_fit(head_model: HeadModel, portrait, fit, cfg: ReconConfig,
     fitter = PhotoFit(avatar, dview, holdout_grid(cfg.holdout_fraction), facing.to(dev), dev, governor)
     fitter.colour_free &= ~locked.to(dev)
     fitter.opacity_free &= ~held.to(dev)
-    # the bust's back and the hair shell lie behind what the photo shows: the source-view
-    # renders of the fit leave them out (they would only cost time)
-    fitter.front &= ~unseen.to(dev)
     # progress weights: an Adam step, a CGLS iteration at colour_size (~2 renders, more pixels)
     cg = 2.0 * (cfg.colour_size / max(cfg.opt_size, 1)) ** 2 / 4
     total = sum(cfg.steps) + cg * sum(cfg.colour_iters) + cfg.refiner_steps
