@@ -48,11 +48,11 @@ def test_reconstruction_has_a_closed_bust_and_a_hair_shell(tmp_path):
     sh = avatar.region == REGION_SHOULDER
     root = sh & (avatar.frame_face < 0)
     hair = sh & (avatar.frame_face >= 0)
-    assert int(root.sum()) > 200 and int(hair.sum()) > 50
+    assert int(root.sum()) > 100 and int(hair.sum()) > 30
     # the bust has a back: root-bound Gaussians well behind the neck joint
     j = (avatar.rig_j_regressor @ avatar.rig_template)[1]
     z = avatar.offset[root, 2]
-    assert int((z < float(j[2]) - 0.03).sum()) > 50
+    assert int((z < float(j[2]) - 0.03).sum()) > 30
     # turned both ways, no notch between head and bust
     fig = sideview_figures(avatar, yaw=45.0, res=128)
     assert fig["notch_max"] <= 0.02, fig
