@@ -4,9 +4,6 @@ figures of avatars as JSON (``avatar_core.eval.expressions`` says how).
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 
 def add_arguments(parser) -> None:
     parser.add_argument("avatars", nargs="+", help="avatar files written by reconstruct")
@@ -22,25 +19,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from avatar_core.devices import resolve_device
-    from avatar_core.errors import AvatarError
+    from avatar_core.cli.avatar_figures import run_figures
     from avatar_core.eval.expressions import expression_figures
-    from avatar_core.io import load_avatar
-    from avatar_core.motion.playback import load_refiner
-    if not 64 <= args.res <= 4096:
-        raise AvatarError(f"--res must be between 64 and 4096 pixels, not {args.res}.")
-    device = resolve_device(args.device)
-    results = {}
-    for path in args.avatars:
-        avatar = load_avatar(path, device=device)
-        refiner = load_refiner(avatar, device) if args.refiner == "on" else None
-        stills = Path(args.stills) / Path(path).stem if args.stills else None
-        fig = expression_figures(avatar, res=args.res, lod=args.lod, refiner=refiner, stills_dir=stills,
-                                 neutral=not args.on_photo_expression)
-        results[str(path)] = fig
-        print(json.dumps({"avatar": str(path), **fig}))
-    if args.json:
-        from avatar_core.atomic import atomic_path
-        with atomic_path(Path(args.json), "figures file") as tmp:
-            Path(tmp).write_text(json.dumps(results, indent=2))
-    return 0
+    return run_figures(args, lambda avatar, refiner, stills: expression_figures(
+        avatar, res=args.res, lod=args.lod, refiner=refiner, stills_dir=stills, neutral=not args.on_photo_expression))

@@ -4,9 +4,6 @@ ways, notch and speckle figures as JSON (``avatar_core.eval.sideviews`` says how
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 
 def add_arguments(parser) -> None:
     parser.add_argument("avatars", nargs="+", help="avatar files written by reconstruct")
@@ -20,26 +17,10 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from avatar_core.devices import resolve_device
+    from avatar_core.cli.avatar_figures import run_figures
     from avatar_core.errors import AvatarError
     from avatar_core.eval.sideviews import sideview_figures
-    from avatar_core.io import load_avatar
-    from avatar_core.motion.playback import load_refiner
-    if not 64 <= args.res <= 4096:
-        raise AvatarError(f"--res must be between 64 and 4096 pixels, not {args.res}.")
     if not 0.0 < abs(args.yaw) <= 90.0:
         raise AvatarError(f"--yaw must be between 0 and 90 degrees, not {args.yaw}.")
-    device = resolve_device(args.device)
-    results = {}
-    for path in args.avatars:
-        avatar = load_avatar(path, device=device)
-        refiner = load_refiner(avatar, device) if args.refiner == "on" else None
-        stills = Path(args.stills) / Path(path).stem if args.stills else None
-        fig = sideview_figures(avatar, args.yaw, args.res, args.lod, refiner, stills)
-        results[str(path)] = fig
-        print(json.dumps({"avatar": str(path), **fig}))
-    if args.json:
-        from avatar_core.atomic import atomic_path
-        with atomic_path(Path(args.json), "figures file") as tmp:
-            Path(tmp).write_text(json.dumps(results, indent=2))
-    return 0
+    return run_figures(args, lambda avatar, refiner, stills: sideview_figures(
+        avatar, args.yaw, args.res, args.lod, refiner, stills))

@@ -1,16 +1,12 @@
-"""The torch face models against mediapipe 0.10.21 (``python -m avatar_core bench face``).
+"""What ``python -m avatar_core bench face`` measures (``avatar_core/cli/bench_face.py`` runs it).
 
-Parity (needs mediapipe 0.10.21 installed, Python 3.11; it is only the reference), ``parity``:
-- landmarks: face_mesh in static-image mode with refine_landmarks=True against ours on the
-  same image; distances in pixels of the 512 head crop around mediapipe's landmarks;
-- detection: the best box of each BlazeFace model (short and full range), IoU;
-- matte: the selfie segmentation (general and landscape) thresholded at 0.5, IoU;
-on the portraits, and every ``--step``-th frame of the GRID clips and the driving videos.
-Tracking: each GRID clip cropped like ``track`` crops it (512 px), mediapipe's video mode
-against ``FaceTracker.track_batch``: median landmark distance per clip, and both timed on
-the same clip in the same run (``speed``: ``--speed-repeats`` alternating rounds, the ratio of the
-medians and each round's ratio, so that both see the same load on a shared machine). ``--gpu-only`` skips mediapipe and times
-batched landmarks on the device (frames/s at the 192 x 192 input).
+``parity``: our landmarks (against mediapipe's face_mesh with refine_landmarks=True, in
+pixels of the 512 head crop), detection boxes (IoU of each BlazeFace model's best box) and
+mattes (IoU of the selfie segmentations at 0.5) on a list of images. ``tracking``: clips
+cropped like ``track`` crops them, mediapipe's video mode against ``FaceTracker.track_batch``
+(median landmark distance per clip), and the CPU speed of both on one clip in alternating
+rounds. ``throughput``: batched landmarks on a device. ``Mediapipe`` wraps the reference
+(mediapipe 0.10.21, Python 3.11 only).
 """
 
 from __future__ import annotations
