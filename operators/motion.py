@@ -12,6 +12,7 @@ from bpy_extras.io_utils import ImportHelper
 
 from blender_addon import lookup
 from blender_addon.props import PATH_OPTIONS
+from operators.avatar import _avatar_poll
 from operators.common import CORE_MODULES, PHOTO_MODULES, JobOperatorMixin, report_exception, require
 
 VIDEO_EXTS = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".m4v")
@@ -72,13 +73,7 @@ class HEADSPLAT_OT_import_motion(JobOperatorMixin, bpy.types.Operator, ImportHel
 
     @classmethod
     def poll(cls, context):
-        if lookup.avatar_of(context) is None:
-            cls.poll_message_set("Select a HeadSplat avatar (its points or its FLAME rig)")
-            return False
-        if context.mode not in ("OBJECT", "POSE"):
-            cls.poll_message_set("Switch to Object or Pose mode")
-            return False
-        return True
+        return _avatar_poll(cls, context)
 
     def execute(self, context):
         path = bpy.path.abspath(self.filepath)
