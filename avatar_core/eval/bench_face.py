@@ -5,14 +5,20 @@ pixels of the 512 head crop), detection boxes (IoU of each BlazeFace model's bes
 mattes (IoU of the selfie segmentations at 0.5) on a list of images. ``tracking``: clips
 cropped like ``track`` crops them, mediapipe's video mode against ``FaceTracker.track_batch``
 (median landmark distance per clip), and the CPU speed of both on one clip in alternating
-rounds. ``throughput``: batched landmarks on a device. ``Mediapipe`` wraps the reference
-(mediapipe 0.10.21, Python 3.11 only).
+rounds. ``throughput``: batched landmarks on a device. ``recon``: each photo reconstructed
+twice, with our face models and with mediapipe's in their place (``mediapipe_face_path``),
+everything else the same code. ``Mediapipe`` wraps the reference (mediapipe 0.10.21, Python 3.11
+only).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
+
+import json
+from pathlib import Path
 
 import numpy as np
 
@@ -77,6 +83,84 @@ class Mediapipe:
     def video_tracker(self):
         return self.s.face_mesh.FaceMesh(static_image_mode=False, max_num_faces=1, refine_landmarks=True,
                                          min_detection_confidence=0.5, min_tracking_confidence=0.5)
+
+
+@contextlib.contextmanager
+def mediapipe_face_path():
+    """Within the block, ``avatar_core.face`` runs mediapipe's models (detection, face mesh,
+    selfie segmentation) where it runs ours; the code around them (tiling, crops, matte
+    refinement) is unchanged, so that a reconstruction differs only by the face models."""
+    from mediapipe.python import solutions
+
+    from avatar_core.face import detect, landmarks, matte
+    os.environ.setdefault("GLOG_minloglevel", "2")
+    detectors = {m: solutions.face_detection.FaceDetection(model_selection=m, min_detection_confidence=detect.MIN_CONFIDENCE)
+                 for m in (0, 1)}
+    meshes, selfies = {}, {}
+
+    def to_u8(image):
+        return np.ascontiguousarray(image[0].permute(1, 2, 0).cpu().numpy().astype(np.uint8))
+
+    def run_detection(image, model, x0=0, y0=0):
+        u8 = to_u8(image)
+        h, w = u8.shape[:2]
+        found = detectors[model].process(u8).detections or []
+        out = []
+        for d in found:
+            bb = d.location_data.relative_bounding_box
+            box = np.array([bb.xmin * w + x0, bb.ymin * h + y0, (bb.xmin + bb.width) * w + x0,
+                            (bb.ymin + bb.height) * h + y0])
+            kps = np.array([[k.x * w + x0, k.y * h + y0] for k in d.location_data.relative_keypoints])
+            out.append(detect.FaceDetection(box=box, score=float(d.score[0]), keypoints=kps))
+        return out
+
+    def static_landmarks(crop_u8, max_faces, min_detection, min_presence=landmarks.MIN_PRESENCE):
+        key = (max_faces, min_detection)
+        if key not in meshes:
+            meshes[key] = solutions.face_mesh.FaceMesh(static_image_mode=True, max_num_faces=max_faces,
+                                                       refine_landmarks=True, min_detection_confidence=min_detection)
+        h, w = crop_u8.shape[:2]
+        r = meshes[key].process(np.ascontiguousarray(crop_u8))
+        return [np.array([[p.x * w, p.y * h, p.z * w] for p in f.landmark]) for f in (r.multi_face_landmarks or [])]
+
+    def segment_person(rgb, model=matte.SELFIE_MODEL):
+        from avatar_core.face import _models
+        if model not in selfies:
+            selfies[model] = solutions.selfie_segmentation.SelfieSegmentation(model_selection=model)
+        mask = selfies[model].process(np.ascontiguousarray(_models.to_u8(rgb))).segmentation_mask
+        return np.clip(np.asarray(mask, dtype=np.float32), 0.0, 1.0)
+
+    saved = (detect._run, landmarks._static_landmarks, matte.segment_person)
+    detect._run, landmarks._static_landmarks, matte.segment_person = run_detection, static_landmarks, segment_person
+    try:
+        yield
+    finally:
+        detect._run, landmarks._static_landmarks, matte.segment_person = saved
+        for m in (*detectors.values(), *meshes.values(), *selfies.values()):
+            m.close()
+
+
+def recon(paths, quality: str = "default", device: str = "auto"):
+    """Each photo reconstructed with our face models and with mediapipe's: LOD 2 PSNR (dB) and
+    the fit's median landmark error (% of the face box) of both, and their differences."""
+    from avatar_core.recon.pipeline import reconstruct
+    rows = {}
+    for path in paths:
+        row = {}
+        for name in ("ours", "mediapipe"):
+            t0 = time.perf_counter()
+            with (mediapipe_face_path() if name == "mediapipe" else contextlib.nullcontext()):
+                _, report = reconstruct(str(path), quality=quality, device=device)
+            row[name] = {"lod2_psnr": round(report.psnr[2], 3), "landmark_error_pct": round(100 * report.landmark_error_frac, 3),
+                         "seconds": round(time.perf_counter() - t0, 1)}
+        row["psnr_diff"] = round(row["ours"]["lod2_psnr"] - row["mediapipe"]["lod2_psnr"], 3)
+        row["landmark_error_diff"] = round(row["ours"]["landmark_error_pct"] - row["mediapipe"]["landmark_error_pct"], 3)
+        rows[Path(path).name] = row
+        print(Path(path).name, json.dumps(row), flush=True)
+    diffs = [r["psnr_diff"] for r in rows.values()]
+    return {"quality": quality, "photos": rows, "psnr_diff_min": min(diffs), "psnr_diff_max": max(diffs),
+            "within_0.3_db": sum(abs(d) <= 0.3 for d in diffs),
+            "landmark_error_no_worse": sum(r["landmark_error_diff"] <= 0.0 for r in rows.values())}
 
 
 def _ours_landmarks(img):

@@ -26,7 +26,9 @@ from avatar_core.errors import AvatarError, HeadModelError
 from avatar_core.head.model import HeadModel
 
 log = logging.getLogger(__name__)
-CACHE_VERSION = 3  # 3: landmarks snap only to skin some render sees (not the eye sockets)
+CACHE_VERSION = 4  # 3: landmarks snap only to skin some render sees (not the eye sockets);
+#                   4: inner-lip landmarks snap to their own lip (upper: not the jaw's, lower: the jaw's),
+#                      only the upper lid margins to skin a blink moves
 VIEWS_YAW = (0.0, -25.0, 25.0)
 SKIN = np.array([0.80, 0.62, 0.52])
 
@@ -218,8 +220,9 @@ def compute_embedding(head: HeadModel, size: int = 512) -> Embedding:
 
 def _allowed_vertices(head: HeadModel, landmark_ids: np.ndarray) -> Optional[np.ndarray]:
     """Which vertices each landmark may snap to: irises onto the eyeballs, every other landmark
-    onto the skin (not the eyeballs, teeth or tongue behind it). Only the open head records
-    these regions; other heads allow every vertex."""
+    onto the skin (not the eyeballs, teeth or tongue behind it); eyelid and inner-lip landmarks
+    onto their own lid or lip. Only the open head records these regions; other heads allow
+    every vertex."""
     if head.name != "open":
         return None
     try:
@@ -237,26 +240,38 @@ def _allowed_vertices(head: HeadModel, landmark_ids: np.ndarray) -> Optional[np.
     skin = ~(eyes | inner)
     is_iris = np.asarray(landmark_ids) >= 468
     allowed = np.where(is_iris[:, None], eyes[None], skin[None])
-    # the lid margins: an upper-lid landmark on the skin its eye's blink moves (the lid), a
-    # lower-lid one on skin that it does not; otherwise a landmark that the render shows in
-    # the eye's opening can snap to the lid across it, and a blink would never reach it
+    # the lid margins: an upper-lid landmark on the skin its eye's blink moves (the lid), every
+    # other landmark on skin that it does not; otherwise a landmark that the render shows in
+    # the eye's opening can snap to the lid across it, and a blink would never reach it, and the
+    # ring of landmarks above the lid (on the crease, which a blink hardly moves) would ride
+    # down with the lid and hold the blink back
     names = list(head.expr_names)
-    for unit, upper, lower in (("eyeBlinkRight", UPPER_LID_RIGHT, LOWER_LID_RIGHT),
-                               ("eyeBlinkLeft", UPPER_LID_LEFT, LOWER_LID_LEFT)):
+    for unit, upper in (("eyeBlinkRight", UPPER_LID_RIGHT), ("eyeBlinkLeft", UPPER_LID_LEFT)):
         if unit not in names:
             continue
         moves = (head.exprdirs[:, :, names.index(unit)].norm(dim=1) > LID_MOTION).numpy()
-        for lids, keep in ((upper, moves), (lower, ~moves)):
-            rows = np.isin(landmark_ids, lids)
+        on_lid = np.isin(landmark_ids, upper)
+        allowed[on_lid] &= moves[None]
+        allowed[~on_lid & ~is_iris] &= ~moves[None]
+    # the inner lips meet at one seam in the closed neutral mouth, so a landmark of either lip
+    # can land on the other: an upper-lip landmark there would open with the jaw, a lower-lip
+    # one stay shut, and a tracked mouth opening would not move them apart (measured: 13 and 14
+    # both on the upper lip, 80-81, 310-311, 42, 183 and 407 on the lower one)
+    if "jaw" in head.joint_names:
+        jaw = (head.lbs_weights[:, list(head.joint_names).index("jaw")] >= 0.5).numpy()
+        for lips, keep in ((UPPER_INNER_LIP, ~jaw), (LOWER_INNER_LIP, jaw)):
+            rows = np.isin(landmark_ids, lips)
             allowed[rows] &= keep[None]
     return allowed
 
 
 # MediaPipe's eye contours (the subject's right eye is 33-133, its left 263-362)
 UPPER_LID_RIGHT = (246, 161, 160, 159, 158, 157, 173)
-LOWER_LID_RIGHT = (7, 163, 144, 145, 153, 154, 155)
 UPPER_LID_LEFT = (466, 388, 387, 386, 385, 384, 398)
-LOWER_LID_LEFT = (249, 390, 373, 374, 380, 381, 382)
+# the inner lip contour without its corners (78, 308), upper then lower; the upper one with the
+# points of the next ring toward the corners, which lie as close to the seam (183, 42, 407)
+UPPER_INNER_LIP = (191, 80, 81, 82, 13, 312, 311, 310, 415, 183, 42, 407)
+LOWER_INNER_LIP = (95, 88, 178, 87, 14, 317, 402, 318, 324)
 LID_MOTION = 0.004   # metres a vertex moves at full blink to count as the upper lid
 
 

@@ -129,13 +129,16 @@ class LandmarkHead:
 
 EXPR_PRIOR_PHOTO = 3e-3
 EXPR_PRIOR_VIDEO = 1e-3
+EXPR_SMOOTH = 0.01  # expressions, jaw and eyes move faster than the head: a hundredth of its smoothness (at 1.0 a 3-frame blink came back at 0.0, at 0.1 at 0.2)
+ROBUST_SCALE = 0.02  # the Geman-McClure scale at the end of the fit, in face sizes
 
 
 def fit_landmarks(head: HeadModel, embedding: Embedding, landmarks: np.ndarray, size: int,
                   valid: Optional[np.ndarray] = None, face_size: Optional[float] = None,
                   steps: int = 300, num_shape: int = 50, smooth: float = 0.0,
                   shape: Optional[torch.Tensor] = None, progress=None, cancel=None,
-                  shape_prior: float = 1e-2, expr_prior: Optional[float] = None) -> FitResult:
+                  shape_prior: float = 1e-2, expr_prior: Optional[float] = None,
+                  expr_smooth: Optional[float] = None) -> FitResult:
     """Fit the head model to detected landmarks in ``size`` x ``size`` crops.
 
     Args:
@@ -143,7 +146,9 @@ def fit_landmarks(head: HeadModel, embedding: Embedding, landmarks: np.ndarray, 
         valid: [T] bool, frames that have landmarks (others are interpolated by smoothness).
         face_size: face size in pixels for normalising (default: the landmarks' spread).
         steps: Adam steps in total (a third rigid-only).
-        smooth: weight of the temporal smoothness term (second differences), videos only.
+        smooth: weight of the temporal smoothness term (second differences) of the head's and
+            jaw's motion, videos only.
+        expr_smooth: the same for the expressions; None = ``smooth * EXPR_SMOOTH``.
         shape: a fixed identity [S] (e.g. from the source photo); fitted when None.
         expr_prior: weight of the L2 prior on the expressions; None = ``EXPR_PRIOR_PHOTO``
             for one image, ``EXPR_PRIOR_VIDEO`` for several frames (the temporal smoothness
@@ -159,6 +164,8 @@ def fit_landmarks(head: HeadModel, embedding: Embedding, landmarks: np.ndarray, 
     T = lm.shape[0]
     if expr_prior is None:
         expr_prior = EXPR_PRIOR_VIDEO if T > 1 else EXPR_PRIOR_PHOTO
+    if expr_smooth is None:
+        expr_smooth = smooth * EXPR_SMOOTH
     valid_t = torch.ones(T, dtype=torch.bool) if valid is None else torch.as_tensor(np.asarray(valid), dtype=torch.bool)
     if not bool(valid_t.any()):
         raise ValueError("no frame has landmarks")
@@ -191,7 +198,7 @@ def fit_landmarks(head: HeadModel, embedding: Embedding, landmarks: np.ndarray, 
         v.requires_grad_()
     # Geman-McClure scale, annealed from coarse to fine: a fixed small scale gives frames that
     # start far off (fast head motion, a poor first guess) no gradient at all
-    sigma_final = 0.02 * face_size
+    sigma_final = ROBUST_SCALE * face_size
     sigma_start = 0.3 * face_size
     vmask = valid_t.float()
     articulated = torch.tensor([0.0] + [1.0] * (J - 1))[:, None]
@@ -215,7 +222,7 @@ def fit_landmarks(head: HeadModel, embedding: Embedding, landmarks: np.ndarray, 
         if T > 2 and smooth > 0:
             def acc(x):
                 return ((x[2:] - 2 * x[1:-1] + x[:-2]) ** 2).sum() / (T - 2)
-            reg = reg + smooth * (acc(p["expr"]) + acc(p["pose"]) + 10 * acc(p["omega"]) + 100 * acc(p["t"]))
+            reg = reg + smooth * (10 * acc(p["omega"]) + 100 * acc(p["t"])) + expr_smooth * (acc(p["expr"]) + acc(p["pose"]))
         return data + reg, uv, r2
 
     rigid_steps = steps // 3
