@@ -1,4 +1,5 @@
 import os
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -31,3 +32,10 @@ def test_head():
 def small_avatar(test_head):
     from avatar_core.gaussians.build import synthetic_avatar
     return synthetic_avatar(test_head, channels=8)
+
+
+def default_sigint() -> None:
+    """``preexec_fn`` for a command a test interrupts: Ctrl-C at its default in the child. A
+    shell's background job (``cmd &`` without job control, as a CI script may start the suite)
+    ignores SIGINT, and its children inherit that: the signal would never reach our handler."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

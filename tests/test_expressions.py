@@ -135,3 +135,54 @@ def test_cli_eval_expressions_prints_json(tiny, tmp_path):
     line = json.loads([ln for ln in r.stdout.splitlines() if ln.startswith("{")][0])
     assert set(line) >= {"mouth", "eyes", "pass"}
     assert json.loads(out.read_text())[str(path)]["res"] == 128
+
+
+def _rest_frames(avatar):
+    from avatar_core.gaussians.avatar import face_frames
+    verts, transforms = avatar.deform_rig()
+    return verts, face_frames(verts, avatar.rig_faces), transforms
+
+
+def test_an_open_mouth_is_closed_at_the_back(tiny):
+    """Behind the teeth and tongue an open mouth shows the dark backstop: the open head's
+    mouth bag is open toward the throat, and without it the inside of the neck showed through,
+    lit and skin-coloured. Checked with the teeth and tongue hidden, on the mouth's centre
+    line, against the same render with the backstop hidden too."""
+    import copy
+
+    import torch
+
+    from avatar_core.head.open_head import open_head_metadata
+    from avatar_core.recon.interior import luminance
+    from avatar_core.recon.still import render_still
+    from avatar_core.regions import REGION_SHOULDER
+    avatar, _ = tiny
+    regions = open_head_metadata()["regions"]
+    inner = torch.zeros(avatar.num_gaussians, dtype=torch.bool)
+    for key in ("teeth_upper", "teeth_lower", "tongue"):
+        inner |= torch.isin(avatar.bind_ids, torch.as_tensor(regions[key])).all(1) & (avatar.frame_face >= 0)
+    # the backstop: head-bound discs of the shoulder region in the teeth' box, behind the teeth
+    index = torch.arange(avatar.num_gaussians)
+    with torch.no_grad():
+        means = avatar.place_means(*_rest_frames(avatar), index)[0]
+    verts = avatar.rig_template
+    teeth = torch.as_tensor(list(regions["teeth_upper"]) + list(regions["teeth_lower"]))
+    lo, hi = verts[teeth].min(0).values, verts[teeth].max(0).values
+    inside = ((means[:, 0] > lo[0] - 1e-3) & (means[:, 0] < hi[0] + 1e-3) & (means[:, 1] > lo[1] - 0.03)
+              & (means[:, 1] < hi[1] + 1e-3) & (means[:, 2] < lo[2] + 1e-3) & (means[:, 2] > lo[2] - 0.01))
+    backstop = (avatar.region == REGION_SHOULDER) & (avatar.frame_face >= 0) & inside
+    assert int(backstop.sum()) > 50
+
+    def mouth_centre(hide):
+        a = copy.deepcopy(avatar)
+        with torch.no_grad():
+            a.opacity_logit[hide] = -20.0
+        img = render_still(a, {"jawOpen": 1.0}, res=192, background=(1.0, 1.0, 1.0)).astype(float) / 255
+        return img
+
+    with_back = mouth_centre(inner)
+    without = mouth_centre(inner | backstop)
+    changed = np.abs(with_back - without).max(-1) > 0.1
+    assert changed.sum() > 20, "the backstop shows nowhere in the open mouth"
+    dark, lit = float(np.median(luminance(with_back[changed]))), float(np.median(luminance(without[changed])))
+    assert dark < 0.3 and lit > dark + 0.2, (dark, lit)

@@ -16,6 +16,8 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import default_sigint
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -531,7 +533,7 @@ def test_5_ctrl_c_in_the_first_second_is_the_one_line(tmp_path, avatar_file, del
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     p = subprocess.Popen([sys.executable, "-m", "avatar_core", "export-ply", str(avatar_file), "-o",
                           str(tmp_path / "f.ply")], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
+                         stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
     time.sleep(0.15 + delay)  # the interpreter's own start (before any HeadSplat code) is not ours to handle
     p.send_signal(signal.SIGINT)
     out, err = p.communicate(timeout=120)

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, shared_data
+from conftest import ROOT, default_sigint, shared_data
 
 TEST_QUALITY = "test"
 
@@ -244,7 +244,7 @@ def test_cli_sigint_mid_way_exits_130_and_leaves_nothing(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
     p = subprocess.Popen([sys.executable, "-m", "avatar_core", "reconstruct", str(photo), "-o", str(out),
                           "--quality", "fast", "--device", "cpu"], cwd=ROOT, env=env,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
     # wait until the optimisation is under way (the progress bar names its stages)
     buf = ""
     deadline = time.time() + 300

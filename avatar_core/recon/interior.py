@@ -55,6 +55,10 @@ LIMBUS = 0.18
 LID_MOTION = 0.0015
 LASH_DARKEN = 0.6
 LID_SHADE_MIN = 0.8
+# a seen lid Gaussian keeps the photo's colour only when it is at least this bright against the
+# lid paint: a photo whose eyes are narrowed (the fit gives them some blink) shows lashes and
+# the eye's dark rim where the lid Gaussians fall, which a blink would pull over the eye
+LID_KEEP_MIN = 0.8
 UPPER_TEETH_LIGHT = 0.7
 LOWER_TEETH_LIGHT = 0.4
 # how far the upper incisors show below the upper lip's margin at rest (metres)
@@ -228,6 +232,34 @@ def lid_colour(band: np.ndarray, skin: Optional[np.ndarray]) -> np.ndarray:
     return np.clip(tinted / max(float(luminance(tinted)), 1e-3) * lum, 0.0, 1.0)
 
 
+# the back of the mouth: the open head's mouth bag is open toward the throat, so an open jaw
+# showed the inside of the neck and the back of the head through it (skin-coloured, lit)
+BACKSTOP_SPACING = 0.002   # metres between the backstop's Gaussians
+BACKSTOP_DARKEN = 0.35     # of the cavity prior: the throat is near black
+BACKSTOP_BELOW = 0.02      # how far below the lower teeth it reaches (an open jaw's opening), metres
+
+
+def mouth_backstop(verts: torch.Tensor, regions: Dict[str, torch.Tensor], tone) -> "PlanePoints":
+    """Dark discs facing forward in a plane just behind the back teeth, across the teeth's
+    width and from the upper teeth down past the lower ones: what an open mouth shows behind
+    the tongue. Head-bound, unseen (their colour is kept), at the source pose ``verts``."""
+    from avatar_core.recon.init import PlanePoints
+    dt = verts.dtype
+    teeth = torch.cat([regions["teeth_upper"], regions["teeth_lower"]])
+    tp = verts[teeth]
+    lo, hi = tp.min(0).values, tp.max(0).values
+    xs = torch.arange(float(lo[0]), float(hi[0]) + 1e-9, BACKSTOP_SPACING, dtype=dt)
+    ys = torch.arange(float(lo[1]) - BACKSTOP_BELOW, float(hi[1]) + 1e-9, BACKSTOP_SPACING, dtype=dt)
+    gx, gy = torch.meshgrid(xs, ys, indexing="ij")
+    pts = torch.stack([gx.reshape(-1), gy.reshape(-1), torch.full((gx.numel(),), float(lo[2]), dtype=dt)], -1)
+    n = pts.shape[0]
+    colour = (torch.tensor(CAVITY_RGB, dtype=dt) * torch.as_tensor(tone, dtype=dt) * BACKSTOP_DARKEN).clamp(0, 1)
+    return PlanePoints(points=pts, colours=colour.expand(n, 3).clone(), opacity=torch.full((n,), 0.99, dtype=dt),
+                       scale=torch.full((n,), 0.75 * BACKSTOP_SPACING, dtype=dt),
+                       normal=torch.tensor([0.0, 0.0, 1.0], dtype=dt).expand(n, 3).clone(),
+                       head_bound=torch.ones(n, dtype=torch.bool), seen=torch.zeros(n, dtype=torch.bool))
+
+
 # ----------------------------------------------------------------------------- per vertex
 def frontal_hidden_depth(verts: torch.Tensor, faces: torch.Tensor, centre: torch.Tensor,
                          half_size: float, res: int = 192) -> torch.Tensor:
@@ -304,7 +336,11 @@ def interior_paint(rest: torch.Tensor, faces: torch.Tensor, exprdirs: torch.Tens
     teeth_rgb = torch.as_tensor(mouth["teeth"], dtype=dt) if mouth.get("teeth") is not None else prior(TEETH_RGB)
     cavity_rgb = prior(CAVITY_RGB)
     if mouth.get("cavity") is not None:
-        cavity_rgb = 0.5 * cavity_rgb + 0.5 * torch.as_tensor(mouth["cavity"], dtype=dt)
+        # the photo's darkest inner-lip pixels may darken the prior, never lighten it: in a
+        # closed or barely open mouth they are the lips' seam, not a cavity
+        seen = torch.as_tensor(mouth["cavity"], dtype=dt)
+        if float(luminance(seen.numpy())) < float(luminance(cavity_rgb.numpy())):
+            cavity_rgb = 0.5 * cavity_rgb + 0.5 * seen
     lip_rgb = torch.as_tensor(mouth["lips"], dtype=dt) if mouth.get("lips") is not None else prior(GUM_RGB)
     # gums: interior skin near the teeth roots
     from scipy.spatial import cKDTree
@@ -527,7 +563,8 @@ def paint_avatar(avatar, regions: Dict[str, torch.Tensor], image: np.ndarray, al
         # resting tongue the fit places in a smile's opening would carry the teeth' colour
         tongue_g = torch.isin(ids, regions["tongue"]).all(1)
         keep_mouth = mouth_g & ~(mouth_skin & teethlike) & ~tongue_g
-        keep = seen * (keep_mouth.float() + (lid_g & ~in_eye).float())
+        lid_dark = torch.as_tensor(luminance(cur.numpy()) < LID_KEEP_MIN * luminance(col.numpy()))
+        keep = seen * (keep_mouth.float() + (lid_g & ~in_eye & ~lid_dark).float())
         w = w * (1 - keep.clamp(0, 1))
     sel = torch.nonzero(w > 1e-3)[:, 0]
     dev = avatar.features.device

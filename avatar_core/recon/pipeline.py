@@ -26,7 +26,7 @@ from avatar_core.head.model import HeadModel
 from avatar_core.metrics import psnr, ssim
 from avatar_core.progress import Progress, as_progress
 from avatar_core.recon.config import ReconConfig, get_config
-from avatar_core.recon.init import (SourceView, attach_plane, chin_height, gaussian_visibility, hair_bind_faces,
+from avatar_core.recon.init import (SourceView, attach_plane, chin_height, concat_points, gaussian_visibility, hair_bind_faces,
                                     init_colours, init_head_scales, lod_chain, plane_points, split_vertices)
 from avatar_core.recon.optimise import PhotoFit, holdout_grid, transfer_lod
 from avatar_core.recon.report import ReconReport
@@ -138,6 +138,12 @@ def initial_avatar(head: HeadModel, fit, view: SourceView, cfg: ReconConfig, lan
         from avatar_core.recon.bust import source_bust
         bust = source_bust(head, shape, view.params, cam, view.alpha)
     plane = plane_points(view, raster, verts, chin_height(head, verts), cfg.plane_stride, float(box), bust=bust)
+    from avatar_core.recon.interior import head_regions, mouth_backstop, photo_tone
+    regions = head_regions(head)
+    if regions is not None:
+        lm = None if landmarks is None else np.asarray(landmarks, dtype=np.float64)
+        tone = photo_tone(view.image.cpu().numpy(), view.alpha.cpu().numpy(), lm)
+        plane = concat_points([plane, mouth_backstop(verts, regions, tone)])
     avatar = build_avatar(head, shape=shape, lods=cfg.lods, channels=cfg.channels,
                           split_levels=cfg.split_levels, split_k=cfg.split_k,
                           split_vertices=split_vertices(head, cfg.split_fraction),
