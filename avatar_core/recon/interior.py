@@ -237,12 +237,14 @@ def lid_colour(band: np.ndarray, skin: Optional[np.ndarray]) -> np.ndarray:
 BACKSTOP_SPACING = 0.002   # metres between the backstop's Gaussians
 BACKSTOP_DARKEN = 0.35     # of the cavity prior: the throat is near black
 BACKSTOP_BELOW = 0.02      # how far below the lower teeth it reaches (an open jaw's opening), metres
+BACKSTOP_INSIDE = 0.004    # how far behind the head's front surface each of its discs must lie, metres
 
 
-def mouth_backstop(verts: torch.Tensor, regions: Dict[str, torch.Tensor], tone) -> "PlanePoints":
+def mouth_backstop(verts: torch.Tensor, faces: torch.Tensor, regions: Dict[str, torch.Tensor], tone) -> "PlanePoints":
     """Dark discs facing forward in a plane just behind the back teeth, across the teeth's
     width and from the upper teeth down past the lower ones: what an open mouth shows behind
-    the tongue. Head-bound, unseen (their colour is kept), at the source pose ``verts``."""
+    the tongue; only where the head's surface hides it from the front. Head-bound, unseen
+    (their colour is kept), at the source pose ``verts`` [V, 3] with ``faces``."""
     from avatar_core.recon.init import PlanePoints
     dt = verts.dtype
     teeth = torch.cat([regions["teeth_upper"], regions["teeth_lower"]])
@@ -252,6 +254,10 @@ def mouth_backstop(verts: torch.Tensor, regions: Dict[str, torch.Tensor], tone) 
     ys = torch.arange(float(lo[1]) - BACKSTOP_BELOW, float(hi[1]) + 1e-9, BACKSTOP_SPACING, dtype=dt)
     gx, gy = torch.meshgrid(xs, ys, indexing="ij")
     pts = torch.stack([gx.reshape(-1), gy.reshape(-1), torch.full((gx.numel(),), float(lo[2]), dtype=dt)], -1)
+    # only inside the head: below the mouth the rectangle would reach out through the throat
+    centre = 0.5 * (lo + hi)
+    half = float(0.5 * (hi - lo)[:2].max()) + BACKSTOP_BELOW + 0.01
+    pts = pts[frontal_hidden_depth(verts, faces, centre, half, res=256, points=pts) > BACKSTOP_INSIDE]
     n = pts.shape[0]
     colour = (torch.tensor(CAVITY_RGB, dtype=dt) * torch.as_tensor(tone, dtype=dt) * BACKSTOP_DARKEN).clamp(0, 1)
     return PlanePoints(points=pts, colours=colour.expand(n, 3).clone(), opacity=torch.full((n,), 0.99, dtype=dt),
@@ -262,10 +268,10 @@ def mouth_backstop(verts: torch.Tensor, regions: Dict[str, torch.Tensor], tone) 
 
 # ----------------------------------------------------------------------------- per vertex
 def frontal_hidden_depth(verts: torch.Tensor, faces: torch.Tensor, centre: torch.Tensor,
-                         half_size: float, res: int = 192) -> torch.Tensor:
-    """How far each vertex lies behind the front-most surface as seen from +Z, inside a
-    square of ``half_size`` metres about ``centre`` (orthographic-like view): [V] metres,
-    0 for visible vertices and those outside the square."""
+                         half_size: float, res: int = 192, points: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """How far each vertex (or each of ``points`` [P, 3]) lies behind the front-most surface
+    as seen from +Z, inside a square of ``half_size`` metres about ``centre`` (orthographic-like
+    view): [V] (or [P]) metres, 0 for visible ones and those outside the square."""
     from avatar_core.render.mesh import rasterize_mesh
     dist = 10.0
     f = res / 2 / half_size * dist
@@ -275,11 +281,12 @@ def frontal_hidden_depth(verts: torch.Tensor, faces: torch.Tensor, centre: torch
     view[:3, 3] = torch.tensor([-float(centre[0]), float(centre[1]), dist + float(centre[2])])
     v = verts.float()
     ras = rasterize_mesh(v, faces, K, view, res, res)
-    pc = v @ view[:3, :3].T + view[:3, 3]
+    q = v if points is None else points.float()
+    pc = q @ view[:3, :3].T + view[:3, 3]
     uv = pc[:, :2] / pc[:, 2:3] * f + (res - 1) / 2
     j, i = uv[:, 0].round().long(), uv[:, 1].round().long()
     inside = (j >= 0) & (j < res) & (i >= 0) & (i < res)
-    d = torch.zeros(v.shape[0])
+    d = torch.zeros(q.shape[0])
     zb = ras.depth.float()[i[inside], j[inside]]
     d[inside] = (pc[inside, 2] - zb).clamp_min(0)
     d[~torch.isfinite(d)] = 0

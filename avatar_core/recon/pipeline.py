@@ -121,7 +121,7 @@ def initial_avatar(head: HeadModel, fit, view: SourceView, cfg: ReconConfig, lan
     Returns (avatar, facing [N]: cosine between each Gaussian's surface normal and the
     direction to the source camera, 1 for the plane ones; the LodChain of the head; locked
     [N] bool: Gaussians whose painted colour the photo fit must keep; held [N] bool: Gaussians
-    whose opacity it must keep; unseen [N] bool: the bust's back and sides and the hair shell,
+    whose opacity it must keep (edge-on skin, split Gaussians over the eye openings); unseen [N] bool: the bust's back and sides and the hair shell,
     which the photo does not show).
     """
     shape = fit.shape.float()
@@ -143,7 +143,7 @@ def initial_avatar(head: HeadModel, fit, view: SourceView, cfg: ReconConfig, lan
     if regions is not None:
         lm = None if landmarks is None else np.asarray(landmarks, dtype=np.float64)
         tone = photo_tone(view.image.cpu().numpy(), view.alpha.cpu().numpy(), lm)
-        plane = concat_points([plane, mouth_backstop(verts, regions, tone)])
+        plane = concat_points([plane, mouth_backstop(verts, head.faces, regions, tone)])
     avatar = build_avatar(head, shape=shape, lods=cfg.lods, channels=cfg.channels,
                           split_levels=cfg.split_levels, split_k=cfg.split_k,
                           split_vertices=split_vertices(head, cfg.split_fraction),
@@ -182,7 +182,26 @@ def initial_avatar(head: HeadModel, fit, view: SourceView, cfg: ReconConfig, lan
         avatar.opacity_logit[outside & ~edge_on] = -3.0
         locked |= edge_on
         avatar.soft_mask[avatar.split_layer >= 1] = 1.0
-    return avatar, vis.facing, chain, locked, edge_on, unseen
+        # split Gaussians over the photo's eye openings would hold the photo's iris in place as a
+        # veil in front of the eyeball (a glance then barely shows): there the eyeball is seen
+        eye_split = (avatar.split_layer >= 0) & in_eye_openings(vis.uv, landmarks, view.image.shape[0])
+        avatar.opacity_logit[eye_split] = -8.0
+    return avatar, vis.facing, chain, locked, edge_on | eye_split, unseen
+
+
+def in_eye_openings(uv: torch.Tensor, landmarks, size: int) -> torch.Tensor:
+    """[N] bool: points ``uv`` [N, 2] (crop pixels) inside the photo's eye openings (the lid
+    contours of the face-mesh ``landmarks``); all False without landmarks."""
+    out = torch.zeros(uv.shape[0], dtype=torch.bool)
+    if landmarks is None:
+        return out
+    from avatar_core.recon.interior import EYE_LEFT, EYE_RIGHT, polygon_mask
+    lm = np.asarray(landmarks, dtype=np.float64)
+    opening = torch.as_tensor(polygon_mask(lm[list(EYE_LEFT), :2], size) | polygon_mask(lm[list(EYE_RIGHT), :2], size))
+    q = uv.detach().cpu().round().long()
+    ok = (q[:, 0] >= 0) & (q[:, 0] < size) & (q[:, 1] >= 0) & (q[:, 1] < size)
+    out[ok] = opening[q[ok, 1], q[ok, 0]]
+    return out
 
 
 def evaluate(fitter: PhotoFit, lods, size: int) -> Tuple[dict, dict]:
