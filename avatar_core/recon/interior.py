@@ -55,10 +55,6 @@ LIMBUS = 0.18
 LID_MOTION = 0.0015
 LASH_DARKEN = 0.6
 LID_SHADE_MIN = 0.8
-# a seen lid Gaussian keeps the photo's colour only when it is at least this bright against the
-# lid paint: a photo whose eyes are narrowed (the fit gives them some blink) shows lashes and
-# the eye's dark rim where the lid Gaussians fall, which a blink would pull over the eye
-LID_KEEP_MIN = 0.8
 UPPER_TEETH_LIGHT = 0.7
 LOWER_TEETH_LIGHT = 0.4
 # how far the upper incisors show below the upper lip's margin at rest (metres)
@@ -511,8 +507,9 @@ def paint_avatar(avatar, regions: Dict[str, torch.Tensor], image: np.ndarray, al
     are painted even when seen (the photo shows the eye there, not the lid). ``source``:
     (params, camera) of the photo; the iris is then painted where the photo's iris is.
 
-    Returns a summary (tone gain, what the photo showed, counts per kind) and "locked" [N]
-    bool: the Gaussians painted outright, whose colour the photo should not bend.
+    Returns a summary (tone gain, what the photo showed, counts per kind), "locked" [N]
+    bool: the Gaussians painted outright, whose colour the photo should not bend, and
+    "eyeball" [N] bool: the eyeballs' Gaussians.
     """
     tone = photo_tone(image, alpha, landmarks)
     mouth = photo_mouth(image, landmarks)
@@ -531,8 +528,10 @@ def paint_avatar(avatar, regions: Dict[str, torch.Tensor], image: np.ndarray, al
     kind = paint["kind"][ids]
     # eyeball Gaussians: paint by their own rest position (sharper than the LOD-0 vertices)
     rest = (avatar.rig_template.detach().cpu()[ids] * bary[..., None]).sum(1)
+    eyeball = torch.zeros(ids.shape[0], dtype=torch.bool)
     for e, key in enumerate(("eye_L", "eye_R")):
         on = face & torch.isin(ids, regions[key]).all(1)
+        eyeball |= on
         if bool(on.any()):
             iris, sclera = paint["eye_colours"][e]
             col[on] = eyeball_colour(rest[on] - paint["eye_centre"][e], paint["eye_axis"][e],
@@ -570,8 +569,7 @@ def paint_avatar(avatar, regions: Dict[str, torch.Tensor], image: np.ndarray, al
         # resting tongue the fit places in a smile's opening would carry the teeth' colour
         tongue_g = torch.isin(ids, regions["tongue"]).all(1)
         keep_mouth = mouth_g & ~(mouth_skin & teethlike) & ~tongue_g
-        lid_dark = torch.as_tensor(luminance(cur.numpy()) < LID_KEEP_MIN * luminance(col.numpy()))
-        keep = seen * (keep_mouth.float() + (lid_g & ~in_eye & ~lid_dark).float())
+        keep = seen * (keep_mouth.float() + (lid_g & ~in_eye).float())
         w = w * (1 - keep.clamp(0, 1))
     sel = torch.nonzero(w > 1e-3)[:, 0]
     dev = avatar.features.device
@@ -584,4 +582,4 @@ def paint_avatar(avatar, regions: Dict[str, torch.Tensor], image: np.ndarray, al
     return {"tone": [round(float(x), 3) for x in tone],
             "photo_teeth": mouth["teeth"] is not None, "photo_cavity": mouth["cavity"] is not None,
             "photo_iris": sorted(k for k, v in eyes.items() if "iris" in v), "painted": kinds,
-            "locked": locked}
+            "locked": locked, "eyeball": eyeball}

@@ -109,6 +109,10 @@ def paint_interior(avatar: Avatar, head: HeadModel, view: SourceView, vis, landm
     summary = paint_avatar(avatar, regions, view.image.cpu().numpy(), view.alpha.cpu().numpy(), lm, seen,
                            vis.uv, source=(view.params, view.camera))
     locked = summary.pop("locked")
+    # the eyeball the photo sees is refined by it (the iris' own pattern, its reflections): with
+    # the veil of split Gaussians gone from the eye openings, it is the only thing seen there
+    eyeball = summary.pop("eyeball")
+    locked &= ~(eyeball & (seen > 0.5))
     log.info("painted the mouth interior, eyes and lids: %s", summary)
     return locked
 
