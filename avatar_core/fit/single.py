@@ -6,7 +6,7 @@ focal length f = f0 * exp(df) shared by all frames. Rigid head motion lives in t
 camera; the head model's root stays at rest. The loss is a robust (Geman-McClure)
 reprojection error of the embedded MediaPipe landmarks, normalised by the face size, plus
 priors on identity, expression and articulation, and (for videos) a temporal smoothness
-term and per-landmark offsets; identity and offsets are shared by all frames. ARKit-style expressions stay in [0, 1].
+term; identity is shared by all frames. ARKit-style expressions stay in [0, 1].
 Optimisation is two-stage Adam: rigid (camera) first, then everything, batched over frames.
 """
 
@@ -132,11 +132,6 @@ EXPR_PRIOR_VIDEO = 1e-3
 # one photo: narrowed eyes are a squint, not a partial blink (the lids are painted and fitted
 # as open in the source view; a source blink would pull the photo's lashes over the eye)
 BLINK_PRIOR_PHOTO = 0.2
-# videos: each landmark may sit off the model's surface point by a 3-D offset shared by every
-# frame (a face's own brow or lip placement that the identity space cannot reach), so that the
-# expressions only carry what moves; without it a person whose brows sit high kept the brow
-# units near 1 in every frame and a raise had nowhere to go. Weight per squared metre.
-OFFSET_PRIOR = 1e3
 EXPR_SMOOTH = 0.01  # expressions, jaw and eyes move faster than the head: a hundredth of its smoothness (at 1.0 a 3-frame blink came back at 0.0, at 0.1 at 0.2)
 ROBUST_SCALE = 0.02  # the Geman-McClure scale at the end of the fit, in face sizes
 
@@ -156,10 +151,7 @@ def fit_landmarks(head: HeadModel, embedding: Embedding, landmarks: np.ndarray, 
         steps: Adam steps in total (a third rigid-only).
         smooth: weight of the temporal smoothness term (second differences) of the head's and
             jaw's motion, videos only.
-        expr_smooth: the same for the expressions, the jaw and the eyes; None = ``smooth * EXPR_SMOOTH``.
-    Several frames also fit a 3-D offset per landmark shared by every frame (``OFFSET_PRIOR``),
-    which takes the face's static departures from the model so that the expressions carry
-    only what moves.
+        expr_smooth: the same for the expressions; None = ``smooth * EXPR_SMOOTH``.
         shape: a fixed identity [S] (e.g. from the source photo); fitted when None.
         expr_prior: weight of the L2 prior on the expressions; None = ``EXPR_PRIOR_PHOTO``
             for one image, ``EXPR_PRIOR_VIDEO`` for several frames (the temporal smoothness
@@ -177,7 +169,6 @@ def fit_landmarks(head: HeadModel, embedding: Embedding, landmarks: np.ndarray, 
         expr_prior = EXPR_PRIOR_VIDEO if T > 1 else EXPR_PRIOR_PHOTO
     if expr_smooth is None:
         expr_smooth = smooth * EXPR_SMOOTH
-    offsets = T > 1 and OFFSET_PRIOR > 0
     expr_weights = torch.full((head.num_expr,), float(expr_prior))
     if T == 1:
         for unit in ("eyeBlinkLeft", "eyeBlinkRight"):
@@ -209,7 +200,7 @@ def fit_landmarks(head: HeadModel, embedding: Embedding, landmarks: np.ndarray, 
     p = {
         "omega": torch.zeros(T, 3), "t": t0.expand(T, 3).clone(), "df": torch.zeros(()),
         "beta": torch.zeros(S) if shape is None else torch.as_tensor(shape, dtype=torch.float32)[:S].clone(),
-        "expr": torch.zeros(T, E), "pose": torch.zeros(T, J, 3), "lmk": torch.zeros(target.shape[1], 3),
+        "expr": torch.zeros(T, E), "pose": torch.zeros(T, J, 3),
     }
     for v in p.values():
         v.requires_grad_()
@@ -227,8 +218,6 @@ def fit_landmarks(head: HeadModel, embedding: Embedding, landmarks: np.ndarray, 
         sigma2 = (sigma_start * (sigma_final / sigma_start) ** anneal) ** 2
         cam = cameras_from(p["omega"], p["t"], f0 * torch.exp(p["df"]), size)
         pts = lmk_head(p["beta"][None].expand(T, -1), p["expr"], p["pose"] * articulated)
-        if offsets:
-            pts = pts + p["lmk"][None]
         uv, _ = cam.project(pts)
         r2 = ((uv - target) ** 2).sum(-1)  # [T, K]
         data = ((w * geman_mcclure(r2, sigma2)).sum(1) / w.sum() * vmask).sum() / vmask.sum()
@@ -236,8 +225,6 @@ def fit_landmarks(head: HeadModel, embedding: Embedding, landmarks: np.ndarray, 
         if stage > 0:
             reg = reg + shape_prior * (p["beta"] ** 2).sum() / S
             reg = reg + (expr_weights * p["expr"] ** 2).sum() / T
-            if offsets:
-                reg = reg + OFFSET_PRIOR * (p["lmk"] ** 2).sum(-1).mean()
             reg = reg + ((p["pose"][:, 1] ** 2).sum() + 0.5 * (p["pose"][:, 2] ** 2).sum()
                          + 0.1 * (p["pose"][:, 3:] ** 2).sum()) / T
         if T > 2 and smooth > 0:
@@ -260,8 +247,6 @@ def fit_landmarks(head: HeadModel, embedding: Embedding, landmarks: np.ndarray, 
               {"params": [p["expr"]], "lr": 2e-2}, {"params": [p["pose"]], "lr": 1e-2}]
     if shape is None:
         groups.append({"params": [p["beta"]], "lr": 5e-2})
-    if offsets:
-        groups.append({"params": [p["lmk"]], "lr": 5e-4})
     opt = torch.optim.Adam(groups)
     rest = steps - rigid_steps
     for i in range(rest):
