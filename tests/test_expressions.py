@@ -177,7 +177,7 @@ def test_an_open_mouth_is_closed_at_the_back(tiny):
         a = copy.deepcopy(avatar)
         with torch.no_grad():
             a.opacity_logit[hide] = -20.0
-        img = render_still(a, {"jawOpen": 1.0}, res=192, background=(1.0, 1.0, 1.0)).astype(float) / 255
+        img = render_still(a, {"jawOpen": 1.0}, res=256, background=(1.0, 1.0, 1.0)).astype(float) / 255
         return img
 
     with_back = mouth_centre(inner)

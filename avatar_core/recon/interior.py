@@ -232,14 +232,14 @@ def lid_colour(band: np.ndarray, skin: Optional[np.ndarray]) -> np.ndarray:
 # showed the inside of the neck and the back of the head through it (skin-coloured, lit)
 BACKSTOP_SPACING = 0.002   # metres between the backstop's Gaussians
 BACKSTOP_DARKEN = 0.35     # of the cavity prior: the throat is near black
-BACKSTOP_BELOW = 0.0       # how far below the lower teeth it reaches, metres (below them it came out under the chin)
-BACKSTOP_INSIDE = 0.004    # how far behind the head's front surface each of its discs must lie, metres
+BACKSTOP_BELOW = 0.0       # how far below the lower teeth it reaches, metres (lower, it showed through the skin under the chin)
+BACKSTOP_INSIDE = 0.006    # how far behind the head's front surface each of its discs must lie, metres
 
 
 def mouth_backstop(verts: torch.Tensor, faces: torch.Tensor, regions: Dict[str, torch.Tensor], tone) -> "PlanePoints":
     """Dark discs facing forward in a plane just behind the back teeth, across the teeth's
     width and from the upper teeth down past the lower ones: what an open mouth shows behind
-    the tongue; only where the head's surface hides it from the front. Head-bound, unseen
+    the tongue; only inside the head (hidden from the front and from below). Head-bound, unseen
     (their colour is kept), at the source pose ``verts`` [V, 3] with ``faces``."""
     from avatar_core.recon.init import PlanePoints
     dt = verts.dtype
@@ -250,10 +250,14 @@ def mouth_backstop(verts: torch.Tensor, faces: torch.Tensor, regions: Dict[str, 
     ys = torch.arange(float(lo[1]) - BACKSTOP_BELOW, float(hi[1]) + 1e-9, BACKSTOP_SPACING, dtype=dt)
     gx, gy = torch.meshgrid(xs, ys, indexing="ij")
     pts = torch.stack([gx.reshape(-1), gy.reshape(-1), torch.full((gx.numel(),), float(lo[2]), dtype=dt)], -1)
-    # only inside the head: below the mouth the rectangle would reach out through the throat
+    # only inside the head: hidden from the front (not in front of the face) and from below
+    # (not in the air under the chin, which the front view cannot tell from the throat)
     centre = 0.5 * (lo + hi)
-    half = float(0.5 * (hi - lo)[:2].max()) + BACKSTOP_BELOW + 0.01
-    pts = pts[frontal_hidden_depth(verts, faces, centre, half, res=256, points=pts) > BACKSTOP_INSIDE]
+    half = float(0.5 * (hi - lo).max()) + BACKSTOP_BELOW + 0.01
+    up = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, -1.0, 0.0]], dtype=dt)  # -y becomes +z
+    inside = (frontal_hidden_depth(verts, faces, centre, half, res=256, points=pts) > BACKSTOP_INSIDE) & \
+             (frontal_hidden_depth(verts @ up.T, faces, centre @ up.T, half, res=256, points=pts @ up.T) > BACKSTOP_INSIDE)
+    pts = pts[inside]
     n = pts.shape[0]
     colour = (torch.tensor(CAVITY_RGB, dtype=dt) * torch.as_tensor(tone, dtype=dt) * BACKSTOP_DARKEN).clamp(0, 1)
     return PlanePoints(points=pts, colours=colour.expand(n, 3).clone(), opacity=torch.full((n,), 0.99, dtype=dt),
