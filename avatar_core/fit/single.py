@@ -129,9 +129,6 @@ class LandmarkHead:
 
 EXPR_PRIOR_PHOTO = 3e-3
 EXPR_PRIOR_VIDEO = 1e-3
-# one photo: narrowed eyes are a squint, not a partial blink (the lids are painted and fitted
-# as open in the source view; a source blink would pull the photo's lashes over the eye)
-BLINK_PRIOR_PHOTO = 0.2
 EXPR_SMOOTH = 0.01  # expressions, jaw and eyes move faster than the head: a hundredth of its smoothness (at 1.0 a 3-frame blink came back at 0.0, at 0.1 at 0.2)
 ROBUST_SCALE = 0.02  # the Geman-McClure scale at the end of the fit, in face sizes
 
@@ -169,11 +166,6 @@ def fit_landmarks(head: HeadModel, embedding: Embedding, landmarks: np.ndarray, 
         expr_prior = EXPR_PRIOR_VIDEO if T > 1 else EXPR_PRIOR_PHOTO
     if expr_smooth is None:
         expr_smooth = smooth * EXPR_SMOOTH
-    expr_weights = torch.full((head.num_expr,), float(expr_prior))
-    if T == 1:
-        for unit in ("eyeBlinkLeft", "eyeBlinkRight"):
-            if unit in head.expr_names:
-                expr_weights[list(head.expr_names).index(unit)] = BLINK_PRIOR_PHOTO
     valid_t = torch.ones(T, dtype=torch.bool) if valid is None else torch.as_tensor(np.asarray(valid), dtype=torch.bool)
     if not bool(valid_t.any()):
         raise ValueError("no frame has landmarks")
@@ -224,7 +216,7 @@ def fit_landmarks(head: HeadModel, embedding: Embedding, landmarks: np.ndarray, 
         reg = 0.1 * p["df"] ** 2
         if stage > 0:
             reg = reg + shape_prior * (p["beta"] ** 2).sum() / S
-            reg = reg + (expr_weights * p["expr"] ** 2).sum() / T
+            reg = reg + expr_prior * (p["expr"] ** 2).sum() / T
             reg = reg + ((p["pose"][:, 1] ** 2).sum() + 0.5 * (p["pose"][:, 2] ** 2).sum()
                          + 0.1 * (p["pose"][:, 3:] ** 2).sum()) / T
         if T > 2 and smooth > 0:

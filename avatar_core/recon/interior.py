@@ -232,7 +232,7 @@ def lid_colour(band: np.ndarray, skin: Optional[np.ndarray]) -> np.ndarray:
 # showed the inside of the neck and the back of the head through it (skin-coloured, lit)
 BACKSTOP_SPACING = 0.002   # metres between the backstop's Gaussians
 BACKSTOP_DARKEN = 0.35     # of the cavity prior: the throat is near black
-BACKSTOP_BELOW = 0.0       # how far below the lower teeth it reaches, metres (lower, it showed through the skin under the chin)
+BACKSTOP_BELOW = 0.01      # how far below the lower teeth it reaches, metres (at 0.02 it showed through the skin under the chin)
 BACKSTOP_INSIDE = 0.006    # how far behind the head's front surface each of its discs must lie, metres
 
 
