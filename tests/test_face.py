@@ -488,3 +488,31 @@ def test_parity_with_mediapipe_on_portraits_and_a_clip():
     assert res["matte_iou"]["general"]["min"] >= 0.97 and res["matte_iou"]["landscape"]["min"] >= 0.97
     track, _ = bench_face.tracking([("clip", frames)], mp, torch.device("cpu"), None)
     assert track["clips"]["clip"]["median_px"] <= 1.0, track
+
+
+def test_photo_to_avatar_with_mediapipe_models_swapped_in():
+    """``bench face --recon-only``'s second path: inside ``mediapipe_face_path`` the portrait
+    pipeline runs mediapipe's detection, mesh and segmentation (ours are not called), and a
+    reconstruction from it lands within a fraction of a dB of ours; outside it, ours again."""
+    pytest.importorskip("mediapipe", reason="the parity tests need mediapipe 0.10.21 (Python 3.11 only)")
+    from avatar_core.eval import bench_face
+    from avatar_core.face import _models, process_portrait
+    from avatar_core.face import detect as detect_mod
+    photo = shared_data("portraits", "obama.jpg")
+    ours = process_portrait(photo)
+    calls = []
+    real_get = _models.get
+    with bench_face.mediapipe_face_path():
+        _models.get = lambda *a, **k: calls.append(a) or real_get(*a, **k)
+        try:
+            theirs = process_portrait(photo)
+        finally:
+            _models.get = real_get
+    assert calls == []
+    assert detect_mod._run.__name__ == "_run"
+    d = np.linalg.norm(ours.landmarks[:, :2] - theirs.landmarks[:, :2], axis=1)
+    assert 0 < np.median(d) < 1.0
+    assert ((ours.alpha > 0.5) == (theirs.alpha > 0.5)).mean() > 0.97
+    res = bench_face.recon([photo], quality="test", device="cpu")
+    row = res["photos"]["obama.jpg"]
+    assert abs(row["psnr_diff"]) < 1.5 and row["ours"]["psnr"] > 15, row

@@ -39,6 +39,8 @@ def add_arguments(p):
     p.add_argument("--recon-only", action="store_true",
                    help="only the portraits reconstructed with both face paths (LOD 2 PSNR, landmark error)")
     p.add_argument("--quality", default="default", help="reconstruction quality for --recon-only")
+    p.add_argument("--recon-repeats", type=int, default=1,
+                   help="reconstructions per portrait and face path for --recon-only (medians; the optimisation varies run to run)")
     p.add_argument("--gpu-only", action="store_true", help="only the batched-landmark throughput (no mediapipe)")
     p.add_argument("--batch", type=int, default=32, help="batch size of the throughput figure")
     p.add_argument("--device", default=None, help="torch device (default: the face models' default)")
@@ -77,7 +79,7 @@ def run(args) -> int:
     if args.recon_only:
         from avatar_core.eval.bench_face import recon
         portraits = sorted((data / "portraits").glob("*.*"))[: 2 if args.quick else None]
-        out["recon"] = recon(portraits, args.quality, str(device) if args.device else "auto")
+        out["recon"] = recon(portraits, args.quality, str(device) if args.device else "auto", args.recon_repeats)
         return _emit(out, args.output)
     mp = Mediapipe()
     if args.speed_only or args.tracking_only:
