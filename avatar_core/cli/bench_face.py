@@ -40,7 +40,8 @@ def add_arguments(p):
                    help="only the portraits reconstructed with both face paths (LOD 2 PSNR, landmark error)")
     p.add_argument("--quality", default="default", help="reconstruction quality for --recon-only")
     p.add_argument("--recon-repeats", type=int, default=1,
-                   help="reconstructions per portrait and face path for --recon-only (medians; the optimisation varies run to run)")
+                   help="reconstructions per portrait and face path for --recon-only (medians; the thread count the "
+                        "optimisation picks by the machine's load changes its result a little)")
     p.add_argument("--gpu-only", action="store_true", help="only the batched-landmark throughput (no mediapipe)")
     p.add_argument("--batch", type=int, default=32, help="batch size of the throughput figure")
     p.add_argument("--device", default=None, help="torch device (default: the face models' default)")

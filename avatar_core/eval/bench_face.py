@@ -143,8 +143,8 @@ def mediapipe_face_path():
 def recon(paths, quality: str = "default", device: str = "auto", repeats: int = 1):
     """Each photo reconstructed with our face models and with mediapipe's, ``repeats`` times
     each, alternating: PSNR at the finest LOD (dB, masked, source view) and the fit's median landmark error (% of the face box)
-    of both (medians over the repeats; the optimisation's run-to-run spread is reported too),
-    and their differences."""
+    of both (medians over the repeats, and their spread: the optimisation's thread count, chosen
+    by the machine's load, changes its result a little), and their differences."""
     from avatar_core.recon.pipeline import reconstruct
     rows = {}
     for path in paths:
