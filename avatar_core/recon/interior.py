@@ -201,6 +201,20 @@ def photo_eyes(image: np.ndarray, landmarks: Optional[np.ndarray]) -> dict:
     return out
 
 
+def in_eye_openings(uv: torch.Tensor, landmarks, size: int) -> torch.Tensor:
+    """[N] bool: points ``uv`` [N, 2] (crop pixels) inside the photo's eye openings (the lid
+    contours of the face-mesh ``landmarks``); all False without landmarks."""
+    out = torch.zeros(uv.shape[0], dtype=torch.bool)
+    if landmarks is None:
+        return out
+    opening = torch.as_tensor(polygon_mask(landmarks[list(EYE_LEFT), :2], size) |
+                              polygon_mask(landmarks[list(EYE_RIGHT), :2], size))
+    q = uv.detach().cpu().round().long()
+    ok = (q[:, 0] >= 0) & (q[:, 0] < size) & (q[:, 1] >= 0) & (q[:, 1] < size)
+    out[ok] = opening[q[ok, 1], q[ok, 0]]
+    return out
+
+
 def face_skin(img: np.ndarray, landmarks: np.ndarray) -> Optional[np.ndarray]:
     """Median colour of the face's skin (inside the face oval, eyes and lips left out, the
     25th to 85th luminance percentiles), or None."""
@@ -548,15 +562,8 @@ def paint_avatar(avatar, regions: Dict[str, torch.Tensor], image: np.ndarray, al
         # eyeballs and lids are always painted (a lid seen over the iris must not carry it)
         seen = seen_weight.detach().cpu().float().clamp(0, 1)
         lid_g = (kind == 3).any(1) & ~mouth_g
-        if uv is not None and landmarks is not None:
-            S = int(np.asarray(image).shape[0])
-            opening = polygon_mask(landmarks[list(EYE_LEFT), :2], S) | polygon_mask(landmarks[list(EYE_RIGHT), :2], S)
-            q = uv.detach().cpu().round().long()
-            ok = (q[:, 0] >= 0) & (q[:, 0] < S) & (q[:, 1] >= 0) & (q[:, 1] < S)
-            in_eye = torch.zeros(q.shape[0], dtype=torch.bool)
-            in_eye[ok] = torch.as_tensor(opening)[q[ok, 1], q[ok, 0]]
-        else:
-            in_eye = torch.zeros_like(lid_g)
+        in_eye = (in_eye_openings(uv, landmarks, int(np.asarray(image).shape[0])) if uv is not None
+                  else torch.zeros_like(lid_g))
         # inner lips that the photo shows as teeth (the fitted lips overlap a smile's teeth)
         # would show teeth when the mouth opens: they are painted, not taken from the photo
         skin_ids = torch.ones(avatar.rig_template.shape[0], dtype=torch.bool)

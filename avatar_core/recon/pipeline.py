@@ -142,10 +142,10 @@ def initial_avatar(head: HeadModel, fit, view: SourceView, cfg: ReconConfig, lan
         from avatar_core.recon.bust import source_bust
         bust = source_bust(head, shape, view.params, cam, view.alpha)
     plane = plane_points(view, raster, verts, chin_height(head, verts), cfg.plane_stride, float(box), bust=bust)
-    from avatar_core.recon.interior import head_regions, mouth_backstop, photo_tone
+    from avatar_core.recon.interior import head_regions, in_eye_openings, mouth_backstop, photo_tone
+    lm = None if landmarks is None else np.asarray(landmarks, dtype=np.float64)
     regions = head_regions(head)
     if regions is not None:
-        lm = None if landmarks is None else np.asarray(landmarks, dtype=np.float64)
         tone = photo_tone(view.image.cpu().numpy(), view.alpha.cpu().numpy(), lm)
         plane = concat_points([plane, mouth_backstop(verts, head.faces, regions, tone)])
     avatar = build_avatar(head, shape=shape, lods=cfg.lods, channels=cfg.channels,
@@ -188,24 +188,9 @@ def initial_avatar(head: HeadModel, fit, view: SourceView, cfg: ReconConfig, lan
         avatar.soft_mask[avatar.split_layer >= 1] = 1.0
         # split Gaussians over the photo's eye openings would hold the photo's iris in place as a
         # veil in front of the eyeball (a glance then barely shows): there the eyeball is seen
-        eye_split = (avatar.split_layer >= 0) & in_eye_openings(vis.uv, landmarks, view.image.shape[0])
+        eye_split = (avatar.split_layer >= 0) & in_eye_openings(vis.uv, lm, view.image.shape[0])
         avatar.opacity_logit[eye_split] = -8.0
     return avatar, vis.facing, chain, locked, edge_on | eye_split, unseen
-
-
-def in_eye_openings(uv: torch.Tensor, landmarks, size: int) -> torch.Tensor:
-    """[N] bool: points ``uv`` [N, 2] (crop pixels) inside the photo's eye openings (the lid
-    contours of the face-mesh ``landmarks``); all False without landmarks."""
-    out = torch.zeros(uv.shape[0], dtype=torch.bool)
-    if landmarks is None:
-        return out
-    from avatar_core.recon.interior import EYE_LEFT, EYE_RIGHT, polygon_mask
-    lm = np.asarray(landmarks, dtype=np.float64)
-    opening = torch.as_tensor(polygon_mask(lm[list(EYE_LEFT), :2], size) | polygon_mask(lm[list(EYE_RIGHT), :2], size))
-    q = uv.detach().cpu().round().long()
-    ok = (q[:, 0] >= 0) & (q[:, 0] < size) & (q[:, 1] >= 0) & (q[:, 1] < size)
-    out[ok] = opening[q[ok, 1], q[ok, 0]]
-    return out
 
 
 def evaluate(fitter: PhotoFit, lods, size: int) -> Tuple[dict, dict]:
