@@ -56,7 +56,11 @@ LID_MOTION = 0.0015
 LASH_DARKEN = 0.6
 LID_SHADE_MIN = 0.8
 UPPER_TEETH_LIGHT = 0.7
-LOWER_TEETH_LIGHT = 0.4
+# the lower teeth sit deeper in the lips' shadow (at 0.4 they showed as a grey slab under the tongue)
+LOWER_TEETH_LIGHT = 0.2
+# light on the back of a resting tongue, deep in the mouth, before its depth shading (at 0.25,
+# with the jaw open, the tongue filled the opening brighter than a mouth reads)
+TONGUE_REST_LIGHT = 0.1
 # how far the upper incisors show below the upper lip's margin at rest (metres)
 UPPER_TEETH_SHOW = 0.0025
 
@@ -382,14 +386,15 @@ def interior_paint(rest: torch.Tensor, faces: torch.Tensor, exprdirs: torch.Tens
     col[teeth] = (teeth_rgb[None] * (tshade[teeth] * lit[teeth])[:, None]).clamp(0, 1)
     wgt[teeth] = 1.0
     kind[teeth] = 1
-    # the tongue is shaded where tongueOut brings it (its tip then shows in the light) and a
-    # little by where it rests (the back of a resting tongue stays in the mouth's shadow)
+    # the tongue is shaded where tongueOut brings it (its tip then shows in the light) and,
+    # like the cavity's walls, by how deep it rests (an open mouth shows the back of a resting
+    # tongue in the mouth's shadow; lit as the lips, it filled the opening with pink)
     if "tongueOut" in names:
         out_z = rest[:, 2] + exprdirs[:, 2, names.index("tongueOut")].float()
         shade_out = torch.exp(-(lip_front - out_z - SHADE_START).clamp_min(0) / SHADE_SCALE)
     else:
         shade_out = shade
-    col[tongue] = prior(TONGUE_RGB)[None] * ((0.2 + 0.8 * shade_out[tongue]) * (0.25 + 0.75 * shade[tongue]))[:, None]
+    col[tongue] = prior(TONGUE_RGB)[None] * ((0.2 + 0.8 * shade_out[tongue]) * (TONGUE_REST_LIGHT + (1 - TONGUE_REST_LIGHT) * shade[tongue]))[:, None]
     wgt[tongue] = 1.0
     kind[tongue] = 1
 
