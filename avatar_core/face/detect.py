@@ -62,7 +62,9 @@ class FaceDetection:
 
 def _run(image: "torch.Tensor", model: int, x0: int = 0, y0: int = 0) -> List[FaceDetection]:
     """BlazeFace on [1, 3, h, w] (0..255) pixels; detections shifted by (x0, y0)."""
-    boxes, scores, kps = _models.get("detection", model, image.device)(image, MIN_CONFIDENCE)[0]
+    from avatar_core.face.nets import DETECTORS
+    boxes, scores, kps = _models.get("detection", model, image.device)(
+        image, MIN_CONFIDENCE, DETECTORS[model].candidate_score)[0]
     off = np.array([x0, y0], dtype=np.float64)
     return [FaceDetection(box=b + np.tile(off, 2), score=float(s), keypoints=k + off)
             for b, s, k in zip(boxes, scores, kps)]

@@ -179,11 +179,15 @@ class DetectorConfig:
     size: int
     strides: Sequence[int]
     interpolated: bool
+    # the score from which mediapipe's face-detection solution decodes candidates and
+    # suppresses them, whatever its min_detection_confidence (in 0.10.21 that option moves
+    # nothing); a face's box is the weighted mean of all its candidates from this score up
+    candidate_score: float
 
 
 DETECTORS = {
-    0: DetectorConfig("face_detection_short_range", 128, (8, 16, 16, 16), True),
-    1: DetectorConfig("face_detection_full_range", 192, (4,), False),
+    0: DetectorConfig("face_detection_short_range", 128, (8, 16, 16, 16), True, 0.5),
+    1: DetectorConfig("face_detection_full_range", 192, (4,), False, 0.6),
 }
 NMS_IOU = 0.3
 
@@ -232,13 +236,15 @@ class FaceDetector(torch.nn.Module):
         self.register_buffer("anchors", torch.from_numpy(
             ssd_anchors(self.cfg.size, self.cfg.strides, self.cfg.interpolated)), persistent=False)
 
-    def forward(self, images: torch.Tensor, min_score: float) -> List[tuple]:
-        """[B, 3, H, W] (0..255) -> per image (boxes [M, 4] px, scores [M], keypoints [M, 6, 2] px)."""
+    def forward(self, images: torch.Tensor, min_score: float, candidate_score: Optional[float] = None) -> List[tuple]:
+        """[B, 3, H, W] (0..255) -> per image (boxes [M, 4] px, scores [M], keypoints [M, 6, 2] px):
+        the faces scoring ``min_score`` and up, each the weighted mean of its candidates scoring
+        ``candidate_score`` (default: ``min_score``) and up."""
         with _threads(images):
-            return self._forward(images, min_score)
+            return self._forward(images, min_score, min_score if candidate_score is None else candidate_score)
 
     @torch.inference_mode()
-    def _forward(self, images: torch.Tensor, min_score: float) -> List[tuple]:
+    def _forward(self, images: torch.Tensor, min_score: float, candidate_score: float) -> List[tuple]:
         B, _, H, W = images.shape
         S = self.cfg.size
         side = float(max(H, W))
@@ -258,13 +264,15 @@ class FaceDetector(torch.nn.Module):
         off = torch.tensor([(side - W) / 2.0, (side - H) / 2.0], device=images.device)
         res = []
         for b in range(B):
-            keep = scores[b] >= min_score
+            keep = scores[b] >= candidate_score
             if not bool(keep.any()):
                 res.append((np.zeros((0, 4)), np.zeros(0), np.zeros((0, 6, 2))))
                 continue
             bx, sc, k = (boxes[b][keep].double().cpu().numpy(), scores[b][keep].double().cpu().numpy(),
                          kp[b][keep].double().cpu().numpy())
             bx, sc, k = weighted_nms(bx, sc, k)
+            strong = sc >= min_score
+            bx, sc, k = bx[strong], sc[strong], k[strong]
             t, o = to_px.cpu().numpy().astype(np.float64), off.cpu().numpy().astype(np.float64)
             bx = bx * np.tile(t, 2) - np.tile(o, 2)
             k = k * t - o
