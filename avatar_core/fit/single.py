@@ -131,6 +131,8 @@ EXPR_PRIOR_PHOTO = 3e-3
 EXPR_PRIOR_VIDEO = 1e-3
 EXPR_SMOOTH = 0.01  # expressions, jaw and eyes move faster than the head: a hundredth of its smoothness (at 1.0 a 3-frame blink came back at 0.0, at 0.1 at 0.2)
 ROBUST_SCALE = 0.02  # the Geman-McClure scale at the end of the fit, in face sizes
+SETTLE = 0.4         # the last share of the non-rigid steps, over which the learning rates fall...
+SETTLE_LR = 0.05     # ...to this share of themselves (cosine)
 
 
 def fit_landmarks(head: HeadModel, embedding: Embedding, landmarks: np.ndarray, size: int,
@@ -241,7 +243,17 @@ def fit_landmarks(head: HeadModel, embedding: Embedding, landmarks: np.ndarray, 
         groups.append({"params": [p["beta"]], "lr": 5e-2})
     opt = torch.optim.Adam(groups)
     rest = steps - rigid_steps
+    # the learning rates fall to SETTLE_LR of themselves over the last SETTLE of the steps:
+    # at constant rates Adam's last step still moved the fit, so landmarks 0.005 px apart gave
+    # fits 1 % of the face apart
+    base_lr = [g["lr"] for g in opt.param_groups]
+    settle_from = int(rest * (1 - SETTLE))
     for i in range(rest):
+        if i >= settle_from:
+            frac = (i - settle_from) / max(rest - settle_from, 1)
+            scale = SETTLE_LR + (1 - SETTLE_LR) * 0.5 * (1 + math.cos(math.pi * frac))
+            for g, lr in zip(opt.param_groups, base_lr):
+                g["lr"] = lr * scale
         opt.zero_grad()
         loss, _, _ = loss_fn(1, (rigid_steps + i) / steps)
         loss.backward()
