@@ -143,8 +143,15 @@ def eye_figures(stills: Dict[str, np.ndarray], lm_neutral: Optional[np.ndarray],
 
 
 def mask_centroid(rgb: np.ndarray) -> Optional[np.ndarray]:
-    """Pixel centroid (x, y) of the dark pixels of a mask render, or None."""
-    ys, xs = np.nonzero(rgb[..., 0] < 128)
+    """Pixel centroid (x, y) of the dark pixels of a mask render, or None: the pixels at
+    least half as dark as the darkest (mid-grey and darker where the iris shows black; an iris
+    seen through the lashes' half-transparent Gaussians is grey), the darkest being darker
+    than 1/8 of white."""
+    dark = 255.0 - rgb[..., 0].astype(np.float64)
+    peak = float(dark.max())
+    if peak < 32:
+        return None
+    ys, xs = np.nonzero(dark > 0.5 * peak)
     if xs.size < 3:
         return None
     return np.array([xs.mean(), ys.mean()])
