@@ -181,7 +181,9 @@ def _ours_landmarks(img):
 
 def _ours_box(img, model, device):
     from avatar_core.face import _models
-    boxes, scores, _ = _models.get("detection", model, device)(_models.to_tensor(img, device), 0.5)[0]
+    from avatar_core.face.nets import DETECTORS
+    boxes, scores, _ = _models.get("detection", model, device)(
+        _models.to_tensor(img, device), 0.5, DETECTORS[model].candidate_score)[0]
     return boxes[int(np.argmax(scores))] if len(boxes) else None
 
 
