@@ -143,10 +143,9 @@ def eye_figures(stills: Dict[str, np.ndarray], lm_neutral: Optional[np.ndarray],
 
 
 def mask_centroid(rgb: np.ndarray) -> Optional[np.ndarray]:
-    """Pixel centroid (x, y) of the dark pixels of a mask render, or None: the pixels at
-    least half as dark as the darkest (mid-grey and darker where the iris shows black; an iris
-    seen through the lashes' half-transparent Gaussians is grey), the darkest being darker
-    than 1/8 of white."""
+    """Pixel centroid (x, y) of the dark pixels of a mask render, or None when nothing is
+    darker than 7/8 white. Dark means at least half as dark as the darkest pixel, so an iris
+    seen grey through half-transparent lashes is found as well as a black one."""
     dark = 255.0 - rgb[..., 0].astype(np.float64)
     peak = float(dark.max())
     if peak < 32:
