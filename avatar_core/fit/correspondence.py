@@ -26,9 +26,10 @@ from avatar_core.errors import AvatarError, HeadModelError
 from avatar_core.head.model import HeadModel
 
 log = logging.getLogger(__name__)
-CACHE_VERSION = 4  # 3: landmarks snap only to skin some render sees (not the eye sockets);
+CACHE_VERSION = 5  # 3: landmarks snap only to skin some render sees (not the eye sockets);
 #                   4: inner-lip landmarks snap to their own lip (upper: not the jaw's, lower: the jaw's),
-#                      only the upper lid margins to skin a blink moves
+#                      only the upper lid margins to skin a blink moves;
+#                   5: left-right twins placed as mirror images, midline landmarks on the midline
 VIEWS_YAW = (0.0, -25.0, 25.0)
 SKIN = np.array([0.80, 0.62, 0.52])
 
@@ -206,8 +207,12 @@ def compute_embedding(head: HeadModel, size: int = 512) -> Embedding:
     if found.sum() < 400:
         raise HeadModelError(f"Could not locate the face landmarks on the head model {head.name!r} "
                              f"(only {int(found.sum())} of 478 found on its renders).")
+    pts = sums / np.maximum(wsum, 1e-12)[:, None]
+    if _is_symmetric(head):
+        pts, wsum = _symmetrize(pts, wsum)
+    found = wsum > 1e-6
     ids = np.nonzero(found)[0]
-    pts = sums[ids] / wsum[ids, None]
+    pts = pts[ids]
     # a landmark back-projected onto the eyeball snaps to the nearest lid, never to the socket
     # hidden behind the eyeball (which no expression moves: a blink would not reach it)
     allowed = _allowed_vertices(head, ids)
@@ -216,6 +221,30 @@ def compute_embedding(head: HeadModel, size: int = 512) -> Embedding:
         allowed = allowed & np.where(is_iris[:, None], True, seen[None])
     face_idx, bary = closest_points_on_mesh(pts, v.numpy(), faces.numpy(), allowed_vertices=allowed)
     return Embedding(ids.astype(np.int64), face_idx, bary)
+
+
+def _is_symmetric(head: HeadModel, tolerance: float = 0.001) -> bool:
+    """Whether the neutral head is its own mirror image across x = 0 (within ``tolerance``
+    metres at the median vertex), as the open head and FLAME are."""
+    from scipy.spatial import cKDTree
+    v = head.v_template.double().numpy()
+    dist, _ = cKDTree(v).query(v * np.array([-1.0, 1.0, 1.0]), k=1)
+    return float(np.median(dist)) <= tolerance
+
+
+def _symmetrize(pts: np.ndarray, weight: np.ndarray):
+    """Each landmark and its left-right twin as mirror images of their weighted mean: [478, 3]
+    back-projections and their view weights [478] -> the same. A midline landmark lands on
+    x = 0. Without this, what the renders disagree on stays lopsided: the middle of the upper
+    inner lip (13), back-projected into the closed mouth's hidden seam, sat 4.9 mm to one side
+    and its twins 82 / 312 at -10 / +2 mm, so a tracked mouth opening pulled on them sideways."""
+    from avatar_core.fit.landmark_sets import mirror_index
+    twin = mirror_index()
+    flip = np.array([-1.0, 1.0, 1.0])
+    w, wt = weight, weight[twin]
+    total = w + wt
+    out = (pts * w[:, None] + pts[twin] * flip * wt[:, None]) / np.maximum(total, 1e-12)[:, None]
+    return out, total
 
 
 def _allowed_vertices(head: HeadModel, landmark_ids: np.ndarray) -> Optional[np.ndarray]:
