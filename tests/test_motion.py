@@ -15,6 +15,7 @@ from avatar_core.motion import ExpressionRetargeter, MotionSequence, landmark_ba
 from avatar_core.motion.arkit import ARKIT_NAMES, euler_to_axis_angle
 from avatar_core.motion.arkit_csv import estimate_fps
 from avatar_core.motion.retarget import align_embeddings
+from tests.conftest import shared_data
 
 ROOT = Path(__file__).resolve().parents[1]
 T = 7
@@ -551,3 +552,37 @@ def test_render_motion_with_refiner(small_avatar):
     off = [rgb for _, rgb in render_motion(av, seq, cam, lod=0)]
     # a fresh refiner's last layer is zero: refined == splatted RGB
     assert all(np.abs(a.astype(int) - b.astype(int)).max() <= 1 for a, b in zip(on, off))
+
+
+def test_driving_an_avatar_keeps_the_tracked_lip_opening(tmp_path):
+    """Self-reenactment's drive (``motion.drive.drive_params``, relative expressions) moves the
+    avatar's lips as far as the tracked head's: the photo fit and the tracker split the same
+    frame between units differently, and clamping the changes at 0 dropped every one that
+    undid the tracker's frame-0 value (on d13 the lips opened to 0.52 of the tracked
+    amplitude)."""
+    from avatar_core.camera import Camera
+    from avatar_core.eval.transfer import measures
+    from avatar_core.fit.correspondence import landmark_embedding
+    from avatar_core.fit.track import read_video, track_frames
+    from avatar_core.head import load_head
+    from avatar_core.motion.drive import drive_params
+    from avatar_core.recon.pipeline import reconstruct
+    frames, fps = read_video(shared_data("driving", "d13.mp4"), 120)
+    head = load_head("open")
+    emb = landmark_embedding(head)
+    track = track_frames(frames, fps, head, emb)
+    avatar, _ = reconstruct(frames[0], tmp_path / "a.avatar", head=head, quality="test")
+    params, viewmats = drive_params(track, avatar, head, 0)
+    cam = avatar.source_camera(int(track.fit.camera.width))
+    with torch.no_grad():
+        verts, _ = avatar.deform_rig(**params)
+        pts = emb.points(verts.float(), avatar.rig_faces)
+        uv, _ = Camera(cam.K.expand(len(viewmats), 3, 3), viewmats.to(cam.K.dtype), cam.width, cam.height).project(pts)
+    driven = np.full((len(frames), 478, 2), np.nan)
+    tracked = np.full_like(driven, np.nan)
+    driven[:, emb.landmark_ids] = uv.numpy()
+    tracked[:, emb.landmark_ids] = track.fit.projected
+    a = measures(driven)["lip_opening"][1:] - measures(driven)["lip_opening"][0]
+    b = measures(tracked)["lip_opening"][1:] - measures(tracked)["lip_opening"][0]
+    amplitude = float(np.sqrt((a ** 2).mean() / (b ** 2).mean()))
+    assert np.corrcoef(a, b)[0, 1] > 0.95 and 0.9 < amplitude < 1.1, (np.corrcoef(a, b)[0, 1], amplitude)

@@ -133,6 +133,13 @@ EXPR_SMOOTH = 0.01  # expressions, jaw and eyes move faster than the head: a hun
 ROBUST_SCALE = 0.02  # the Geman-McClure scale at the end of the fit, in face sizes
 SETTLE = 0.4         # the last share of the non-rigid steps, over which the learning rates fall...
 SETTLE_LR = 0.05     # ...to this share of themselves (cosine)
+# the inner lips never cross in an image: (upper, lower) landmarks facing each other across the
+# mouth, and the weight of the squared crossing (in face sizes) an upper one below its lower
+# one costs. Without it the fits pressed the lips through each other (driving video d13: the
+# photo fit's 13 sat 0.7 px below 14, the tracker's up to 2 px in pressed-lip frames), and an
+# avatar driven from there spent the first part of each mouth opening uncrossing its lips.
+LIP_PAIRS = ((191, 95), (80, 88), (81, 178), (82, 87), (13, 14), (312, 317), (311, 402), (310, 318), (415, 324))
+LIP_CROSS = 50.0
 
 
 def fit_landmarks(head: HeadModel, embedding: Embedding, landmarks: np.ndarray, size: int,
@@ -206,6 +213,10 @@ def fit_landmarks(head: HeadModel, embedding: Embedding, landmarks: np.ndarray, 
     articulated = torch.tensor([0.0] + [1.0] * (J - 1))[:, None]
 
     lmk_head = LandmarkHead(head, embedding)
+    row = {int(k): i for i, k in enumerate(embedding.landmark_ids)}
+    lips = [(row[a], row[b]) for a, b in LIP_PAIRS if a in row and b in row]
+    lip_up = torch.tensor([a for a, _ in lips], dtype=torch.long)
+    lip_low = torch.tensor([b for _, b in lips], dtype=torch.long)
 
     def loss_fn(stage: int, progress_frac: float = 1.0):
         anneal = min(1.0, progress_frac / 0.6)
@@ -216,6 +227,9 @@ def fit_landmarks(head: HeadModel, embedding: Embedding, landmarks: np.ndarray, 
         r2 = ((uv - target) ** 2).sum(-1)  # [T, K]
         data = ((w * geman_mcclure(r2, sigma2)).sum(1) / w.sum() * vmask).sum() / vmask.sum()
         reg = 0.1 * p["df"] ** 2
+        if lips:  # image y grows downward: an upper lip point below its lower one has crossed
+            cross = (uv[:, lip_up, 1] - uv[:, lip_low, 1]).clamp_min(0.0) / face_size
+            reg = reg + LIP_CROSS * ((cross ** 2).sum(1) * vmask).sum() / vmask.sum()
         if stage > 0:
             reg = reg + shape_prior * (p["beta"] ** 2).sum() / S
             reg = reg + expr_prior * (p["expr"] ** 2).sum() / T

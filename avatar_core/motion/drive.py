@@ -49,12 +49,15 @@ def drive_params(track, avatar, head, src: int = 0, expression: str = "relative"
     and z by z_a / z_trk (z: the neck joint's depth, f: focal in pixels per crop side) so the head
     moves as far in the image. Shoulders follow only the shift.
     ``expression="relative"``: expression and the jaw/eye rotations = the avatar's source
-    values + (tracked value at t - tracked value at src), clamped to [0, 1] for ARKit-style
-    expressions; ``"absolute"``: the tracked values.
+    values + (tracked value at t - tracked value at src), not clamped: the blend shapes are
+    linear, so the head moves exactly as the tracked one did since ``src``. (The photo's fit and
+    the tracker's fit of the same frame split a face between units differently: on driving
+    video d13 the tracker had mouthRoll 0.2 where the photo fit had 0.02. Clamped to [0, 1], every
+    change undoing the tracker's frame-``src`` value was dropped, and the avatar's lips parted
+    to 0.52 of the tracked opening; unclamped 0.8.) ``"absolute"``: the tracked values.
     """
     import torch
 
-    from avatar_core.fit.single import is_unit_range
     from avatar_core.rotation import axis_angle_to_matrix, matrix_to_axis_angle
 
     NECK = 1
@@ -99,8 +102,6 @@ def drive_params(track, avatar, head, src: int = 0, expression: str = "relative"
         p_src = torch.as_tensor(avatar.source.get("pose", p_trk[src])).float().reshape(p_trk.shape[1:])
         e = e_src[None] + (e_trk - e_trk[src:src + 1])
         pose = p_src[None] + (p_trk - p_trk[src:src + 1])
-        if is_unit_range(names):
-            e = e.clamp(0.0, 1.0)
     elif expression == "absolute":
         e, pose = e_trk.clone(), p_trk.clone()
         p_src = torch.zeros_like(p_trk[0])
