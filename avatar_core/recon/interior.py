@@ -57,12 +57,15 @@ LASH_DARKEN = 0.6
 LID_SHADE_MIN = 0.8
 UPPER_TEETH_LIGHT = 0.7
 # the lower teeth sit deeper in the lips' shadow (at 0.4 they showed as a grey slab under the tongue)
-LOWER_TEETH_LIGHT = 0.2
+LOWER_TEETH_LIGHT = 0.12
 # light on the back of a resting tongue, deep in the mouth, before its depth shading (at 0.25,
 # with the jaw open, the tongue filled the opening brighter than a mouth reads)
 TONGUE_REST_LIGHT = 0.1
 # how far the upper incisors show below the upper lip's margin at rest (metres)
 UPPER_TEETH_SHOW = 0.0025
+# the inner lips' skin just behind the lip line, as a share of the lips' colour (it faces down
+# and in, out of the light; at 0.65 it ringed an open mouth with a band as bright as the lips)
+INNER_LIP_SHADE = 0.45
 
 # mediapipe face-mesh contours (478-point topology)
 INNER_LIPS = (78, 191, 80, 81, 82, 13, 312, 311, 310, 415, 308, 324, 318, 402, 317, 14, 87, 178, 88, 95)
@@ -374,7 +377,7 @@ def interior_paint(rest: torch.Tensor, faces: torch.Tensor, exprdirs: torch.Tens
     # inner lips (just behind the lip line) keep a darkened lip colour, deeper skin is cavity
     t = _smoothstep(hidden, 0.0015, 0.008)[:, None]
     deep = prior(GUM_RGB) * gum[:, None] + cavity_rgb * (1 - gum[:, None])
-    skin_col = (1 - t) * 0.65 * lip_rgb + t * deep * shade[:, None]
+    skin_col = (1 - t) * INNER_LIP_SHADE * lip_rgb + t * deep * shade[:, None]
     col[interior] = skin_col[interior]
     wgt[interior] = 1.0
     kind[interior] = 1
