@@ -629,17 +629,17 @@ def attach_plane(avatar: Avatar, plane: PlanePoints, view: SourceView, verts: to
     avatar.features[idx, :3] = plane.colours.to(dt)
 
 
-def hair_bind_faces(head: HeadModel, verts: torch.Tensor) -> torch.Tensor:
+def hair_bind_faces(head: HeadModel, verts: torch.Tensor, inside: Optional[dict] = None) -> torch.Tensor:
     """LOD-0 faces that hair may be bound to: skull faces (skinned to the neck joint, moved
-    little by expressions, not the eyes), so bound hair turns rigidly with the head. Never the
-    mouth's and eyes' insides: the upper teeth are as still as the skull, and hair beside the
-    jaw bound to them was painted (and locked) as teeth by ``interior.paint_avatar``."""
-    from avatar_core.recon.interior import head_regions
+    little by expressions, not the eyes), so bound hair turns rigidly with the head. Never on
+    ``inside`` ({name: vertex ids}, the mouth's and eyes' insides, ``interior.head_regions``):
+    the upper teeth are as still as the skull, and hair beside the jaw bound to them was painted
+    (and locked) as teeth by ``interior.paint_avatar``."""
     w = head.lbs_weights
     skull_v = w[:, 1] > 0.9
     act = head.exprdirs.norm(dim=1).sum(-1)
     quiet_v = act <= torch.quantile(act, 0.5)
-    for ids in (head_regions(head) or {}).values():
+    for ids in (inside or {}).values():
         skull_v[ids] = False
     ok_v = skull_v & quiet_v
     faces = head.faces

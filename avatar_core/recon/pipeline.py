@@ -152,7 +152,7 @@ def initial_avatar(head: HeadModel, fit, view: SourceView, cfg: ReconConfig, lan
                           split_levels=cfg.split_levels, split_k=cfg.split_k,
                           split_vertices=split_vertices(head, cfg.split_fraction),
                           shoulder_points=plane.points if plane.count else None)
-    attach_plane(avatar, plane, view, verts, hair_bind_faces(head, verts))
+    attach_plane(avatar, plane, view, verts, hair_bind_faces(head, verts, regions))
     lod_edge = init_head_scales(avatar, chain, cfg.lods)
     vis = gaussian_visibility(avatar, view, raster, verts)
     f = float(cam.fx[0])
