@@ -32,7 +32,6 @@ NOSE = (1, 2, 4, 5, 6, 19, 45, 48, 64, 94, 97, 98, 115, 168, 195, 197, 220, 275,
 # face models by `scripts/landmark_mirror.py` (landmarks of the open head's frontal render and
 # the six test portraits against those of their horizontal flips, matched as one assignment);
 # the 28 landmarks in no pair lie on the face's midline.
-225
 MIRROR_PAIRS = (
     (3, 248), (7, 249), (20, 250), (21, 251), (22, 252), (23, 253), (24, 254), (25, 255),
     (26, 256), (27, 257), (28, 258), (29, 259), (30, 260), (31, 261), (32, 262), (33, 263),
