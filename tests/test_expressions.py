@@ -186,3 +186,15 @@ def test_an_open_mouth_is_closed_at_the_back(tiny):
     assert changed.sum() > 20, "the backstop shows nowhere in the open mouth"
     dark, lit = float(np.median(luminance(with_back[changed]))), float(np.median(luminance(without[changed])))
     assert dark < 0.3 and lit > dark + 0.2, (dark, lit)
+
+
+def test_a_glance_moves_the_iris_the_landmarker_sees():
+    """eyeLookOutLeft = 1 on a fast-quality astronaut: the iris the face landmarker finds on the
+    render moves by at least 0.06 of the eye's width (0.12 measured). The fitted head's lower lid
+    and eye corners cover part of the photo's eye opening; painted with the iris by the photo fit,
+    that skin held the iris in place while the eyeball turned (0.02 before it was hidden)."""
+    from avatar_core.eval.expressions import expression_figures
+    from avatar_core.recon import reconstruct
+    avatar, _ = reconstruct(_astronaut(), quality="fast", device="cpu")
+    eyes = expression_figures(avatar, res=384)["eyes"]
+    assert eyes["gaze_shift_landmarks"] >= 0.06, eyes

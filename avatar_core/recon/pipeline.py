@@ -117,6 +117,26 @@ def paint_interior(avatar: Avatar, head: HeadModel, view: SourceView, vis, landm
     return locked
 
 
+def _on_regions(avatar: Avatar, regions) -> torch.Tensor:
+    """[N] bool: Gaussians bound wholly to one of ``regions`` (eyeballs, teeth, tongue)."""
+    ids = avatar.bind_ids.cpu()
+    out = torch.zeros(ids.shape[0], dtype=torch.bool)
+    for r in regions.values():
+        out |= torch.isin(ids, r).all(1)
+    return out & (avatar.frame_face.cpu() >= 0)
+
+
+def _blink_moved(avatar: Avatar, metres: float = 0.0015) -> torch.Tensor:
+    """[N] bool: Gaussians on skin that either blink moves by more than ``metres``."""
+    names = list(avatar.expr_names)
+    ex = avatar.rig_exprdirs.detach().cpu()
+    m = torch.zeros(ex.shape[0])
+    for unit in ("eyeBlinkLeft", "eyeBlinkRight"):
+        if unit in names:
+            m = torch.maximum(m, ex[:, :, names.index(unit)].norm(dim=1))
+    return m[avatar.bind_ids.cpu()].max(1).values > metres
+
+
 def initial_avatar(head: HeadModel, fit, view: SourceView, cfg: ReconConfig, landmarks=None):
     """Build the avatar on the fitted head and initialise every Gaussian from the photo.
 
@@ -188,7 +208,13 @@ def initial_avatar(head: HeadModel, fit, view: SourceView, cfg: ReconConfig, lan
         avatar.soft_mask[avatar.split_layer >= 1] = 1.0
         # split Gaussians over the photo's eye openings would hold the photo's iris in place as a
         # veil in front of the eyeball (a glance then barely shows): there the eyeball is seen
-        eye_split = (avatar.split_layer >= 0) & in_eye_openings(vis.uv, lm, view.image.shape[0])
+        in_eyes = in_eye_openings(vis.uv, lm, view.image.shape[0])
+        eye_split = (avatar.split_layer >= 0) & in_eyes
+        # so would the skin of the fitted lids where it covers the photo's eye opening (the
+        # lower lid and the corners; a blink does not move them): painted with the iris by the
+        # fit, it stayed put when the eyeball turned
+        if regions is not None:
+            eye_split |= in_eyes & face_bound & ~_on_regions(avatar, regions) & ~_blink_moved(avatar)
         avatar.opacity_logit[eye_split] = -8.0
     return avatar, vis.facing, chain, locked, edge_on | eye_split, unseen
 
