@@ -208,6 +208,26 @@ def photo_eyes(image: np.ndarray, landmarks: Optional[np.ndarray]) -> dict:
     return out
 
 
+def on_regions(avatar, regions: Dict[str, torch.Tensor]) -> torch.Tensor:
+    """[N] bool: Gaussians bound wholly to one of ``regions`` (eyeballs, teeth, tongue)."""
+    ids = avatar.bind_ids.cpu()
+    out = torch.zeros(ids.shape[0], dtype=torch.bool)
+    for r in regions.values():
+        out |= torch.isin(ids, r).all(1)
+    return out & (avatar.frame_face.cpu() >= 0)
+
+
+def blink_moved(avatar, metres: float = LID_MOTION) -> torch.Tensor:
+    """[N] bool: Gaussians on skin that either blink moves by more than ``metres``."""
+    names = list(avatar.expr_names)
+    ex = avatar.rig_exprdirs.detach().cpu()
+    m = torch.zeros(ex.shape[0])
+    for unit in ("eyeBlinkLeft", "eyeBlinkRight"):
+        if unit in names:
+            m = torch.maximum(m, ex[:, :, names.index(unit)].norm(dim=1))
+    return m[avatar.bind_ids.cpu()].max(1).values > metres
+
+
 def in_eye_openings(uv: torch.Tensor, landmarks, size: int) -> torch.Tensor:
     """[N] bool: points ``uv`` [N, 2] (crop pixels) inside the photo's eye openings (the lid
     contours of the face-mesh ``landmarks``); all False without landmarks."""

@@ -117,26 +117,6 @@ def paint_interior(avatar: Avatar, head: HeadModel, view: SourceView, vis, landm
     return locked
 
 
-def _on_regions(avatar: Avatar, regions) -> torch.Tensor:
-    """[N] bool: Gaussians bound wholly to one of ``regions`` (eyeballs, teeth, tongue)."""
-    ids = avatar.bind_ids.cpu()
-    out = torch.zeros(ids.shape[0], dtype=torch.bool)
-    for r in regions.values():
-        out |= torch.isin(ids, r).all(1)
-    return out & (avatar.frame_face.cpu() >= 0)
-
-
-def _blink_moved(avatar: Avatar, metres: float = 0.0015) -> torch.Tensor:
-    """[N] bool: Gaussians on skin that either blink moves by more than ``metres``."""
-    names = list(avatar.expr_names)
-    ex = avatar.rig_exprdirs.detach().cpu()
-    m = torch.zeros(ex.shape[0])
-    for unit in ("eyeBlinkLeft", "eyeBlinkRight"):
-        if unit in names:
-            m = torch.maximum(m, ex[:, :, names.index(unit)].norm(dim=1))
-    return m[avatar.bind_ids.cpu()].max(1).values > metres
-
-
 def initial_avatar(head: HeadModel, fit, view: SourceView, cfg: ReconConfig, landmarks=None):
     """Build the avatar on the fitted head and initialise every Gaussian from the photo.
 
@@ -162,7 +142,8 @@ def initial_avatar(head: HeadModel, fit, view: SourceView, cfg: ReconConfig, lan
         from avatar_core.recon.bust import source_bust
         bust = source_bust(head, shape, view.params, cam, view.alpha)
     plane = plane_points(view, raster, verts, chin_height(head, verts), cfg.plane_stride, float(box), bust=bust)
-    from avatar_core.recon.interior import head_regions, in_eye_openings, mouth_backstop, photo_tone
+    from avatar_core.recon.interior import (blink_moved, head_regions, in_eye_openings, mouth_backstop, on_regions,
+                                            photo_tone)
     lm = None if landmarks is None else np.asarray(landmarks, dtype=np.float64)
     regions = head_regions(head)
     if regions is not None:
@@ -214,7 +195,7 @@ def initial_avatar(head: HeadModel, fit, view: SourceView, cfg: ReconConfig, lan
         # lower lid and the corners; a blink does not move them): painted with the iris by the
         # fit, it stayed put when the eyeball turned
         if regions is not None:
-            eye_split |= in_eyes & face_bound & ~_on_regions(avatar, regions) & ~_blink_moved(avatar)
+            eye_split |= in_eyes & face_bound & ~on_regions(avatar, regions) & ~blink_moved(avatar)
         avatar.opacity_logit[eye_split] = -8.0
     return avatar, vis.facing, chain, locked, edge_on | eye_split, unseen
 
