@@ -63,6 +63,43 @@ def test_reconstruction_has_a_closed_bust_and_a_hair_shell(tmp_path):
     assert fig["notch_max"] <= 0.02, fig
 
 
+def test_hair_shell_follows_the_skull_and_is_filled_from_the_scalp(open_head_and_bust):
+    """Hair outline points 3 cm outside the skull's sides are swept to the back 3 cm over the
+    skull (which is deeper than it is wide: a sweep at the outline's own radius stood off the
+    head at some heights and sank into it at others), in layers from the scalp out."""
+    from avatar_core.camera import orbit_camera
+    from avatar_core.recon.init import PlanePoints, hair_shell
+    head, _ = open_head_and_bust
+    verts = head.v_template.float()
+    centre = 0.5 * (verts.min(0).values + verts.max(0).values)
+    cam = orbit_camera(target=centre.tolist(), distance=1.0)
+    heights = torch.linspace(0.0, 0.06, 7)
+    pts = []
+    for hgt in heights:  # the skull's half width at this height, from the vertices near it
+        row = verts[(verts[:, 1] - centre[1] - hgt).abs() < 0.005]
+        for sign in (1.0, -1.0):
+            x = float((sign * (row[:, 0] - centre[0])).max())
+            pts.append([centre[0] + sign * (x + 0.03), centre[1] + hgt, centre[2]])
+    pts = torch.tensor(pts)
+    n = pts.shape[0]
+    plane = PlanePoints(pts, torch.full((n, 3), 0.3), torch.full((n,), 0.9), torch.full((n,), 0.002),
+                        torch.tensor([[0.0, 0.0, -1.0]]).expand(n, 3), torch.ones(n, dtype=torch.bool))
+    shell = hair_shell(plane, torch.ones(n, dtype=torch.bool), cam, verts, spacing=0.005)
+    assert shell.count > 100 and not bool(shell.seen.any()) and bool(shell.head_bound.all())
+    # behind the head (past 60 degrees of the sweep): every layer outside the skull, the
+    # outermost 3 cm over it, the innermost within a spacing of it
+    behind = shell.points[:, 2] < centre[2] - 0.07
+    assert int(behind.sum()) > 50
+    from scipy.spatial import cKDTree
+    w = torch.tensor([(a, b, 6 - a - b) for a in range(7) for b in range(7 - a)], dtype=torch.float32) / 6
+    surface = torch.einsum("kc,fcd->fkd", w, verts[head.faces]).reshape(-1, 3)  # the skin, ~2 mm apart
+    gap = torch.as_tensor(cKDTree(surface.numpy()).query(shell.points[behind].numpy())[0])
+    hb = shell.points[behind, 1] - centre[1]
+    for hgt in heights:  # at each height, layers from the scalp (within 6 mm) out to 3 cm over it
+        g = gap[(hb - hgt).abs() < 0.002]
+        assert g.numel() > 5 and float(g.min()) < 0.006 and 0.022 < float(g.max()) < 0.038, (float(hgt), g.min(), g.max())
+
+
 def test_notch_and_speckle_measures():
     from avatar_core.eval.sideviews import notch_fraction, speckle_count
     yy, xx = np.mgrid[:200, :200]

@@ -502,7 +502,23 @@ def plane_points(view: SourceView, raster: MeshRaster, verts: torch.Tensor, chin
     # (an outline with no solid hair inside it, thin hair over a background, is not swept: its
     # colours are mostly the background's)
     shell_src = PlanePoints(p_world, inner_cols, opac, scale.expand(p_world.shape[0]), ray, head_bound)
-    parts = [plane, hair_shell(shell_src, outline & ok_inner, cam, verts, spacing=SHELL_SPACING * s * z_centre / fx)]
+    spacing = SHELL_SPACING * s * z_centre / fx
+    shell = hair_shell(shell_src, outline & ok_inner, cam, verts, spacing=spacing)
+    # the shell is never seen from the source view: each of its Gaussians lies behind the head
+    # or the plane's hair where it projects, by a spacing (its inner layers near the sides would
+    # otherwise stand in front of the plane's hair, which lies no nearer than the head's centre)
+    if shell.count:
+        with torch.no_grad():
+            sc = cam.world_to_camera(shell.points[None].to(cam.viewmat.dtype))[0]
+        su = np.clip(np.round((sc[:, 0] / sc[:, 2] * fx + cx).numpy()).astype(np.int64), 0, crop - 1)
+        sv = np.clip(np.round((sc[:, 1] / sc[:, 2] * fy + cy).numpy()).astype(np.int64), 0, crop - 1)
+        # (where the head or solid hair covers the whole of a shell Gaussian's footprint)
+        cover = ndimage.binary_erosion(head | (alpha.cpu().numpy() > 0.5),
+                                       iterations=max(1, int(math.ceil(spacing * fx / z_centre))))
+        front = np.where(cover, np.where(head, depth, zs), np.inf)
+        hidden = torch.as_tensor(sc[:, 2].numpy() > front[sv, su] + spacing)
+        shell = PlanePoints(*(getattr(shell, f.name)[hidden] for f in dataclasses.fields(PlanePoints)))
+    parts = [plane, shell]
     if extra is not None:
         m = extra.points.shape[0]
         parts.append(PlanePoints(extra.points.to(dt), extra.colours.to(dt), extra.opacity.to(dt), extra.scale.to(dt),
@@ -514,67 +530,133 @@ def concat_points(parts) -> PlanePoints:
     return PlanePoints(*(torch.cat([getattr(p, f.name) for p in parts]) for f in dataclasses.fields(PlanePoints)))
 
 
-# the hair shell swept round the head: how far back from each side (degrees), and how much of
-# the outline's colour gives way to the mean outline colour at the far end of the sweep
-SHELL_SWEEP_DEG = 100.0
+# the hair shell swept round the head toward the back from each side of the hair's outline:
+# how much of the outline's colour gives way to the mean outline colour at the far end
+SHELL_OVERLAP_DEG = 10.0  # how far past the back each side's sweep goes
 SHELL_BLEND = 0.5
 SHELL_SPACING = 3.0        # cells between the shell's Gaussians along the sweep
-SHELL_MIN_RADIUS = 0.7      # outline points nearer the head's vertical axis (in half head widths) are not swept,
-SHELL_MAX_RADIUS = 1.35     # nor those further from it
+SHELL_MIN_RADIUS = 0.7     # outline points nearer the head's vertical axis (in half head widths) are not swept,
+SHELL_MAX_RADIUS = 2.2     # nor those further from it (a patch of background the matte kept)
+SHELL_MAX_THICKNESS = 0.6  # the hair's thickness over the skull, at most (half head widths)
+SKULL_BINS_DEG = 10.0      # azimuth bins of the skull's radius table
+
+
+def skull_radius(verts: torch.Tensor, centre: torch.Tensor, up: torch.Tensor, right: torch.Tensor,
+                 back: torch.Tensor, bin_h: float):
+    """The head's radius about the vertical axis through ``centre``, tabulated by height (bins of
+    ``bin_h`` metres) and azimuth (``SKULL_BINS_DEG``; 0 toward ``right``, 90 toward ``back``):
+    the largest radius of a vertex in each bin (and the bins above and below it), empty bins
+    filled from their azimuthal neighbours, heights without vertices from the nearest row.
+    Returns a lookup ``radius(h [P], phi [P] radians) -> [P]``."""
+    d = verts - centre
+    h = d @ up
+    phi = torch.atan2(d @ back, d @ right)
+    r = torch.sqrt((d @ right) ** 2 + (d @ back) ** 2)
+    h0 = float(h.min())
+    nh = int((float(h.max()) - h0) / bin_h) + 1
+    na = int(round(360.0 / SKULL_BINS_DEG))
+    hi = ((h - h0) / bin_h).long().clamp(0, nh - 1)
+    ai = ((phi + math.pi) / (2 * math.pi) * na).long() % na
+    table = torch.full((nh * na,), -1.0, dtype=verts.dtype)
+    table.scatter_reduce_(0, hi * na + ai, r, reduce="amax")
+    table = table.view(nh, na)
+    # the bins above and below: a vertex row can fall between two bins
+    table = torch.maximum(table, torch.maximum(F.pad(table[1:], (0, 0, 0, 1), value=-1.0),
+                                               F.pad(table[:-1], (0, 0, 1, 0), value=-1.0)))
+    for _ in range(na // 2):  # empty azimuth bins from their neighbours (circular)
+        empty = table < 0
+        if not bool(empty.any()):
+            break
+        nb = torch.maximum(table.roll(1, 1), table.roll(-1, 1))
+        table = torch.where(empty, nb, table)
+    rows = torch.nonzero((table >= 0).any(1))[:, 0]
+    if rows.numel() == 0:
+        return lambda hq, pq: torch.zeros_like(hq)
+    nearest = rows[(torch.arange(nh)[:, None] - rows[None]).abs().argmin(1)]
+    table = table[nearest].clamp_min(0.0)
+
+    def radius(hq: torch.Tensor, pq: torch.Tensor) -> torch.Tensor:
+        i = ((hq - h0) / bin_h).long().clamp(0, nh - 1)
+        j = ((pq + math.pi) / (2 * math.pi) * na).long() % na
+        return table[i, j]
+    return radius
 
 
 def hair_shell(plane: PlanePoints, outline: torch.Tensor, camera, verts: torch.Tensor, spacing: float) -> PlanePoints:
     """Hair with volume: the hair outline's Gaussians (``outline`` [M] bool of ``plane``)
-    swept round the head's vertical axis through its centre, from the side the photo shows
-    them on toward the back, ``SHELL_SWEEP_DEG`` from each side (the two sweeps meet behind
-    the head). Each swept copy keeps its outline point's height and distance from the axis,
-    so the turned head shows the photo's hair outline at every yaw, and the back of the head
-    continues the outline's colours (blending toward their mean at the back). They sit
-    behind the silhouette in the source view (unseen: ``seen`` False), follow the head, and
-    lie ``spacing`` metres apart along the sweep."""
+    swept round the head's vertical axis toward the back, from the side the photo shows them
+    on to ``SHELL_OVERLAP_DEG`` past the back (the two sweeps meet there), following the skull.
+
+    Each swept copy keeps its outline point's height and lies the hair's thickness over the
+    skull (``skull_radius``): at the side the thickness the photo shows there (the outline's
+    distance from the axis less the skull's radius, at most ``SHELL_MAX_THICKNESS``), behind
+    the head the mean thickness of the outline at that height. So a turned head shows the
+    photo's hair outline at every yaw, the back of the head is covered by hair that continues
+    the outline's colours (blending toward their mean at the back), and no shell stands off
+    the skull where the head is narrower than at its sides (a flat wing, a ghost of the
+    outline behind the head). They sit behind the silhouette in the source view (unseen:
+    ``seen`` False), follow the head, and lie ``spacing`` metres apart along the sweep."""
     dt = plane.points.dtype
     empty = PlanePoints(*(getattr(plane, f.name)[:0] for f in dataclasses.fields(PlanePoints)))
     if not bool(outline.any()) or spacing <= 0:
         return empty
-    centre = 0.5 * (verts.min(0).values + verts.max(0).values).to(dt)
+    verts = verts.to(dt)
+    centre = 0.5 * (verts.min(0).values + verts.max(0).values)
     up = torch.tensor([0.0, 1.0, 0.0], dtype=dt)
+    half_width = 0.5 * float(verts[:, 0].max() - verts[:, 0].min())
+    back = camera.viewmat[0, 2, :3].to(dt)  # the camera's viewing direction: into the scene, toward the back of the head
+    back = back - (back @ up) * up
+    back = back / back.norm().clamp_min(1e-9)
+    right = torch.cross(up, back, dim=-1)
+    d = plane.points - centre
+    h = d @ up
+    x, z = d @ right, d @ back
+    r = torch.sqrt(x ** 2 + z ** 2)
     # the sides of the outline only: the crown's outline lies near the axis, and swept at its
     # height it would float above the back of a head that slopes down
-    half_width = 0.5 * float(verts[:, 0].max() - verts[:, 0].min())
-    radial0 = plane.points - centre
-    radial0 = radial0 - (radial0 @ up)[:, None] * up
-    # and hair within a hand's breadth of the skull: what the matte holds further out (a bun,
-    # loose strands, a patch of background beside the neck) would stick out as a wing
-    r0 = radial0.norm(dim=-1)
-    idx = torch.nonzero(outline & (r0 > SHELL_MIN_RADIUS * half_width) & (r0 < SHELL_MAX_RADIUS * half_width))[:, 0]
+    idx = torch.nonzero(outline & (r > SHELL_MIN_RADIUS * half_width) & (r < SHELL_MAX_RADIUS * half_width))[:, 0]
     if idx.numel() == 0:
         return empty
-    forward = camera.viewmat[0, 2, :3].to(dt)  # the camera's viewing direction in world coordinates
-    forward = forward - (forward @ up) * up
-    forward = forward / forward.norm().clamp_min(1e-9)
-    p = plane.points[idx]
-    d = p - centre
-    h = d @ up
-    dh = d - h[:, None] * up
-    r = dh.norm(dim=-1).clamp_min(1e-6)
-    e = dh / r[:, None]
-    # turning toward the back: e -> cos(t) e + sin(t) b with b = +-(up x e), whichever points away from the camera
-    b = torch.cross(up.expand_as(e), e, dim=-1)
-    b = torch.where(((b @ forward) < 0)[:, None], -b, b)
-    # start where the copy sits a spacing inside the outline seen from the front, so that the
-    # source view does not see the shell through the outline's soft edge
-    t_end = math.radians(SHELL_SWEEP_DEG)
-    t0 = torch.acos((1.0 - spacing / r).clamp(-1.0, 1.0)).clamp(max=0.5 * t_end)
-    steps = ((t_end - t0) * r / spacing).ceil().long().clamp(1, 256)
+    skull = skull_radius(verts, centre, up, right, back, bin_h=max(spacing, 1e-3))
+    h, r = h[idx], r[idx]
+    phi0 = torch.atan2(z[idx], x[idx])
+    side = torch.where(x[idx] >= 0, torch.ones_like(r), -torch.ones_like(r))  # +1 right, -1 left
+    # the hair's thickness at the side: how far the outline lies beyond the head's silhouette
+    # (its widest vertex, an ear included, at about the same height on that side)
+    dv = verts - centre
+    row = ((dv @ up)[None] - h[:, None]).abs() <= max(spacing, 1e-3)
+    lateral = torch.where(row, side[:, None] * (dv @ right)[None], torch.full_like(row, -1.0, dtype=dt)).amax(1)
+    lateral = torch.where(row.any(1), lateral, skull(h, phi0))
+    thick = (side * x[idx] - lateral).clamp(0.0, SHELL_MAX_THICKNESS * half_width)
+    # behind the head: the mean thickness of the outline points at about the same height
+    near = (h[:, None] - h[None]).abs() <= 2 * spacing
+    thick_back = (near.to(dt) @ thick) / near.sum(1).to(dt)
+    # from the outline's own azimuth to the back (90 degrees: right turns up in phi, left down)
+    # and SHELL_OVERLAP_DEG on; starting a spacing inside the outline seen from the front, so
+    # that the source view does not see the shell through the outline's soft edge
+    total = (side * (0.5 * math.pi - phi0)).clamp_min(0.0) + math.radians(SHELL_OVERLAP_DEG)
+    start = (spacing / r).clamp(max=0.5 * math.radians(SHELL_OVERLAP_DEG))
+    steps = ((total - start) * r / spacing).ceil().long().clamp(1, 256)
     rep = torch.repeat_interleave(torch.arange(idx.numel()), steps)
     k = torch.cat([torch.arange(int(n)) for n in steps]).to(dt)
     frac = k / steps[rep].to(dt)
-    t = t0[rep] + (t_end - t0[rep]) * frac
-    radial = torch.cos(t)[:, None] * e[rep] + torch.sin(t)[:, None] * b[rep]
-    pts = centre + h[rep, None] * up + r[rep, None] * radial
-    mean = plane.colours[idx].mean(0)
+    phi = phi0[rep] + side[rep] * (start[rep] + (total[rep] - start[rep]) * frac)
+    hr = h[rep]
+    base = skull(hr, phi)
+    t = thick[rep] * (1 - frac) + thick_back[rep] * frac
+    # the hair's volume: layers a spacing apart from the skull out to the hair's outer surface,
+    # so that no gap between scalp and shell shows where the shell passes the silhouette
+    layers = (t / spacing).ceil().long().clamp(1, 8)
+    rep2 = torch.repeat_interleave(torch.arange(rep.numel()), layers)
+    first = torch.cumsum(layers, 0) - layers
+    level = (torch.arange(rep2.numel()) - first[rep2] + 1).to(dt) / layers[rep2].to(dt)
+    rad = base[rep2] + t[rep2] * level
+    phi, hr, rep, frac = phi[rep2], hr[rep2], rep[rep2], frac[rep2]
+    radial = torch.cos(phi)[:, None] * right + torch.sin(phi)[:, None] * back
+    pts = centre + hr[:, None] * up + rad[:, None] * radial
+    src = plane.colours[idx]
     w = SHELL_BLEND * frac[:, None]
-    col = plane.colours[idx][rep] * (1 - w) + mean * w
+    col = src[rep] * (1 - w) + src.mean(0) * w
     n = pts.shape[0]
     return PlanePoints(pts, col, torch.full((n,), 0.9, dtype=dt), torch.full((n,), 0.62 * spacing, dtype=dt),
                        radial, torch.ones(n, dtype=torch.bool), torch.zeros(n, dtype=torch.bool))
