@@ -58,6 +58,14 @@ def test_reconstruction_has_a_closed_bust_and_a_hair_shell(tmp_path):
     from avatar_core.head.open_head import open_head_metadata
     for name, ids in open_head_metadata()["regions"].items():
         assert not bool(torch.isin(avatar.bind_ids[hair], torch.as_tensor(ids)).any()), name
+    # the back of the head is whole: the skin hidden over the photo's eye openings is only what
+    # the photo sees there (the back of the skull falls in the openings too, and was hidden)
+    from avatar_core.regions import REGION_HEAD
+    rest = (avatar.rig_template[avatar.bind_ids] * avatar.bind_bary[..., None]).sum(1)
+    eye_z = float((avatar.rig_j_regressor @ avatar.rig_template)[3:5, 2].mean())
+    back = (avatar.region == REGION_HEAD) & (avatar.frame_face >= 0) & (rest[:, 2] < eye_z - 0.06)
+    assert int(back.sum()) > 1000
+    assert int((back & (torch.sigmoid(avatar.opacity_logit) < 0.01)).sum()) == 0
     # turned both ways, no notch between head and bust
     fig = sideview_figures(avatar, yaw=45.0, res=128)
     assert fig["notch_max"] <= 0.02, fig

@@ -194,8 +194,10 @@ def initial_avatar(head: HeadModel, fit, view: SourceView, cfg: ReconConfig, lan
         # so would the skin of the fitted lids where it covers the photo's eye opening (the
         # lower lid and the corners; a blink does not move them): painted with the iris by the
         # fit, it stayed put when the eyeball turned
+        # (those the photo sees there: the back of the head falls in the openings too, and
+        # hiding it opened two eye-shaped holes in the back of every head)
         if regions is not None:
-            eye_split |= in_eyes & face_bound & ~on_regions(avatar, regions) & ~blink_moved(avatar)
+            eye_split |= in_eyes & vis.seen & face_bound & ~on_regions(avatar, regions) & ~blink_moved(avatar)
         avatar.opacity_logit[eye_split] = -8.0
     return avatar, vis.facing, chain, locked, edge_on | eye_split, unseen
 
