@@ -509,14 +509,14 @@ def plane_points(view: SourceView, raster: MeshRaster, verts: torch.Tensor, chin
     # otherwise stand in front of the plane's hair, which lies no nearer than the head's centre)
     if shell.count:
         with torch.no_grad():
-            sc = cam.world_to_camera(shell.points[None].to(cam.viewmat.dtype))[0]
-        su = np.clip(np.round((sc[:, 0] / sc[:, 2] * fx + cx).numpy()).astype(np.int64), 0, crop - 1)
-        sv = np.clip(np.round((sc[:, 1] / sc[:, 2] * fy + cy).numpy()).astype(np.int64), 0, crop - 1)
+            suv, sz = cam.project(shell.points[None].to(cam.viewmat.dtype))
+        su = np.clip(np.round(suv[0, :, 0].numpy()).astype(np.int64), 0, crop - 1)
+        sv = np.clip(np.round(suv[0, :, 1].numpy()).astype(np.int64), 0, crop - 1)
         # (where the head or solid hair covers the whole of a shell Gaussian's footprint)
         cover = ndimage.binary_erosion(head | (alpha.cpu().numpy() > 0.5),
                                        iterations=max(1, int(math.ceil(spacing * fx / z_centre))))
         front = np.where(cover, np.where(head, depth, zs), np.inf)
-        hidden = torch.as_tensor(sc[:, 2].numpy() > front[sv, su] + spacing)
+        hidden = torch.as_tensor(sz[0].numpy() > front[sv, su] + spacing)
         shell = PlanePoints(*(getattr(shell, f.name)[hidden] for f in dataclasses.fields(PlanePoints)))
     parts = [plane, shell]
     if extra is not None:
@@ -588,8 +588,9 @@ def hair_shell(plane: PlanePoints, outline: torch.Tensor, camera, verts: torch.T
     on to ``SHELL_OVERLAP_DEG`` past the back (the two sweeps meet there), following the skull.
 
     Each swept copy keeps its outline point's height and lies the hair's thickness over the
-    skull (``skull_radius``): at the side the thickness the photo shows there (the outline's
-    distance from the axis less the skull's radius, at most ``SHELL_MAX_THICKNESS``), behind
+    skull (``skull_radius``): at the side the thickness the photo shows there (how far the
+    outline lies beyond the head's widest vertex at that height, at most
+    ``SHELL_MAX_THICKNESS``), behind
     the head the mean thickness of the outline at that height. So a turned head shows the
     photo's hair outline at every yaw, the back of the head is covered by hair that continues
     the outline's colours (blending toward their mean at the back), and no shell stands off
