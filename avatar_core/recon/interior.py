@@ -67,6 +67,10 @@ UPPER_TEETH_SHOW = 0.0025
 # and in, out of the light; at 0.65 it ringed an open mouth with a band as bright as the lips)
 INNER_LIP_SHADE = 0.45
 
+# the skin at the inner eye corner (the caruncle) that stays over the photo's eye opening, as a
+# share of the eye's width: hidden, the eyeball's white showed there as a bright spot
+CARUNCLE_FRAC = 0.15
+
 # mediapipe face-mesh contours (478-point topology)
 INNER_LIPS = (78, 191, 80, 81, 82, 13, 312, 311, 310, 415, 308, 324, 318, 402, 317, 14, 87, 178, 88, 95)
 OUTER_LIPS = (61, 185, 40, 39, 37, 0, 267, 269, 270, 409, 291, 375, 321, 405, 314, 17, 84, 181, 91, 146)
@@ -239,6 +243,21 @@ def in_eye_openings(uv: torch.Tensor, landmarks, size: int) -> torch.Tensor:
     q = uv.detach().cpu().round().long()
     ok = (q[:, 0] >= 0) & (q[:, 0] < size) & (q[:, 1] >= 0) & (q[:, 1] < size)
     out[ok] = opening[q[ok, 1], q[ok, 0]]
+    return out
+
+
+def near_inner_corners(uv: torch.Tensor, landmarks, frac: float = CARUNCLE_FRAC) -> torch.Tensor:
+    """[N] bool: points ``uv`` [N, 2] (crop pixels) within ``frac`` of the eye's width of the
+    photo's inner eye corners (the caruncle: skin that stays put when the eye turns); all False
+    without landmarks."""
+    out = torch.zeros(uv.shape[0], dtype=torch.bool)
+    if landmarks is None:
+        return out
+    q = uv.detach().cpu().double()
+    for inner, outer in ((133, 33), (362, 263)):
+        c = torch.as_tensor(landmarks[inner, :2], dtype=torch.float64)
+        width = float(np.linalg.norm(landmarks[inner, :2] - landmarks[outer, :2]))
+        out |= (q - c).norm(dim=1) < frac * width
     return out
 
 

@@ -142,8 +142,8 @@ def initial_avatar(head: HeadModel, fit, view: SourceView, cfg: ReconConfig, lan
         from avatar_core.recon.bust import source_bust
         bust = source_bust(head, shape, view.params, cam, view.alpha)
     plane = plane_points(view, raster, verts, chin_height(head, verts), cfg.plane_stride, float(box), bust=bust)
-    from avatar_core.recon.interior import (blink_moved, head_regions, in_eye_openings, mouth_backstop, on_regions,
-                                            photo_tone)
+    from avatar_core.recon.interior import (blink_moved, head_regions, in_eye_openings, mouth_backstop,
+                                            near_inner_corners, on_regions, photo_tone)
     lm = None if landmarks is None else np.asarray(landmarks, dtype=np.float64)
     regions = head_regions(head)
     if regions is not None:
@@ -197,7 +197,8 @@ def initial_avatar(head: HeadModel, fit, view: SourceView, cfg: ReconConfig, lan
         # (those the photo sees there: the back of the head falls in the openings too, and
         # hiding it opened two eye-shaped holes in the back of every head)
         if regions is not None:
-            eye_split |= in_eyes & vis.seen & face_bound & ~on_regions(avatar, regions) & ~blink_moved(avatar)
+            eye_split |= (in_eyes & vis.seen & face_bound & ~on_regions(avatar, regions) & ~blink_moved(avatar)
+                          & ~near_inner_corners(vis.uv, lm))
         avatar.opacity_logit[eye_split] = -8.0
     return avatar, vis.facing, chain, locked, edge_on | eye_split, unseen
 
