@@ -270,17 +270,28 @@ class MotionSequence:
     @classmethod
     def from_track(cls, result, head, source: str = "") -> "MotionSequence":
         """The motion of a video tracked with ``head`` (``fit.track.TrackResult``): the per-frame
-        camera re-expressed as root rotation + translation relative to frame 0."""
+        camera re-expressed as root rotation + translation relative to frame 0.
+
+        A video's fit lets ARKit-style units leave [0, 1] (``fit.single.EXPR_RANGE_VIDEO``: the
+        part of a face the head's identity shapes miss is taken up by units held outside it). A
+        motion is in the units' own range: the first well-fitted frame's values, brought into
+        [0, 1], plus each frame's change from them (as ``motion.drive`` drives an avatar), clipped
+        to [0, 1]. FLAME-style coefficients are kept as fitted."""
         import torch
 
-        from avatar_core.fit.single import camera_motion_to_pose
+        from avatar_core.fit.single import EXPR_RANGE_PHOTO, camera_motion_to_pose, is_unit_range
+        from avatar_core.motion.drive import motion_reference
         fit = result.fit
+        expression = fit.expression.numpy()
+        if is_unit_range(head):
+            ref = expression[motion_reference(result, 0)]
+            expression = np.clip(np.clip(ref, *EXPR_RANGE_PHOTO) + (expression - ref), *EXPR_RANGE_PHOTO)
         joints = head.j_regressor @ (head.v_template + torch.einsum(
             "k,vik->vi", fit.shape, head.shapedirs[..., : fit.shape.numel()]))
         root, trans = camera_motion_to_pose(fit.camera.viewmat, joints[0])
         pose = fit.pose.clone()
         pose[:, 0] = root
-        return cls(fps=result.fps, expr_names=list(head.expr_names), expression=fit.expression.numpy(),
+        return cls(fps=result.fps, expr_names=list(head.expr_names), expression=expression,
                    pose=pose.numpy(), translation=trans.numpy(), shape=fit.shape.numpy(), source=source,
                    warnings=list(result.warnings))
 
