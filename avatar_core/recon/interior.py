@@ -254,7 +254,8 @@ def near_inner_corners(uv: torch.Tensor, landmarks, frac: float = CARUNCLE_FRAC)
     if landmarks is None:
         return out
     q = uv.detach().cpu().double()
-    for inner, outer in ((133, 33), (362, 263)):
+    for lid in (UPPER_LID_RIGHT, UPPER_LID_LEFT):  # each arc runs from the inner corner to the outer
+        inner, outer = lid[0], lid[-1]
         c = torch.as_tensor(landmarks[inner, :2], dtype=torch.float64)
         width = float(np.linalg.norm(landmarks[inner, :2] - landmarks[outer, :2]))
         out |= (q - c).norm(dim=1) < frac * width

@@ -193,7 +193,8 @@ def initial_avatar(head: HeadModel, fit, view: SourceView, cfg: ReconConfig, lan
         eye_split = (avatar.split_layer >= 0) & in_eyes
         # so would the skin of the fitted lids where it covers the photo's eye opening (the
         # lower lid and the corners; a blink does not move them): painted with the iris by the
-        # fit, it stayed put when the eyeball turned
+        # fit, it stayed put when the eyeball turned; the inner corners keep theirs (the caruncle
+        # does not turn with the eye, and without it the eyeball's white showed there)
         # (those the photo sees there: the back of the head falls in the openings too, and
         # hiding it opened two eye-shaped holes in the back of every head)
         if regions is not None:
