@@ -70,6 +70,9 @@ INNER_LIP_SHADE = 0.45
 # the skin at the inner eye corner (the caruncle) that stays over the photo's eye opening, as a
 # share of the eye's width: hidden, the eyeball's white showed there as a bright spot
 CARUNCLE_FRAC = 0.15
+# how far the lids' split Gaussians may reach into the photo's eye opening (two sigmas), as a share
+# of the opening's height: a lash fringe, not a veil over the iris
+LASH_FRINGE = 0.15
 
 # mediapipe face-mesh contours (478-point topology)
 INNER_LIPS = (78, 191, 80, 81, 82, 13, 312, 311, 310, 415, 308, 324, 318, 402, 317, 14, 87, 178, 88, 95)
@@ -244,6 +247,36 @@ def in_eye_openings(uv: torch.Tensor, landmarks, size: int) -> torch.Tensor:
     ok = (q[:, 0] >= 0) & (q[:, 0] < size) & (q[:, 1] >= 0) & (q[:, 1] < size)
     out[ok] = opening[q[ok, 1], q[ok, 0]]
     return out
+
+
+def eye_opening_distance(uv: torch.Tensor, landmarks) -> torch.Tensor:
+    """[N] distance (crop pixels) of points ``uv`` [N, 2] from the photo's nearer eye opening
+    (the lid contours of the face-mesh ``landmarks``): 0 inside, inf without landmarks."""
+    q = uv.detach().cpu().double()
+    out = torch.full((q.shape[0],), float("inf"), dtype=torch.float64)
+    if landmarks is None:
+        return out
+    for eye in (EYE_LEFT, EYE_RIGHT):
+        poly = torch.as_tensor(np.asarray(landmarks)[list(eye), :2], dtype=torch.float64)
+        a, b = poly, poly.roll(-1, 0)                      # the contour's edges a -> b
+        ab = b - a
+        t = (((q[:, None] - a[None]) * ab[None]).sum(-1) / (ab * ab).sum(-1).clamp_min(1e-12)).clamp(0, 1)
+        d = (q[:, None] - (a[None] + t[..., None] * ab[None])).norm(dim=-1).amin(1)
+        # inside by the crossing rule (an edge straddling the point's row, crossing right of it)
+        ya, yb = a[None, :, 1], b[None, :, 1]
+        cross = ((ya > q[:, None, 1]) != (yb > q[:, None, 1])) & \
+            (q[:, None, 0] < a[None, :, 0] + (q[:, None, 1] - ya) * ab[None, :, 0] / (yb - ya + 1e-300))
+        inside = cross.sum(1) % 2 == 1
+        out = torch.minimum(out, torch.where(inside, torch.zeros_like(d), d))
+    return out.float()
+
+
+def eye_opening_heights(landmarks) -> float:
+    """The mean height (crop pixels) of the photo's two eye openings; 0 without landmarks."""
+    if landmarks is None:
+        return 0.0
+    lm = np.asarray(landmarks)
+    return float(np.mean([np.ptp(lm[list(eye), 1]) for eye in (EYE_LEFT, EYE_RIGHT)]))
 
 
 def near_inner_corners(uv: torch.Tensor, landmarks, frac: float = CARUNCLE_FRAC) -> torch.Tensor:

@@ -97,6 +97,7 @@ class PhotoFit:
         # initial (mirrored / filled) colour
         self.colour_free = (facing > GRAZING) | (avatar.region == REGION_SHOULDER)
         self.opacity_free = torch.ones_like(self.colour_free)
+        self.shape_free = torch.ones_like(self.colour_free)   # offset and scale
         self.plane = avatar.region == REGION_SHOULDER
         self.head = avatar.region == REGION_HEAD
         self.split_gated = avatar.split_layer >= 1
@@ -205,8 +206,8 @@ class PhotoFit:
         opt = torch.optim.Adam(groups, fused=self.device.type == "cuda")
         base = [g["lr"] for g in opt.param_groups]
         # gradients of frozen Gaussians are zeroed by multiplying with 0/1 masks (no host sync)
-        free = {"offset": trainable & ~self.plane, "features": trainable & self.colour_free,
-                "opacity_logit": trainable & self.opacity_free}
+        free = {"offset": trainable & ~self.plane & self.shape_free, "log_scale": trainable & self.shape_free,
+                "features": trainable & self.colour_free, "opacity_logit": trainable & self.opacity_free}
         keep = {n: free.get(n, trainable).to(p.dtype).view(-1, *[1] * (p.dim() - 1)) for n, p in leaves.items()}
         reg_groups = self.regulariser_groups(trainable)
         l1 = torch.tensor(float("nan"))

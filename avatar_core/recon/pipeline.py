@@ -125,8 +125,10 @@ def initial_avatar(head: HeadModel, fit, view: SourceView, cfg: ReconConfig, lan
     Returns (avatar, facing [N]: cosine between each Gaussian's surface normal and the
     direction to the source camera, 1 for the plane ones; the LodChain of the head; locked
     [N] bool: Gaussians whose painted colour the photo fit must keep; held [N] bool: Gaussians
-    whose opacity it must keep (edge-on skin, split Gaussians over the eye openings); unseen [N] bool: the bust's back and sides and the hair shell,
-    which the photo does not show).
+    whose opacity it must keep (edge-on skin, split Gaussians over the eye openings); pinned [N]
+    bool: Gaussians whose size and place it must keep (the lids' split Gaussians, shrunk off the
+    eye openings); unseen [N] bool: the bust's back and sides and the hair shell, which the
+    photo does not show).
     """
     shape = fit.shape.float()
     with torch.no_grad():
@@ -142,8 +144,9 @@ def initial_avatar(head: HeadModel, fit, view: SourceView, cfg: ReconConfig, lan
         from avatar_core.recon.bust import source_bust
         bust = source_bust(head, shape, view.params, cam, view.alpha)
     plane = plane_points(view, raster, verts, chin_height(head, verts), cfg.plane_stride, float(box), bust=bust)
-    from avatar_core.recon.interior import (blink_moved, head_regions, in_eye_openings, mouth_backstop,
-                                            near_inner_corners, on_regions, photo_tone)
+    from avatar_core.recon.interior import (LASH_FRINGE, blink_moved, eye_opening_distance, eye_opening_heights,
+                                            head_regions, in_eye_openings, mouth_backstop, near_inner_corners,
+                                            on_regions, photo_tone)
     lm = None if landmarks is None else np.asarray(landmarks, dtype=np.float64)
     regions = head_regions(head)
     if regions is not None:
@@ -191,6 +194,7 @@ def initial_avatar(head: HeadModel, fit, view: SourceView, cfg: ReconConfig, lan
         # veil in front of the eyeball (a glance then barely shows): there the eyeball is seen
         in_eyes = in_eye_openings(vis.uv, lm, view.image.shape[0])
         eye_split = (avatar.split_layer >= 0) & in_eyes
+        pinned = torch.zeros_like(eye_split)
         # so would the skin of the fitted lids where it covers the photo's eye opening (the
         # lower lid and the corners; a blink does not move them): painted with the iris by the
         # fit, it stayed put when the eyeball turned; the inner corners keep theirs (the caruncle
@@ -200,8 +204,19 @@ def initial_avatar(head: HeadModel, fit, view: SourceView, cfg: ReconConfig, lan
         if regions is not None:
             eye_split |= (in_eyes & vis.seen & face_bound & ~on_regions(avatar, regions) & ~blink_moved(avatar)
                           & ~near_inner_corners(vis.uv, lm))
+            # split Gaussians on the upper lids whose footprint (two sigmas) reached into the opening
+            # were painted by the fit as a dark veil over the photo's iris that stayed there while
+            # the eyeball turned (the landmarker then found the iris in it): they are shrunk to
+            # reach no further into the opening than a lash fringe, and their size and place kept
+            reach = 2.0 * f * torch.exp(avatar.log_scale.detach().cpu()).amax(1) / vis.z.clamp_min(1e-3)
+            dist = eye_opening_distance(vis.uv, lm)
+            fringe = LASH_FRINGE * eye_opening_heights(lm)
+            veil = (avatar.split_layer >= 0) & blink_moved(avatar) & (dist < reach) & ~eye_split
+            shrink = ((dist + fringe) / reach).clamp(max=1.0)
+            avatar.log_scale[veil] += torch.log(shrink[veil].clamp_min(1e-3))[:, None].to(avatar.log_scale.dtype)
+            pinned |= veil
         avatar.opacity_logit[eye_split] = -8.0
-    return avatar, vis.facing, chain, locked, edge_on | eye_split, unseen
+    return avatar, vis.facing, chain, locked, edge_on | eye_split, pinned, unseen
 
 
 def evaluate(fitter: PhotoFit, lods, size: int) -> Tuple[dict, dict]:
@@ -244,7 +259,7 @@ def reconstruct_from_fit(head_model: HeadModel, portrait, fit, cfg: ReconConfig,
         prog(0.0, "initialising Gaussians from the photo")
         view = source_view(portrait, fit)
         view = gaze_ahead(view, head_model)
-        avatar, facing, chain, locked, held, _ = initial_avatar(head_model, fit, view, cfg,
+        avatar, facing, chain, locked, held, pinned, _ = initial_avatar(head_model, fit, view, cfg,
                                                        getattr(portrait, "landmarks", None))
     avatar = avatar.to(dev)
     dview = SourceView(view.image, view.alpha, view.camera.to(device=dev),
@@ -253,6 +268,7 @@ def reconstruct_from_fit(head_model: HeadModel, portrait, fit, cfg: ReconConfig,
     fitter = PhotoFit(avatar, dview, holdout_grid(cfg.holdout_fraction), facing.to(dev), dev, governor)
     fitter.colour_free &= ~locked.to(dev)
     fitter.opacity_free &= ~held.to(dev)
+    fitter.shape_free &= ~pinned.to(dev)
     # progress weights: an Adam step, a CGLS iteration at colour_size (~2 renders, more pixels)
     cg = 2.0 * (cfg.colour_size / max(cfg.opt_size, 1)) ** 2 / 4
     total = sum(cfg.steps) + cg * sum(cfg.colour_iters) + cfg.refiner_steps
