@@ -215,6 +215,10 @@ def initial_avatar(head: HeadModel, fit, view: SourceView, cfg: ReconConfig, lan
             shrink = ((dist + fringe) / reach).clamp(max=1.0)
             avatar.log_scale[veil] += torch.log(shrink[veil].clamp_min(1e-3))[:, None].to(avatar.log_scale.dtype)
             pinned |= veil
+            # the eyeballs' split Gaussians are hidden: turned with the eyeball they showed as a
+            # brown smudge beside the iris (an eyeball is rigid, so a split has nothing to follow,
+            # and the eyeball's own Gaussians are painted)
+            eye_split |= (avatar.split_layer >= 0) & on_regions(avatar, {k: regions[k] for k in ("eye_L", "eye_R")})
         avatar.opacity_logit[eye_split] = -8.0
     return avatar, vis.facing, chain, locked, edge_on | eye_split, pinned, unseen
 
