@@ -147,33 +147,6 @@ SETTLE_LR = 0.05     # ...to this share of themselves (cosine)
 # avatar driven from there spent the first part of each mouth opening uncrossing its lips.
 LIP_PAIRS = ((191, 95), (80, 88), (81, 178), (82, 87), (13, 14), (312, 317), (311, 402), (310, 318), (415, 324))
 LIP_CROSS = 50.0
-# opposing eye-look units turn an eyeball opposite ways about one axis. Their offsets are chords
-# of the rotation (``head.open_head.gaze_as_rotations``), so both at once cancel sideways and add
-# up in depth: the eyeball sinks into its socket. The tracker used that to move the lids (driving
-# video d11, frame 124: eyeLookOutLeft 0.52 with eyeLookInLeft 0.32 put the iris 3 mm behind the
-# lids, and the avatar's rendered glance read at 0.29 of the tracked one). Each pair is fitted
-# as one signed unit (``fold_gaze``).
-GAZE_PAIRS = tuple((f"eyeLook{a}{side}", f"eyeLook{b}{side}") for side in ("Left", "Right")
-                   for a, b in (("Out", "In"), ("Up", "Down")))
-
-
-def gaze_pairs(names) -> Optional[torch.Tensor]:
-    """[P, 2] indices of the opposing eye-look units in ``names`` (None when it has none)."""
-    names = list(names)
-    pairs = [(names.index(a), names.index(b)) for a, b in GAZE_PAIRS if a in names and b in names]
-    return torch.tensor(pairs, dtype=torch.long) if pairs else None
-
-
-def fold_gaze(expr: torch.Tensor, pairs: Optional[torch.Tensor]) -> torch.Tensor:
-    """``expr`` [..., E] with each opposing eye-look pair (a, b) replaced by its signed
-    difference h = a - b as (max(h, 0), max(-h, 0)); differentiable."""
-    if pairs is None:
-        return expr
-    h = expr[..., pairs[:, 0]] - expr[..., pairs[:, 1]]
-    out = expr.clone()
-    out[..., pairs[:, 0]] = h.clamp_min(0.0)
-    out[..., pairs[:, 1]] = (-h).clamp_min(0.0)
-    return out
 
 
 def fit_landmarks(head: HeadModel, embedding: Embedding, landmarks: np.ndarray, size: int,
@@ -250,7 +223,6 @@ def fit_landmarks(head: HeadModel, embedding: Embedding, landmarks: np.ndarray, 
     lmk_head = LandmarkHead(head, embedding)
     row = {int(k): i for i, k in enumerate(embedding.landmark_ids)}
     lips = [(row[a], row[b]) for a, b in LIP_PAIRS if a in row and b in row]
-    gaze = gaze_pairs(head.expr_names) if unit else None
     lip_up = torch.tensor([a for a, _ in lips], dtype=torch.long)
     lip_low = torch.tensor([b for _, b in lips], dtype=torch.long)
 
@@ -258,7 +230,7 @@ def fit_landmarks(head: HeadModel, embedding: Embedding, landmarks: np.ndarray, 
         anneal = min(1.0, progress_frac / 0.6)
         sigma2 = (sigma_start * (sigma_final / sigma_start) ** anneal) ** 2
         cam = cameras_from(p["omega"], p["t"], f0 * torch.exp(p["df"]), size)
-        pts = lmk_head(p["beta"][None].expand(T, -1), fold_gaze(p["expr"], gaze), p["pose"] * articulated)
+        pts = lmk_head(p["beta"][None].expand(T, -1), p["expr"], p["pose"] * articulated)
         uv, _ = cam.project(pts)
         r2 = ((uv - target) ** 2).sum(-1)  # [T, K]
         data = ((w * geman_mcclure(r2, sigma2)).sum(1) / w.sum() * vmask).sum() / vmask.sum()
@@ -322,7 +294,7 @@ def fit_landmarks(head: HeadModel, embedding: Embedding, landmarks: np.ndarray, 
     prog(1.0, "fit done")
     return FitResult(
         camera=Camera(cam.K.detach().clone(), cam.viewmat.detach().clone(), size, size),
-        shape=p["beta"].detach().clone(), expression=fold_gaze(p["expr"].detach(), gaze), pose=pose,
+        shape=p["beta"].detach().clone(), expression=p["expr"].detach().clone(), pose=pose,
         translation=torch.zeros(T, 3), landmark_ids=embedding.landmark_ids,
         projected=uv.numpy(), detected=target.numpy(), errors_px=err, face_size_px=float(face_size))
 

@@ -54,12 +54,10 @@ def drive_params(track, avatar, head, src: int = 0, expression: str = "relative"
     the tracker's fit of the same frame split a face between units differently: on driving
     video d13 the tracker had mouthRoll 0.2 where the photo fit had 0.02. Clamped to [0, 1], every
     change undoing the tracker's frame-``src`` value was dropped, and the avatar's lips parted
-    to 0.52 of the tracked opening; unclamped 0.8.) Each opposing eye-look pair is then folded
-    into one signed glance (``fit.single.fold_gaze``). ``"absolute"``: the tracked values.
+    to 0.52 of the tracked opening; unclamped 0.8.) ``"absolute"``: the tracked values.
     """
     import torch
 
-    from avatar_core.fit.single import fold_gaze, gaze_pairs
     from avatar_core.rotation import axis_angle_to_matrix, matrix_to_axis_angle
 
     NECK = 1
@@ -102,9 +100,7 @@ def drive_params(track, avatar, head, src: int = 0, expression: str = "relative"
     if expression == "relative":
         e_src = torch.as_tensor(avatar.source.get("expression", e_trk[src])).float().reshape(-1)
         p_src = torch.as_tensor(avatar.source.get("pose", p_trk[src])).float().reshape(p_trk.shape[1:])
-        # the changes of opposing eye-look units on top of the photo's add up to one signed
-        # glance per axis, not to both units at once (see ``fit.single.fold_gaze``)
-        e = fold_gaze(e_src[None] + (e_trk - e_trk[src:src + 1]), gaze_pairs(names))
+        e = e_src[None] + (e_trk - e_trk[src:src + 1])
         pose = p_src[None] + (p_trk - p_trk[src:src + 1])
     elif expression == "absolute":
         e, pose = e_trk.clone(), p_trk.clone()

@@ -275,21 +275,17 @@ class MotionSequence:
         A video's fit lets ARKit-style units leave [0, 1] (``fit.single.EXPR_RANGE_VIDEO``: the
         part of a face the head's identity shapes miss is taken up by units held outside it). A
         motion is in the units' own range: the first well-fitted frame's values, brought into
-        [0, 1], plus each frame's change from them (as ``motion.drive`` drives an avatar), each
-        opposing eye-look pair folded into one signed glance (``fit.single.fold_gaze``), clipped
+        [0, 1], plus each frame's change from them (as ``motion.drive`` drives an avatar), clipped
         to [0, 1]. FLAME-style coefficients are kept as fitted."""
         import torch
 
-        from avatar_core.fit.single import (EXPR_RANGE_PHOTO, camera_motion_to_pose, fold_gaze, gaze_pairs,
-                                            is_unit_range)
+        from avatar_core.fit.single import EXPR_RANGE_PHOTO, camera_motion_to_pose, is_unit_range
         from avatar_core.motion.drive import motion_reference
         fit = result.fit
         expression = fit.expression.numpy()
         if is_unit_range(head):
             ref = expression[motion_reference(result, 0)]
-            moved = torch.as_tensor(np.clip(ref, *EXPR_RANGE_PHOTO) + (expression - ref))
-            # a glance that takes an eye-look unit below 0 is the opposite unit's (fold_gaze)
-            expression = np.clip(fold_gaze(moved, gaze_pairs(head.expr_names)).numpy(), *EXPR_RANGE_PHOTO)
+            expression = np.clip(np.clip(ref, *EXPR_RANGE_PHOTO) + (expression - ref), *EXPR_RANGE_PHOTO)
         joints = head.j_regressor @ (head.v_template + torch.einsum(
             "k,vik->vi", fit.shape, head.shapedirs[..., : fit.shape.numel()]))
         root, trans = camera_motion_to_pose(fit.camera.viewmat, joints[0])
