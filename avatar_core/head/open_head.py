@@ -22,8 +22,7 @@ What the conversion does (V vertices, F faces, S identity, E = 52 expressions, J
 - Neutral: anny at the phenotype ``NEUTRAL_PHENOTYPE`` (a young adult) with no local changes.
 - Expressions: anny's 52 ARKit face units are pure vertex targets (no bone drives them), so
   ``exprdirs[..., k]`` is anny's offset at full activation of unit k (lower teeth and tongue
-  included), the brow raisers scaled by ``UNIT_GAIN``; at load, each brow unit's offsets are
-  carried down the brow so that it lifts as one band (``brows_as_bands``).
+  included), the brow raisers scaled by ``UNIT_GAIN``.
 - Identity: random people (phenotypes and the head/face/neck local-change targets of
   MakeHuman), their skulls rigidly aligned to the neutral's, decomposed by PCA around their
   mean; component k is scaled to its standard deviation, so coefficients in [-1, 1] are
@@ -146,8 +145,7 @@ def load_open_head_with_metadata(progress=None, cancel=None, rebuild: bool = Fal
 
     An unreadable cache or one of another format version is rebuilt; a cache that cannot be
     written is only warned about (the head is returned all the same). The eyeballs' rows of
-    the eye-look units are replaced by rigid rotations (``gaze_as_rotations``), and the brow
-    units lift the brow as one band (``brows_as_bands``).
+    the eye-look units are replaced by rigid rotations (``gaze_as_rotations``).
     """
     path = cache_path()
     if not rebuild and path.exists():
@@ -162,7 +160,7 @@ def load_open_head_with_metadata(progress=None, cancel=None, rebuild: bool = Fal
     except (OSError, AvatarError) as exc:  # still usable, rebuilt next time
         log.warning("Could not cache the open head in %s (%s); set HEADSPLAT_CACHE_DIR to a "
                     "writable folder to avoid rebuilding it every time.", path, exc)
-    return brows_as_bands(head, meta), meta  # not idempotent: applied after the cache, as read_cache does
+    return head, meta
 
 
 # anny's units whose full activation is weaker than a face's own extreme, and by how much they
@@ -210,67 +208,6 @@ def gaze_as_rotations(head: HeadModel, meta: dict) -> HeadModel:
                 R = torch.tensor([[1, 0, 0], [0, math.cos(a), -math.sin(a)], [0, math.sin(a), math.cos(a)]],
                                  dtype=torch.float64)
             exprdirs[ids, :, names.index(name)] = ((p - c) @ R.T + c - p).to(exprdirs.dtype)
-    return dataclasses.replace(head, exprdirs=exprdirs)
-
-
-# anny's brow units move the brow's upper edge about twice as far as its lower edge (browInnerUp
-# at 1: 7.0 mm at landmark 105, 3.4 mm at 52 below it; browDownLeft 4.9 / 3.0), so a raised brow
-# stretches instead of lifting: the landmarker read a rendered raise at 0.6-0.75 of the model's
-# landmark motion, even on the neutral render warped by the avatar's own motion field (driving
-# video d11). Below the brow's upper edge, each vertex takes the largest vertical motion found
-# up to ``BROW_BAND`` above it, so the brow lifts as one band; the skin between the brow and the
-# lid (``BROW_TAPER``, heights above the eyeball's centre) stretches instead, and the lids stay.
-BROW_UNITS = ("browInnerUp", "browOuterUpLeft", "browOuterUpRight", "browDownLeft", "browDownRight")
-BROW_BAND = 8e-3               # metres: the brow band (landmarks 52 -> 105: 4.6 mm) and the way up to the units' peak
-BROW_TAPER = (3e-3, 9e-3)      # the band's reach grows from 0 at the first height to full at the second
-BROW_REACH = (30e-3, 45e-3)    # the region searched: |x| and height above each eye's centre
-BROW_LAYER = 5e-3              # offsets are taken from vertices at most this far in depth
-
-
-def brows_as_bands(head: HeadModel, meta: dict) -> HeadModel:
-    """The head with the brow units' offsets carried down the brow (see ``BROW_BAND``): each
-    skin vertex in front of and above an eye takes, of the offsets at up to four points from
-    itself to ``BROW_BAND`` x taper above it (interpolated from the three nearest vertices in
-    the frontal plane within ``BROW_LAYER`` of its depth), the one that moves it most vertically."""
-    regions = meta.get("regions") or {}
-    names = list(head.expr_names)
-    units = [names.index(u) for u in BROW_UNITS if u in names]
-    if "eye_L" not in regions or "eye_R" not in regions or not units:
-        return head
-    v = head.v_template.double()
-    V = v.shape[0]
-    inner = torch.zeros(V, dtype=torch.bool)
-    for key in ("eye_L", "eye_R", "teeth_upper", "teeth_lower", "tongue"):
-        ids = torch.as_tensor(regions.get(key, []), dtype=torch.long)
-        if ids.numel() and int(ids.max()) >= V:
-            return head
-        inner[ids] = True
-    exprdirs = head.exprdirs.clone()
-    for eye in ("eye_L", "eye_R"):
-        c = v[torch.as_tensor(regions[eye], dtype=torch.long)].mean(0)
-        rel = v - c
-        pool = ~inner & (rel[:, 0].abs() <= BROW_REACH[0] + BROW_BAND) & (rel[:, 1] >= 0) \
-            & (rel[:, 1] <= BROW_REACH[1] + BROW_BAND) & (rel[:, 2] > 0)
-        take = pool & (rel[:, 0].abs() <= BROW_REACH[0]) & (rel[:, 1] >= BROW_TAPER[0]) & (rel[:, 1] <= BROW_REACH[1])
-        if not bool(take.any()):
-            continue
-        pool_ids, take_ids = torch.nonzero(pool)[:, 0], torch.nonzero(take)[:, 0]
-        reach = BROW_BAND * ((rel[take_ids, 1] - BROW_TAPER[0]) / (BROW_TAPER[1] - BROW_TAPER[0])).clamp(0, 1)
-        d = exprdirs[:, :, units].double()                                     # [V, 3, U]
-        best = d[take_ids]                                                     # [n, 3, U]
-        for frac in (1 / 3, 2 / 3, 1.0):
-            q = v[take_ids, :2].clone()
-            q[:, 1] += frac * reach
-            dist = torch.cdist(q, v[pool_ids, :2])                             # [n, P]
-            # only the same layer of skin (the eye socket lies behind the brow, 10 mm deeper)
-            dist = dist + (torch.cdist(v[take_ids, 2:], v[pool_ids, 2:]) > BROW_LAYER).double()
-            near, idx = dist.topk(3, largest=False)
-            w = 1.0 / near.clamp_min(1e-5)
-            w = w / w.sum(1, keepdim=True)
-            sample = (d[pool_ids[idx]] * w[:, :, None, None]).sum(1)          # [n, 3, U]
-            better = sample[:, 1].abs() > best[:, 1].abs()                     # [n, U]
-            best = torch.where(better[:, None], sample, best)
-        exprdirs[take_ids[:, None], :, torch.tensor(units)[None]] = best.permute(0, 2, 1).to(exprdirs.dtype)
     return dataclasses.replace(head, exprdirs=exprdirs)
 
 
@@ -330,7 +267,7 @@ def read_cache(path: Path) -> Tuple[HeadModel, dict]:
     bust = {k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith("bust.")}
     if bust:
         header["bust"] = bust
-    return brows_as_bands(gaze_as_rotations(head, header), header), header
+    return gaze_as_rotations(head, header), header
 
 
 # ====================================================================== anny -> raw arrays
