@@ -14,6 +14,7 @@ import numpy as np
 
 HEAD_SCALE = 2.2   # crop side / the larger side of the face-mesh box
 HEAD_LIFT = 0.15   # crop centre above the mesh box centre, in mesh-box heights
+CROP_GRID = 1.0 / 16.0  # square crops' centre and side, in source pixels, are multiples of this
 
 
 def invert_affine(m: np.ndarray) -> np.ndarray:
@@ -74,9 +75,16 @@ class CropTransform:
 
 
 def square_crop(centre, side: float, size: int) -> CropTransform:
-    """The axis-aligned square of side ``side`` source pixels around ``centre`` [2], as a size x size crop."""
-    s = size / float(side)
-    cx, cy = float(centre[0]), float(centre[1])
+    """The axis-aligned square of side ``side`` source pixels around ``centre`` [2], as a size x size crop.
+
+    The centre and side are rounded to ``CROP_GRID`` (1/16 source pixel): boxes and landmarks
+    that differ only by float noise (another device, thread count or build of the face models)
+    then give the same crop to the bit. Without it, OpenCV's fixed-point warp turns a 1e-4 px
+    change of the box into a changed crop, and face_mesh's landmarks move by ~0.02 px.
+    """
+    side = max(round(float(side) / CROP_GRID), 1) * CROP_GRID
+    s = size / side
+    cx, cy = (round(float(c) / CROP_GRID) * CROP_GRID for c in centre[:2])
     m = np.array([[s, 0.0, size / 2.0 - s * cx], [0.0, s, size / 2.0 - s * cy]])
     return CropTransform(m, int(size))
 

@@ -104,26 +104,58 @@ def _warp_rois_grid(images, rois, out_w, out_h, border, flip, index) -> torch.Te
     return out.round()
 
 
-def _warp_rois_cv(images, rois, out_w, out_h, border, flip, index) -> torch.Tensor:
-    """``warp_rois`` on the CPU with OpenCV (as mediapipe's CPU ImageToTensor does)."""
+WARP_MIN_BATCH = 4  # crops per worker when a batch's warps are split over idle cores
+
+
+def _cv_roi_matrix(roi, out_w: int, out_h: int, flip: bool) -> np.ndarray:
+    """[5] ROI -> [3, 3] source pixel -> tensor pixel, built as mediapipe's OpenCV converter
+    builds it: the rectangle's corners from ``cv2.boxPoints`` in float32, mapped onto the
+    tensor's corners by ``cv2.getPerspectiveTransform``. The same map computed in float64
+    differs in the last bits, enough to move OpenCV's fixed-point sampling positions where a
+    letterbox's scale puts them on a rounding boundary (obama's full-range box moved 0.2 px)."""
     import cv2
 
+    cx, cy, w, h, a = (np.float32(v) for v in roi)
+    corners = cv2.boxPoints(((cx, cy), (w, h), a * np.float32(180.0 / math.pi)))  # bl, tl, tr, br
+    dst = np.array([[0, out_h], [0, 0], [out_w, 0], [out_w, out_h]], np.float32)
+    if flip:
+        dst[:, 0] = out_w - dst[:, 0]
+    return cv2.getPerspectiveTransform(corners.astype(np.float32), dst)
+
+
+def _warp_rois_cv(images, rois, out_w, out_h, border, flip, index) -> torch.Tensor:
+    """``warp_rois`` on the CPU with OpenCV, as mediapipe's CPU ImageToTensor does: the same
+    matrix (``_cv_roi_matrix``) and ``warpPerspective``. (warpAffine rounds its sampling
+    positions in another fixed-point pipeline: face_mesh's landmarks on its crops were
+    ~0.008 px from mediapipe's, median; with this, 0.001 px.)"""
+    import cv2
+
+    from avatar_core.face.graph import _pool, cpu_workers
+
     B, C = rois.shape[0], images.shape[1]
-    m = roi_matrices(rois.detach().to("cpu", torch.float64), out_w, out_h, flip).numpy()   # [B, 2, 3]
+    r = rois.detach().to("cpu", torch.float64).numpy()
     idx = index.tolist() if index is not None else [0] * B if images.shape[0] == 1 else list(range(B))
     u8 = images.dtype == torch.uint8
     out = np.empty((B, out_h, out_w, C), np.uint8 if u8 else np.float32)
     mode = cv2.BORDER_REPLICATE if border == "border" else cv2.BORDER_CONSTANT
     hwc = {}
-    for b in range(B):
-        i = idx[b]
+    for i in idx:
         if i not in hwc:
             src = images[i].permute(1, 2, 0)
             hwc[i] = np.ascontiguousarray(src.numpy() if u8 else src.float().numpy())
-        # m: tensor pixel -> source pixel, the inverse map (mediapipe calls warpPerspective; for an
-        # affine map warpAffine samples the same, ~1.5x faster)
-        out[b] = cv2.warpAffine(hwc[i], m[b], (out_w, out_h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                                borderMode=mode, borderValue=0).reshape(out_h, out_w, C)
+
+    def warp(bs):
+        for b in bs:
+            out[b] = cv2.warpPerspective(hwc[idx[b]], _cv_roi_matrix(r[b], out_w, out_h, flip), (out_w, out_h),
+                                         flags=cv2.INTER_LINEAR, borderMode=mode, borderValue=0).reshape(out_h, out_w, C)
+
+    # a crop is too small for OpenCV's own threads to help (0.40 ms at 192 px on one thread or two);
+    # the face models' idle-core workers (graph.cpu_workers) warp a batch's crops side by side
+    n = min(cpu_workers(), B // WARP_MIN_BATCH)
+    if n > 1:
+        list(_pool(n).map(warp, np.array_split(np.arange(B), n)))
+    else:
+        warp(range(B))
     res = torch.from_numpy(out).permute(0, 3, 1, 2)                        # channels_last view
     return res.float() if u8 else res.round()
 

@@ -112,17 +112,17 @@ def _find_face(faces, face_index, loaded: LoadedImage, warnings: List[str]):
 
 
 def _matte(image: np.ndarray, landmarks: np.ndarray, loaded: LoadedImage, t_work: CropTransform,
-           warnings: List[str]) -> np.ndarray:
-    """[S, S] alpha: the file's own alpha when it is a person cut-out (over 5% of the crop
-    transparent, the face opaque), else the segmentation matte, times the file's alpha
-    when that only hides some background (e.g. rounded corners)."""
+           inside: np.ndarray, warnings: List[str]) -> np.ndarray:
+    """[S, S] alpha: the file's own alpha when it is a person cut-out (over 5% of the crop's
+    pixels inside the photo transparent, the face opaque), else the segmentation matte, times
+    the file's alpha when that only hides some background (e.g. rounded corners)."""
     if loaded.alpha is None:
         return portrait_matte(image, landmarks)
     file_alpha = np.clip(crop_with(loaded.alpha, t_work, border="constant", fill=0.0), 0.0, 1.0)
     if float(file_alpha[face_hull_mask(landmarks, t_work.size)].mean()) < 0.9:
         warnings.append("The file's alpha channel hides part of the face, so it was ignored.")
         return portrait_matte(image, landmarks)
-    if float((file_alpha < 0.5).mean()) > 0.05:
+    if float((file_alpha < 0.5)[inside].mean()) > 0.05:  # the padding around the photo is not the file's
         log.debug("%s: using the file's own alpha channel as the matte", loaded.describe())
         return file_alpha.astype(np.float32)
     return (portrait_matte(image, landmarks) * file_alpha).astype(np.float32)
@@ -181,7 +181,7 @@ def process_portrait(path_or_array: ImageInput, size: int = 512, face_index: Opt
     p(0.7, "matting")
     # padding repeats edge pixels, which segmentation may take for hair or body: nothing
     # outside the photo is known, so it is not part of the person
-    alpha = _matte(image, landmarks, loaded, t_work, warnings) * inside
+    alpha = _matte(image, landmarks, loaded, t_work, inside, warnings) * inside
     p(1.0, "done")
 
     return FacePortrait(
