@@ -570,3 +570,27 @@ def test_photo_to_avatar_with_mediapipe_models_swapped_in():
     res = bench_face.recon([photo], quality="test", device="cpu")
     row = res["photos"]["obama.jpg"]
     assert abs(row["psnr_diff"]) < 1.5 and row["ours"]["psnr"] > 15, row
+
+
+def test_cpu_workers_count_this_process_own_load_as_its_own(monkeypatch):
+    """The batch split reads the 1-minute load average less this process's own CPU use over
+    that minute: a minute of our own work is not another program keeping the cores busy."""
+    import time
+
+    from avatar_core.face import graph
+    clock = {"wall": 1000.0, "cpu": 0.0}
+    monkeypatch.setattr(time, "monotonic", lambda: clock["wall"])
+    monkeypatch.setattr(time, "process_time", lambda: clock["cpu"])
+    monkeypatch.setattr(graph, "_own_samples", [])
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    monkeypatch.delenv("HEADSPLAT_FACE_WORKERS", raising=False)
+    load = {"now": 1.6}
+    monkeypatch.setattr(os, "getloadavg", lambda: (load["now"], 0.0, 0.0))
+    assert graph._own_load() == 1.0                       # no history yet: one thread of ours
+    clock["wall"], clock["cpu"] = 1030.0, 45.0            # 1.5 cores of our own for 30 s
+    assert graph._own_load() == pytest.approx(1.5)
+    assert graph.cpu_workers() == 2                       # load 1.6, 1.5 of it ours: both cores idle
+    load["now"] = 2.6                                     # another program keeps one core busy
+    assert graph.cpu_workers() == 1
+    clock["wall"], clock["cpu"] = 1100.0, 45.0            # idle for the last 70 s (the window: a minute or more)
+    assert graph._own_load() == 0.0

@@ -104,9 +104,6 @@ def _warp_rois_grid(images, rois, out_w, out_h, border, flip, index) -> torch.Te
     return out.round()
 
 
-WARP_MIN_BATCH = 4  # crops per worker when a batch's warps are split over idle cores
-
-
 def _cv_roi_matrix(roi, out_w: int, out_h: int, flip: bool) -> np.ndarray:
     """[5] ROI -> [3, 3] source pixel -> tensor pixel, built as mediapipe's OpenCV converter
     builds it: the rectangle's corners from ``cv2.boxPoints`` in float32, mapped onto the
@@ -130,7 +127,7 @@ def _warp_rois_cv(images, rois, out_w, out_h, border, flip, index) -> torch.Tens
     ~0.008 px from mediapipe's, median; with this, 0.001 px.)"""
     import cv2
 
-    from avatar_core.face.graph import _pool, cpu_workers
+    from avatar_core.face.graph import WORKER_MIN_BATCH, _pool, cpu_workers
 
     B, C = rois.shape[0], images.shape[1]
     r = rois.detach().to("cpu", torch.float64).numpy()
@@ -151,7 +148,7 @@ def _warp_rois_cv(images, rois, out_w, out_h, border, flip, index) -> torch.Tens
 
     # a crop is too small for OpenCV's own threads to help (0.40 ms at 192 px on one thread or two);
     # the face models' idle-core workers (graph.cpu_workers) warp a batch's crops side by side
-    n = min(cpu_workers(), B // WARP_MIN_BATCH)
+    n = min(cpu_workers(), B // WORKER_MIN_BATCH)
     if n > 1:
         list(_pool(n).map(warp, np.array_split(np.arange(B), n)))
     else:
