@@ -108,21 +108,20 @@ def test_cli_animate_tracks_a_video_motion_first(tiny, tmp_path):
 
 def test_eval_expressions_figures_on_a_tiny_avatar(tiny, tmp_path):
     """Issue 15's mouth, blink and gaze figures, measured by the landmarker on rendered stills
-    of the tiny astronaut (LOD 0 only, 256 px crop, 4 optimisation steps: its LOD-0 Gaussians
-    blur the lips into the opening, so the mouth's bound here is looser than the 0.6 that
-    `eval expressions` checks on fast-quality avatars)."""
+    of the tiny astronaut (LOD 0 only, 256 px crop, 4 optimisation steps). Its mouth figures
+    are at the mercy of float rounding: the same code read a dark ratio under 1 on CI's machine
+    and 1.15 on this one (its LOD-0 Gaussians blur the lips into the opening), so here they only
+    have to exist and be sane; the targets are checked on a fast-quality avatar below."""
     from avatar_core.eval.expressions import expression_figures
     avatar, _ = tiny
     fig = expression_figures(avatar, res=256, stills_dir=tmp_path / "stills")
     mouth, eyes = fig["mouth"], fig["eyes"]
     assert mouth["detected"] and eyes["detected"], fig
-    assert mouth["dark_ratio"] < 1.0, fig  # the opening darker than the lips
-    assert mouth["teeth_over_cavity"] > 1.0, fig
+    assert 0 < mouth["dark_ratio"] < 1.5, fig              # 1.15-1.26 measured on this CPU
+    assert mouth["teeth_over_cavity"] > 0.5, fig           # 0.94-0.97
     assert mouth["tongue_changed"] > 0.01, fig
     assert max(eyes["blink_delta_e_left"], eyes["blink_delta_e_right"]) <= 12.0, fig
-    # the gaze (an iris over few LOD-0 eyeball Gaussians) is checked on fast-quality avatars by
-    # `eval expressions`; here only the landmarker's view of it is required to exist
-    assert "gaze_shift_landmarks" in eyes, fig
+    assert "gaze_shift_landmarks" in eyes and "gaze_shift" in eyes, fig
     assert (tmp_path / "stills" / "jaw.png").exists()
 
 
@@ -188,18 +187,27 @@ def test_an_open_mouth_is_closed_at_the_back(tiny):
     assert dark < 0.3 and lit > dark + 0.2, (dark, lit)
 
 
-def test_a_glance_moves_the_iris_the_landmarker_sees():
-    """eyeLookOutLeft = 1 on a fast-quality astronaut: the iris the face landmarker finds on the
-    render moves by at least 0.2 of the eye's width (0.29 measured). The fitted head's lower lid
-    and eye corners cover part of the photo's eye opening; painted with the iris by the photo fit,
-    that skin held the iris in place while the eyeball turned (0.02 before it was hidden). So did
-    the upper lids' split Gaussians, which the fit spread down over the iris as a dark veil
-    (0.12 before they were kept to a lash fringe)."""
+def test_the_fast_astronaut_meets_the_mouth_and_glance_targets():
+    """A fast-quality astronaut, rendered at four sizes: issue 15's mouth targets (the opening at
+    most 0.6 of the lips' luminance, a teeth band brighter than the cavity) and its glance
+    target (eyeLookOutLeft = 1 moves the visible iris by at least 0.25 of the eye's width) at
+    every size, and the face landmarker sees the glance too.
+
+    The landmarker's figure is noisy: the same code read 0.10-0.31 (median over the four sizes)
+    when the photo's crop was moved by 1/64 to 1/8 px, and 0.13-0.26 on one avatar from size to
+    size; the visible iris read 0.31-0.35 throughout, the mouth 0.54-0.57. Its bound catches
+    the iris held in place: 0.02 when the fitted lids' skin was painted with the iris, before it
+    was hidden."""
     from avatar_core.eval.expressions import expression_figures
     from avatar_core.recon import reconstruct
     avatar, _ = reconstruct(_astronaut(), quality="fast", device="cpu")
-    eyes = expression_figures(avatar, res=384)["eyes"]
-    assert eyes["gaze_shift_landmarks"] >= 0.2, eyes
+    figs = {res: expression_figures(avatar, res=res) for res in (320, 384, 448, 512)}
+    for res, fig in figs.items():
+        mouth, eyes = fig["mouth"], fig["eyes"]
+        assert mouth["dark_ratio"] <= 0.6 and mouth["teeth_over_cavity"] > 1.0, (res, mouth)
+        assert eyes["gaze_shift"] >= 0.25, (res, eyes)
+    landmarker = float(np.median([fig["eyes"]["gaze_shift_landmarks"] for fig in figs.values()]))
+    assert landmarker >= 0.08, {res: fig["eyes"] for res, fig in figs.items()}
 
 
 def test_eye_opening_distance_is_zero_inside_and_the_gap_outside():
