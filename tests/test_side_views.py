@@ -108,6 +108,76 @@ def test_hair_shell_follows_the_skull_and_is_filled_from_the_scalp(open_head_and
         assert g.numel() > 5 and float(g.min()) < 0.006 and 0.022 < float(g.max()) < 0.038, (float(hgt), g.min(), g.max())
 
 
+def test_the_bust_back_continues_its_sides_not_the_shirt_in_front():
+    """The unseen back of a torso (a wide, shallow elliptic cylinder) takes the colour of the
+    clothing at its sides, at its own height, not of the shirt straight through the body
+    (which is nearer in space: 0.2 m against 0.22 m to the sides' outline here)."""
+    from avatar_core.recon.bust import surface_colours
+    na, nh = 64, 12
+    ang = torch.arange(na, dtype=torch.float64) * (2 * math.pi / na)   # 0: the front (+z)
+    hgt = torch.linspace(0.0, 0.3, nh, dtype=torch.float64)
+    A, H = torch.meshgrid(ang, hgt, indexing="ij")
+    verts = torch.stack([0.2 * torch.sin(A), H, 0.1 * torch.cos(A)], -1).reshape(-1, 3)
+    faces = []
+    for i in range(na):
+        for j in range(nh - 1):
+            a, b, c, d = i * nh + j, ((i + 1) % na) * nh + j, ((i + 1) % na) * nh + j + 1, i * nh + j + 1
+            faces += [(a, b, c), (a, c, d)]
+    faces = torch.tensor(faces)
+    # the photo sees the front half: a white shirt down the middle, a jacket at the sides that is
+    # red above half height and navy below
+    front = (torch.cos(ang) > 0.05)
+    seen = (front[:, None] & torch.ones(nh, dtype=torch.bool)[None]).reshape(-1)
+    pts = verts[seen]
+    white, red, navy = torch.tensor([0.95, 0.95, 0.95]), torch.tensor([0.7, 0.1, 0.1]), torch.tensor([0.1, 0.12, 0.3])
+    col = torch.where((pts[:, 1] > 0.15)[:, None], red, navy).double()
+    col[pts[:, 0].abs() < 0.06] = white.double()
+    out = surface_colours(verts, faces, pts, col)
+    back = (torch.cos(A) < -0.9).reshape(-1)
+    upper, lower = back & (verts[:, 1] > 0.2), back & (verts[:, 1] < 0.1)
+    # (blended over a few vertices where the sides' colour changes)
+    assert (out[upper] - red).norm(dim=1).max() < 0.15
+    assert (out[lower] - navy).norm(dim=1).max() < 0.15
+    assert (out[back] - white).norm(dim=1).min() > 0.8
+    # the seen vertices keep the photo's colours (but where two meet, averaged over 2 cm)
+    assert float((out[seen] - col).norm(dim=1).median()) < 0.01
+
+
+def test_the_back_of_the_skull_is_hair_down_to_the_nape(tmp_path):
+    """A short-haired man (obama): the unseen back of his head is the colour of his hair from
+    the crown down past the ears' height, not a band of the ears' skin round the back, and his
+    nape (below that) is skin, not the collar's white; the back of his jacket is the jacket's
+    colour, not the shirt's."""
+    from avatar_core.recon import reconstruct
+    from avatar_core.regions import REGION_HEAD, REGION_SHOULDER
+    from conftest import shared_data
+    from PIL import Image
+    from test_recon import TEST_QUALITY
+    photo = np.asarray(Image.open(shared_data("portraits", "obama.jpg")).convert("RGB"))
+    avatar, _ = reconstruct(photo, quality=TEST_QUALITY, device="cpu")
+    rgb = avatar.features[:, :3].clamp(0, 1)
+    j = avatar.rig_j_regressor @ avatar.rig_template
+    eye_y, eye_z = float(j[3:5, 1].mean()), float(j[3:5, 2].mean())
+    rest = (avatar.rig_template[avatar.bind_ids] * avatar.bind_bary[..., None]).sum(1)
+    head = (avatar.region == REGION_HEAD) & (avatar.frame_face >= 0)
+    behind = head & (rest[:, 2] < eye_z - 0.15)
+    crown = behind & (rest[:, 1] > eye_y + 0.06)
+    band = behind & (rest[:, 1] > eye_y - 0.05) & (rest[:, 1] < eye_y)
+    nape = head & (rest[:, 2] < eye_z - 0.11) & (rest[:, 1] < eye_y - 0.09) & (rest[:, 1] > eye_y - 0.12)
+    assert int(crown.sum()) >= 5 and int(band.sum()) >= 5 and int(nape.sum()) >= 5, (crown.sum(), band.sum(), nape.sum())
+    hair = rgb[crown].median(0).values
+    assert float((rgb[band].median(0).values - hair).norm()) < 0.08   # was 0.44 (the ears' skin)
+    lum = torch.tensor([0.2126, 0.7152, 0.0722], dtype=rgb.dtype)
+    nape_rgb = rgb[nape].median(0).values
+    assert float(nape_rgb[0] - nape_rgb[2]) > 0.15   # skin is warm (the collar's white and the jacket are not)
+    # the jacket's back (root-bound Gaussians behind the neck, below the collar) is dark
+    off = avatar.offset
+    bust_back = ((avatar.region == REGION_SHOULDER) & (avatar.frame_face < 0) & (off[:, 2] < float(j[1, 2]) - 0.03)
+                 & (off[:, 1] < float(j[1, 1]) - 0.1))
+    assert int(bust_back.sum()) >= 10
+    assert float((rgb[bust_back] @ lum).median()) < 0.45
+
+
 def test_notch_and_speckle_measures():
     from avatar_core.eval.sideviews import notch_fraction, speckle_count
     yy, xx = np.mgrid[:200, :200]

