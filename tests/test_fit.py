@@ -122,6 +122,30 @@ def test_track_grid_clip_with_missing_frames(open_head, embedding):
     assert np.abs(e[5] - 0.5 * (e[4] + e[6])).max() < 0.2
 
 
+def test_a_wink_and_a_lopsided_smile_do_not_turn_the_tracked_head(open_head, embedding):
+    """d19's first second: the man winks and smiles on one side while his outline (hair, ears)
+    stays within a pixel. His nose and chin move sideways, which landmarks alone took for a turn
+    (the skull's top and sides projected up to 11 px from frame 0 at 256 px); the outline term
+    keeps the head where the outline is."""
+    from avatar_core.fit.outline import STRIDE, outline_targets
+    from avatar_core.fit.track import read_video, track_frames
+    frames, fps = read_video(shared_data("driving", "d19.mp4"), max_frames=24)
+    res = track_frames(frames, fps, open_head, embedding, size=256, steps=150)
+    fit = res.fit
+    T = len(frames)
+    pose = fit.pose * torch.tensor([0.0, 1.0, 0.0, 0.0, 0.0])[:, None]
+    v = open_head(shape=fit.shape[None].expand(T, -1), pose=pose).vertices
+    uv, _ = fit.camera.project(v.float())
+    extremes = [int(v[0, :, 1].argmax()), int(v[0, :, 0].argmin()), int(v[0, :, 0].argmax())]
+    moved = (uv[:, extremes] - uv[:1, extremes]).norm(dim=-1)
+    assert float(moved.max()) < 4.5, moved.amax(1)
+    assert np.nanmedian(fit.errors_px) / fit.face_size_px < 0.01
+    # the targets themselves: the source frame's upper outline lies on its own outline
+    targets = outline_targets(res.frames, res.landmarks, res.valid, 0)
+    assert targets.points.shape[0] > 50 and targets.valid[::STRIDE].all() and not targets.valid[1]
+    assert float(targets.points[:, 1].max()) < float(np.nanmean(res.landmarks[0, [33, 133, 362, 263], 1]))
+
+
 def test_track_bad_videos(tmp_path, open_head):
     from avatar_core.fit.track import read_video, track_frames
     empty = tmp_path / "empty.mp4"

@@ -147,6 +147,9 @@ SETTLE_LR = 0.05     # ...to this share of themselves (cosine)
 # avatar driven from there spent the first part of each mouth opening uncrossing its lips.
 LIP_PAIRS = ((191, 95), (80, 88), (81, 178), (82, 87), (13, 14), (312, 317), (311, 402), (310, 318), (415, 324))
 LIP_CROSS = 50.0
+# a video's outline term (``fit.outline``): its weight against the landmarks' (both are robust
+# means in [0, 1] per frame)
+OUTLINE_WEIGHT = 0.5
 
 
 def fit_landmarks(head: HeadModel, embedding: Embedding, landmarks: np.ndarray, size: int,
@@ -154,7 +157,7 @@ def fit_landmarks(head: HeadModel, embedding: Embedding, landmarks: np.ndarray, 
                   steps: int = 300, num_shape: int = 50, smooth: float = 0.0,
                   shape: Optional[torch.Tensor] = None, progress=None, cancel=None,
                   shape_prior: float = 1e-2, expr_prior: Optional[float] = None,
-                  expr_smooth: Optional[float] = None) -> FitResult:
+                  expr_smooth: Optional[float] = None, outline=None) -> FitResult:
     """Fit the head model to detected landmarks in ``size`` x ``size`` crops.
 
     Args:
@@ -166,6 +169,10 @@ def fit_landmarks(head: HeadModel, embedding: Embedding, landmarks: np.ndarray, 
             jaw's motion, videos only.
         expr_smooth: the same for the expressions; None = ``smooth * EXPR_SMOOTH``.
         shape: a fixed identity [S] (e.g. from the source photo); fitted when None.
+        outline: a video's ``fit.outline.OutlineTargets``: points of the source frame's
+            upper-head outline, placed at the head centre's depth and carried rigidly with
+            the head, are kept on each frame's outline (weight ``OUTLINE_WEIGHT``); the head's
+            rigid motion is then the camera's alone (the neck stays at rest).
         expr_prior: weight of the L2 prior on the expressions; None = ``EXPR_PRIOR_PHOTO``
             for one image, ``EXPR_PRIOR_VIDEO`` for several frames (the temporal smoothness
             term already keeps a video's expressions from chasing landmark noise, and the
@@ -221,6 +228,13 @@ def fit_landmarks(head: HeadModel, embedding: Embedding, landmarks: np.ndarray, 
     articulated = torch.tensor([0.0] + [1.0] * (J - 1))[:, None]
 
     lmk_head = LandmarkHead(head, embedding)
+    if outline is not None:
+        articulated[1] = 0.0
+        o_dist = torch.as_tensor(outline.dist)[:, None]                     # [T, 1, G, G]
+        o_valid = torch.as_tensor(outline.valid).float() * vmask
+        o_src = int(outline.src)
+        head_centre = 0.5 * (head.v_template.amin(0) + head.v_template.amax(0))
+        anchors = None                                                       # set after the rigid stage
     row = {int(k): i for i, k in enumerate(embedding.landmark_ids)}
     lips = [(row[a], row[b]) for a, b in LIP_PAIRS if a in row and b in row]
     lip_up = torch.tensor([a for a, _ in lips], dtype=torch.long)
@@ -243,6 +257,13 @@ def fit_landmarks(head: HeadModel, embedding: Embedding, landmarks: np.ndarray, 
             reg = reg + expr_prior * (p["expr"] ** 2).sum() / T
             reg = reg + ((p["pose"][:, 1] ** 2).sum() + 0.5 * (p["pose"][:, 2] ** 2).sum()
                          + 0.1 * (p["pose"][:, 3:] ** 2).sum()) / T
+        if outline is not None and anchors is not None:
+            ua, _ = cam.project(anchors[None].expand(T, -1, -1))
+            g = (ua + 0.5) / size * 2 - 1
+            d = torch.nn.functional.grid_sample(o_dist, g[:, None], mode="bilinear", padding_mode="border",
+                                                align_corners=False)[:, 0, 0]  # [T, A] crop pixels
+            o_term = geman_mcclure(d ** 2, sigma2).mean(1)
+            reg = reg + OUTLINE_WEIGHT * (o_term * o_valid).sum() / o_valid.sum().clamp_min(1.0)
         if T > 2 and smooth > 0:
             def acc(x):
                 return ((x[2:] - 2 * x[1:-1] + x[:-2]) ** 2).sum() / (T - 2)
@@ -259,6 +280,9 @@ def fit_landmarks(head: HeadModel, embedding: Embedding, landmarks: np.ndarray, 
         opt.step()
         if i % 10 == 0:
             prog(0.3 * i / max(rigid_steps, 1), "fitting the camera")
+    if outline is not None:
+        anchors = outline_anchors(outline.points, p["omega"][o_src].detach(), p["t"][o_src].detach(),
+                                  float(f0 * torch.exp(p["df"].detach())), size, head_centre)
     groups = [{"params": [p["omega"], p["df"]], "lr": 5e-3}, {"params": [p["t"]], "lr": 2e-3},
               {"params": [p["expr"]], "lr": 2e-2}, {"params": [p["pose"]], "lr": 1e-2}]
     if shape is None:
@@ -301,6 +325,19 @@ def fit_landmarks(head: HeadModel, embedding: Embedding, landmarks: np.ndarray, 
 
 def geman_mcclure(r2: torch.Tensor, sigma2: float) -> torch.Tensor:
     return r2 / (r2 + sigma2)
+
+
+def outline_anchors(points: np.ndarray, omega: torch.Tensor, t: torch.Tensor, focal: float, size: int,
+                    centre: torch.Tensor) -> torch.Tensor:
+    """Outline pixels ``points`` [A, 2] of a frame with camera (``omega`` [3], ``t`` [3],
+    ``focal``) lifted to the depth of the head's ``centre`` [3] (model space; the outline of a
+    skull seen from the front lies about there) and returned in model space [A, 3]."""
+    R = axis_angle_to_matrix(omega[None])[0] @ FLIP.to(omega)
+    z = float((R @ centre.to(omega) + t)[2])
+    c = (size - 1) / 2.0
+    uv = torch.as_tensor(points, dtype=omega.dtype)
+    p_cam = torch.stack([(uv[:, 0] - c) / focal * z, (uv[:, 1] - c) / focal * z, torch.full_like(uv[:, 0], z)], -1)
+    return (p_cam - t) @ R  # R^T (p - t)
 
 
 def fit_portrait(head: HeadModel, portrait, embedding: Embedding, steps: int = 300,

@@ -4,7 +4,8 @@ Frames are cropped exactly like the first frame with a face (the same square cro
 photo pipeline makes), the face mesh tracks 478 landmarks frame to frame (batched, as
 mediapipe's video mode does: ``FaceTracker.track_batch``), and
 all frames are fitted at once (``fit_landmarks``) with one identity, one focal length and a
-temporal smoothness term. Frames without a face are filled in by the smoothness term and
+temporal smoothness term; the person's outline in each frame (``fit.outline``) keeps the head's
+rigid motion from following what is only the face deforming. Frames without a face are filled in by the smoothness term and
 reported. The rigid head motion, fitted as a per-frame camera, is re-expressed relative to
 the first frame as root rotation + translation for the motion file.
 """
@@ -95,8 +96,13 @@ def track_frames(frames: np.ndarray, fps: float, head, embedding=None, size: int
         warnings.append(f"{len(missing)} of {T} frames had no face ({_frames(missing)}); "
                         "their parameters are interpolated.")
     emb = embedding if embedding is not None else landmark_embedding(head)
+    outline = None
+    if T > 1 and valid[first]:
+        from avatar_core.fit.outline import outline_targets
+        outline = outline_targets(crops, lms, valid, first,
+                                  progress=lambda done, total: prog(0.5 + 0.1 * done / total, f"outline {done}/{total}"))
     fit = fit_landmarks(head, emb, np.nan_to_num(lms), size, valid=valid, steps=steps, smooth=smooth,
-                        progress=prog.sub(0.5, 1.0))
+                        progress=prog.sub(0.6, 1.0), outline=outline)
     return TrackResult(fit, crops, lms, valid, fps, portrait, warnings)
 
 
