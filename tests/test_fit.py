@@ -146,6 +146,15 @@ def test_a_wink_and_a_lopsided_smile_do_not_turn_the_tracked_head(open_head, emb
     assert float(targets.points[:, 1].max()) < float(np.nanmean(res.landmarks[0, [33, 133, 362, 263], 1]))
 
 
+def test_outline_targets_must_match_the_frames(open_head, embedding):
+    from avatar_core.fit.outline import GRID, OutlineTargets
+    from avatar_core.fit.single import fit_landmarks
+    lm = np.zeros((3, 478, 3), np.float32)
+    wrong = OutlineTargets(np.zeros((20, 2)), np.zeros((2, GRID, GRID), np.float32), np.ones(2, bool), 0, 256)
+    with pytest.raises(ValueError, match="outline targets are for 2 frames"):
+        fit_landmarks(open_head, embedding, lm, 256, steps=3, outline=wrong)
+
+
 def test_track_bad_videos(tmp_path, open_head):
     from avatar_core.fit.track import read_video, track_frames
     empty = tmp_path / "empty.mp4"

@@ -23,6 +23,7 @@ SEG_SIZE = 256       # the selfie model's input
 GRID = 128           # distance maps' resolution
 MAX_POINTS = 256     # outline points of the source frame
 BORDER = 3           # outline pixels this close to the crop's edge are the crop's, not the person's
+EYE_CORNERS = (33, 133, 362, 263)   # the outline's points are taken above these landmarks' mean height
 STRIDE = 2           # every second frame is segmented (16 ms a frame on a CPU core); the tracker's
                      # smoothness carries the head's motion between them
 
@@ -69,7 +70,7 @@ def outline_targets(crops: np.ndarray, landmarks: np.ndarray, valid: np.ndarray,
         img = crops[t] if S == SEG_SIZE else cv2.resize(crops[t], (SEG_SIZE, SEG_SIZE), interpolation=cv2.INTER_AREA)
         edge = _outline(segment_person(img) > 0.5)
         if t == src:
-            eyes_v = float(np.nanmean(landmarks[src, [33, 133, 362, 263], 1])) / k
+            eyes_v = float(np.nanmean(landmarks[src, list(EYE_CORNERS), 1])) / k
             vi, ui = np.nonzero(edge)
             upper = vi < eyes_v
             if upper.sum() < 16:

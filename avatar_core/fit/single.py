@@ -228,13 +228,16 @@ def fit_landmarks(head: HeadModel, embedding: Embedding, landmarks: np.ndarray, 
     articulated = torch.tensor([0.0] + [1.0] * (J - 1))[:, None]
 
     lmk_head = LandmarkHead(head, embedding)
+    anchors = None  # the outline's points in model space, placed after the rigid stage
     if outline is not None:
+        if int(outline.size) != int(size) or outline.dist.shape[0] != T:
+            raise ValueError(f"the outline targets are for {outline.dist.shape[0]} frames of {outline.size} px; "
+                             f"the landmarks are {T} frames of {size} px.")
         articulated[1] = 0.0
         o_dist = torch.as_tensor(outline.dist)[:, None]                     # [T, 1, G, G]
         o_valid = torch.as_tensor(outline.valid).float() * vmask
         o_src = int(outline.src)
         head_centre = 0.5 * (head.v_template.amin(0) + head.v_template.amax(0))
-        anchors = None                                                       # set after the rigid stage
     row = {int(k): i for i, k in enumerate(embedding.landmark_ids)}
     lips = [(row[a], row[b]) for a, b in LIP_PAIRS if a in row and b in row]
     lip_up = torch.tensor([a for a, _ in lips], dtype=torch.long)
@@ -257,7 +260,7 @@ def fit_landmarks(head: HeadModel, embedding: Embedding, landmarks: np.ndarray, 
             reg = reg + expr_prior * (p["expr"] ** 2).sum() / T
             reg = reg + ((p["pose"][:, 1] ** 2).sum() + 0.5 * (p["pose"][:, 2] ** 2).sum()
                          + 0.1 * (p["pose"][:, 3:] ** 2).sum()) / T
-        if outline is not None and anchors is not None:
+        if anchors is not None:
             ua, _ = cam.project(anchors[None].expand(T, -1, -1))
             g = (ua + 0.5) / size * 2 - 1
             d = torch.nn.functional.grid_sample(o_dist, g[:, None], mode="bilinear", padding_mode="border",

