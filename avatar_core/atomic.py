@@ -246,11 +246,14 @@ def same_file(a: PathLike, b: PathLike) -> bool:
 
 
 def check_output(out: PathLike, inputs: Sequence[Optional[PathLike]] = (), what: str = "output file",
-                 folder: bool = False) -> Path:
+                 folder: bool = False, suffix: Optional[str] = None) -> Path:
     """The guard every command runs before its work: ``out`` is none of ``inputs`` (any file the
-    command reads), its folder exists and is writable, and it is a file (or, with ``folder``,
-    a folder) as expected. Returns ``out`` as a Path."""
+    command reads), its folder exists and is writable, it is a file (or, with ``folder``, a
+    folder) as expected, and its name ends in ``suffix`` when one is required. Returns ``out``
+    as a Path."""
     out = Path(out)
+    if suffix is not None and out.suffix != suffix:
+        raise OutputError(f"Cannot write the {what} {str(out)!r}: the name must end in {suffix}.")
     for inp in inputs:
         if inp is None or str(inp) in ("", "open"):
             continue

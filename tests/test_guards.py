@@ -285,6 +285,8 @@ def test_4_animate_option_bounds(tmp_path, avatar_file, capsys, extra, expect):
     (["export", "{avatar}", "-o", "{tmp}/seq", "--motion", "{take}", "--fps", "1e9"], "--fps must be between"),
     (["track", "{take}", "-o", "{tmp}/m.npz", "--steps", "100000000"], "--steps must be between"),
     (["track", "{take}", "-o", "{tmp}/m.npz", "--size", "100000"], "--size must be between"),
+    # the motion file's name is checked before the video is read and tracked (it was after)
+    (["track", "{take}", "-o", "{tmp}/m.motion"], "the name must end in .npz"),
 ])
 def test_4_other_commands_option_bounds(tmp_path, avatar_file, capsys, args, expect):
     take = _csv(tmp_path / "take.csv")
@@ -292,7 +294,7 @@ def test_4_other_commands_option_bounds(tmp_path, avatar_file, capsys, args, exp
     rc, lines, _ = _cli(capsys, *args)
     assert rc == 1
     _one_error(lines, expect)
-    assert not (tmp_path / "seq").exists() and not (tmp_path / "m.npz").exists()
+    assert not (tmp_path / "seq").exists() and not (tmp_path / "m.npz").exists() and not (tmp_path / "m.motion").exists()
 
 
 def test_4_resampling_past_the_frame_budget_is_refused_before_allocating():

@@ -21,7 +21,7 @@ def run(args) -> int:
     from avatar_core.head import load_head
     from avatar_core.motion import MotionSequence
     from avatar_core.validate import check_range, check_steps
-    check_output(args.output, [args.video, args.head], "motion file")
+    check_output(args.output, [args.video, args.head], "motion file", suffix=".npz")
     check_steps(args.steps)
     check_range(args.size, "--size", 64, 1024, " pixels")
     check_range(args.smooth, "--smooth", 0.0, 1e6)
