@@ -146,6 +146,20 @@ def test_a_wink_and_a_lopsided_smile_do_not_turn_the_tracked_head(open_head, emb
     assert float(targets.points[:, 1].max()) < float(np.nanmean(res.landmarks[0, [33, 133, 362, 263], 1]))
 
 
+def test_a_yawn_does_not_bring_the_tracked_head_closer(open_head, embedding):
+    """d18's first 80 frames: the man purses his lips, then yawns (from frame ~60) without moving.
+    The spreading landmarks read as an approach: the tracked head centre came 1.1 % of its
+    distance closer (frame 79; 1.8 cm by frame 141), and the avatar grew. The depth is now the
+    outline's to move: 0.3 %."""
+    from avatar_core.fit.track import read_video, track_frames
+    frames, fps = read_video(shared_data("driving", "d18.mp4"), max_frames=80)
+    cam = track_frames(frames, fps, open_head, embedding, size=256, steps=150).fit.camera
+    centre = 0.5 * (open_head.v_template.amin(0) + open_head.v_template.amax(0))
+    depth = (cam.viewmat[:, 2, :3] @ centre.to(cam.viewmat)) + cam.viewmat[:, 2, 3]
+    change = ((depth - depth[0]) / depth[0]).abs()
+    assert float(change.max()) < 0.006, float(change.max())
+
+
 def test_outline_targets_must_match_the_frames(open_head, embedding):
     from avatar_core.fit.outline import GRID, OutlineTargets
     from avatar_core.fit.single import fit_landmarks
