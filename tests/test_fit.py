@@ -105,6 +105,40 @@ def test_camera_motion_equals_root_pose(open_head):
     assert torch.allclose(uv_pose, uv_cam, atol=1e-2)
 
 
+def test_a_tracked_turn_drives_the_neck_and_the_shoulders_only_shift(open_head):
+    """A video's motion (``MotionSequence.from_track``) turns the head on the neck joint, by the
+    camera's motion composed with the tracked neck's, and moves the head exactly as tracked;
+    the shoulders (the root's vertices) only shift with it. On the root they swung with every
+    turn, unlike a CSV's head angles and the self-reenactment's driving."""
+    from types import SimpleNamespace
+
+    from avatar_core.fit.single import FitResult, cameras_from
+    from avatar_core.motion import MotionSequence
+    g = torch.Generator().manual_seed(1)
+    T = 4
+    omega = torch.randn(T, 3, generator=g) * 0.25
+    t = torch.tensor([0.0, 0.0, 0.8]) + torch.randn(T, 3, generator=g) * 0.02
+    cams = cameras_from(omega, t, torch.tensor(1200.0), 256)
+    pose = torch.zeros(T, 5, 3)
+    pose[:, 1] = torch.randn(T, 3, generator=g) * 0.1          # a tracked neck turn as well
+    E = open_head.num_expr
+    fit = FitResult(camera=cams, shape=torch.zeros(10), expression=torch.zeros(T, E), pose=pose,
+                    translation=torch.zeros(T, 3), landmark_ids=np.zeros(0, np.int64),
+                    projected=np.zeros((T, 0, 2)), detected=np.zeros((T, 0, 2)), errors_px=np.zeros(T),
+                    face_size_px=100.0)
+    seq = MotionSequence.from_track(SimpleNamespace(fit=fit, fps=30.0, warnings=[], valid=np.ones(T, bool)),
+                                    open_head)
+    # the root does not turn: what is bound to it (the bust's Gaussians) only shifts
+    assert np.abs(seq.pose[:, 0]).max() == 0.0 and np.abs(seq.pose[:, 1]).max() > 0.1
+    tracked = open_head(shape=fit.shape[None].expand(T, -1), pose=pose).vertices
+    moved = open_head(shape=fit.shape[None].expand(T, -1), pose=torch.as_tensor(seq.pose),
+                      translation=torch.as_tensor(seq.translation)).vertices
+    uv_motion, _ = cams.index(0).expand(T).project(moved)
+    uv_tracked, _ = cams.project(tracked)
+    head = open_head.lbs_weights[:, 1] > 1 - 1e-6   # wholly on the neck joint (3006 of 4706)
+    assert torch.allclose(uv_motion[:, head], uv_tracked[:, head], atol=2e-2)
+
+
 def test_track_grid_clip_with_missing_frames(open_head, embedding):
     from avatar_core.fit.track import read_video, track_frames
     frames, fps = read_video(shared_data("grid", "s1", "bbaf2n.mpg"), max_frames=12)

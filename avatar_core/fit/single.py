@@ -368,18 +368,19 @@ def fit_portrait(head: HeadModel, portrait, embedding: Embedding, steps: int = 3
                          progress=progress, cancel=cancel)
 
 
-def camera_motion_to_pose(viewmats: torch.Tensor, root_joint: torch.Tensor):
-    """Express per-frame camera motion relative to frame 0 as head root rotation + translation.
+def camera_motion_to_pose(viewmats: torch.Tensor, joint: torch.Tensor):
+    """Express per-frame camera motion relative to frame 0 as a rotation about a joint (the
+    root, or the neck with the root at rest) + a root translation.
 
     world->cam_t = R_t p + t_t = R_0 (R_h p + t_h) + t_0, so R_h = R_0^T R_t and
-    t_h = R_0^T (t_t - t_0); LBS rotates about the root joint j, hence translation
-    T = t_h + R_h j - j. viewmats [T, 4, 4], root_joint [3] (rest) -> root axis-angle [T, 3]
-    and translation [T, 3].
+    t_h = R_0^T (t_t - t_0); LBS rotates about the joint j, hence translation
+    T = t_h + R_h j - j. viewmats [T, 4, 4], joint [3] (rest) -> axis-angle [T, 3] and
+    translation [T, 3].
     """
     R0, t0 = viewmats[0, :3, :3], viewmats[0, :3, 3]
     Rt, tt = viewmats[:, :3, :3], viewmats[:, :3, 3]
     Rh = R0.T @ Rt
     th = (R0.T @ (tt - t0)[..., None])[..., 0]
-    j = root_joint.reshape(3)
+    j = joint.reshape(3)
     trans = th + (Rh @ j) - j
     return matrix_to_axis_angle(Rh), trans

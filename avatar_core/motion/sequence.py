@@ -270,7 +270,10 @@ class MotionSequence:
     @classmethod
     def from_track(cls, result, head, source: str = "") -> "MotionSequence":
         """The motion of a video tracked with ``head`` (``fit.track.TrackResult``): the per-frame
-        camera re-expressed as root rotation + translation relative to frame 0.
+        camera re-expressed, relative to frame 0, as a turn of the neck joint (composed with the
+        tracked neck's) plus a root translation, so the head moves exactly as tracked and the
+        shoulders only shift with it (as ``motion.drive`` drives an avatar, and as a CSV's head
+        angles drive the neck by default); on the root the shoulders swung with every turn.
 
         A video's fit lets ARKit-style units leave [0, 1] (``fit.single.EXPR_RANGE_VIDEO``: the
         part of a face the head's identity shapes miss is taken up by units held outside it). A
@@ -280,6 +283,7 @@ class MotionSequence:
         import torch
 
         from avatar_core.fit.single import EXPR_RANGE_PHOTO, camera_motion_to_pose, is_unit_range
+        from avatar_core.rotation import axis_angle_to_matrix, matrix_to_axis_angle
         from avatar_core.motion.drive import motion_reference
         fit = result.fit
         expression = fit.expression.numpy()
@@ -288,9 +292,10 @@ class MotionSequence:
             expression = np.clip(np.clip(ref, *EXPR_RANGE_PHOTO) + (expression - ref), *EXPR_RANGE_PHOTO)
         joints = head.j_regressor @ (head.v_template + torch.einsum(
             "k,vik->vi", fit.shape, head.shapedirs[..., : fit.shape.numel()]))
-        root, trans = camera_motion_to_pose(fit.camera.viewmat, joints[0])
+        turn, trans = camera_motion_to_pose(fit.camera.viewmat, joints[1])
         pose = fit.pose.clone()
-        pose[:, 0] = root
+        pose[:, 0] = 0.0
+        pose[:, 1] = matrix_to_axis_angle(axis_angle_to_matrix(turn) @ axis_angle_to_matrix(pose[:, 1]))
         return cls(fps=result.fps, expr_names=list(head.expr_names), expression=expression,
                    pose=pose.numpy(), translation=trans.numpy(), shape=fit.shape.numpy(), source=source,
                    warnings=list(result.warnings))
