@@ -252,3 +252,18 @@ def test_the_inner_eye_corners_keep_their_skin():
         disc = np.hypot(xx - lm[inner, 0], yy - lm[inner, 1]) < 0.15 * width
         err = float(np.abs(still[disc] - portrait.image[disc]).mean())
         assert err <= 0.03, (inner, err)
+
+
+def test_a_bright_photo_keeps_the_teeth_and_sclera_priors_warm():
+    """The priors are toned to the photo (``photo_tone``'s gain, 1.4 / 1.2 / 1.2 on driving video
+    d10's bright first frame). Clamped channel by channel the teeth came out 1.0 / 1.0 / 0.92, a
+    grey that read as teal beside the lips; scaled as a whole they keep the prior's hue."""
+    from avatar_core.recon.interior import SCLERA_RGB, TEETH_RGB, toned
+    gain = np.array([1.41, 1.21, 1.21])
+    for prior in (TEETH_RGB, SCLERA_RGB):
+        c = toned(prior, gain).numpy()
+        want = np.asarray(prior) * gain
+        assert abs(c.max() - 1.0) < 1e-6 and c[0] > c[1] + 0.1
+        np.testing.assert_allclose(c / c.max(), want / want.max(), rtol=1e-5)
+    dim = np.array([0.8, 0.7, 0.7])
+    np.testing.assert_allclose(toned(TEETH_RGB, dim).numpy(), np.asarray(TEETH_RGB) * dim, rtol=1e-5)

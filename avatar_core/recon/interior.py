@@ -149,6 +149,15 @@ def photo_tone(image: np.ndarray, alpha: np.ndarray, landmarks: Optional[np.ndar
     return exposure * cast / max(float(luminance(cast)), 1e-3)
 
 
+def toned(rgb, tone) -> torch.Tensor:
+    """A prior colour ``rgb`` [3] toned by ``photo_tone``'s gain [3], scaled down as a whole
+    when a channel passes 1 so that its hue survives. Clamped channel by channel, a bright
+    photo's teeth and sclera priors (gain 1.2-1.4) came out with red and green both at 1: a
+    neutral grey that read as teal beside the lips and the skin (driving video d10)."""
+    c = torch.as_tensor(rgb, dtype=torch.float32) * torch.as_tensor(tone, dtype=torch.float32)
+    return c.clamp_min(0) / c.max().clamp_min(1.0)
+
+
 def photo_mouth(image: np.ndarray, landmarks: Optional[np.ndarray]) -> dict:
     """What the photo shows inside the inner-lip contour: {"teeth": rgb or None, "cavity":
     rgb or None, "lips": rgb or None}."""
@@ -353,7 +362,7 @@ def mouth_backstop(verts: torch.Tensor, faces: torch.Tensor, regions: Dict[str, 
              (frontal_hidden_depth(verts @ up.T, faces, centre @ up.T, half, res=256, points=pts @ up.T) > BACKSTOP_INSIDE)
     pts = pts[inside]
     n = pts.shape[0]
-    colour = (torch.tensor(CAVITY_RGB, dtype=dt) * torch.as_tensor(tone, dtype=dt) * BACKSTOP_DARKEN).clamp(0, 1)
+    colour = (toned(CAVITY_RGB, tone).to(dt) * BACKSTOP_DARKEN).clamp(0, 1)
     return PlanePoints(points=pts, colours=colour.expand(n, 3).clone(), opacity=torch.full((n,), 0.99, dtype=dt),
                        scale=torch.full((n,), 0.75 * BACKSTOP_SPACING, dtype=dt),
                        normal=torch.tensor([0.0, 0.0, 1.0], dtype=dt).expand(n, 3).clone(),
@@ -413,7 +422,7 @@ def interior_paint(rest: torch.Tensor, faces: torch.Tensor, exprdirs: torch.Tens
         skin[r] = False
 
     def prior(rgb):
-        return (torch.tensor(rgb, dtype=dt) * g).clamp(0, 1)
+        return toned(rgb, g).to(dt)
 
     # ---- mouth: interior skin hidden from the front in the mouth box, teeth, tongue
     teeth = torch.cat([regions["teeth_upper"], regions["teeth_lower"]])
