@@ -257,7 +257,8 @@ def test_the_inner_eye_corners_keep_their_skin():
 def test_a_bright_photo_keeps_the_teeth_and_sclera_priors_warm():
     """The priors are toned to the photo (``photo_tone``'s gain, 1.4 / 1.2 / 1.2 on driving video
     d10's bright first frame). Clamped channel by channel the teeth came out 1.0 / 1.0 / 0.92, a
-    grey that read as teal beside the lips; scaled as a whole they keep the prior's hue."""
+    grey that read as teal beside the lips; scaled as a whole they keep the prior's hue. (The
+    sclera's brightness floor stays near-white: ``interior_paint``.)"""
     from avatar_core.recon.interior import SCLERA_RGB, TEETH_RGB, toned
     gain = np.array([1.41, 1.21, 1.21])
     for prior in (TEETH_RGB, SCLERA_RGB):

@@ -499,8 +499,10 @@ def interior_paint(rest: torch.Tensor, faces: torch.Tensor, exprdirs: torch.Tens
         info = eyes.get(side, {})
         iris = torch.as_tensor(info["iris"], dtype=dt) if "iris" in info else prior(IRIS_RGB)
         sclera = torch.as_tensor(info["sclera"], dtype=dt) if "sclera" in info else prior(SCLERA_RGB)
-        # keep the sclera off pure skin tones and off the iris: at least as bright as the prior's 80 %
-        sclera = torch.maximum(sclera, 0.8 * prior(SCLERA_RGB))
+        # keep the sclera off pure skin tones and off the iris: at least as bright as the prior's 80 %,
+        # a near-white floor (clamped channel by channel: toned as a whole it came out yellowish, and
+        # the landmarker read the astronaut's glance at 0.078 of the eye's width against 0.10-0.31)
+        sclera = torch.maximum(sclera, 0.8 * (torch.tensor(SCLERA_RGB, dtype=dt) * g).clamp(0, 1))
         eye_colours.append((iris, sclera))
         col[ids] = eyeball_colour(p, axis, radius, iris, sclera)
         wgt[ids] = 1.0
