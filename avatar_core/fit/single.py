@@ -255,10 +255,11 @@ def fit_landmarks(head: HeadModel, embedding: Embedding, landmarks: np.ndarray, 
     def loss_fn(stage: int, progress_frac: float = 1.0):
         anneal = min(1.0, progress_frac / 0.6)
         sigma2 = (sigma_start * (sigma_final / sigma_start) ** anneal) ** 2
-        t_lm = p["t"]
+        focal = f0 * torch.exp(p["df"])
+        cam_head = cameras_from(p["omega"], p["t"], focal, size)
+        cam = cam_head
         if outline is not None:  # the landmarks see the depth but do not move it
-            t_lm = torch.cat([p["t"][:, :2], p["t"][:, 2:].detach()], 1)
-        cam = cameras_from(p["omega"], t_lm, f0 * torch.exp(p["df"]), size)
+            cam = cameras_from(p["omega"], torch.cat([p["t"][:, :2], p["t"][:, 2:].detach()], 1), focal, size)
         pts = lmk_head(p["beta"][None].expand(T, -1), p["expr"], p["pose"] * articulated)
         uv, _ = cam.project(pts)
         r2 = ((uv - target) ** 2).sum(-1)  # [T, K]
@@ -273,7 +274,7 @@ def fit_landmarks(head: HeadModel, embedding: Embedding, landmarks: np.ndarray, 
             reg = reg + ((p["pose"][:, 1] ** 2).sum() + 0.5 * (p["pose"][:, 2] ** 2).sum()
                          + 0.1 * (p["pose"][:, 3:] ** 2).sum()) / T
         if anchors is not None:
-            ua, _ = cameras_from(p["omega"], p["t"], f0 * torch.exp(p["df"]), size).project(anchors[None].expand(T, -1, -1))
+            ua, _ = cam_head.project(anchors[None].expand(T, -1, -1))
             g = (ua + 0.5) / size * 2 - 1
             d = torch.nn.functional.grid_sample(o_dist, g[:, None], mode="bilinear", padding_mode="border",
                                                 align_corners=False)[:, 0, 0]  # [T, A] crop pixels

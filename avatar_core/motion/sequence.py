@@ -283,8 +283,8 @@ class MotionSequence:
         import torch
 
         from avatar_core.fit.single import EXPR_RANGE_PHOTO, camera_motion_to_pose, is_unit_range
-        from avatar_core.rotation import axis_angle_to_matrix, matrix_to_axis_angle
         from avatar_core.motion.drive import motion_reference
+        from avatar_core.rotation import axis_angle_to_matrix, matrix_to_axis_angle
         fit = result.fit
         expression = fit.expression.numpy()
         if is_unit_range(head):
