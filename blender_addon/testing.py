@@ -2,16 +2,28 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 
 _registered = False
 
 
+def private_user_resources() -> None:
+    """Point Blender's user resources (preferences, extensions) at a temporary folder that is
+    removed when the process exits, unless the caller already chose one."""
+    if os.environ.get("BLENDER_USER_RESOURCES"):
+        return
+    path = tempfile.mkdtemp(prefix="headsplat-blender-")
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    os.environ["BLENDER_USER_RESOURCES"] = path
+
+
 def ensure_registered():
     """Import bpy and register the add-on once per process (idempotent)."""
     global _registered
-    os.environ.setdefault("BLENDER_USER_RESOURCES", tempfile.mkdtemp(prefix="headsplat-blender-"))
+    private_user_resources()
     import bpy
     import blender_addon
     if not _registered:

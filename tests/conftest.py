@@ -1,7 +1,5 @@
-import os
 import signal
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -10,8 +8,10 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 sys.path.insert(0, str(ROOT))
 
-# keep Blender and the head cache out of the user's home during tests
-os.environ.setdefault("BLENDER_USER_RESOURCES", tempfile.mkdtemp(prefix="headsplat-blender-"))
+# keep Blender out of the user's home during tests (a temporary folder, removed at exit)
+from blender_addon.testing import private_user_resources  # noqa: E402  (bpy-free)
+
+private_user_resources()
 
 
 def shared_data(*parts) -> Path:
