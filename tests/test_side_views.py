@@ -214,3 +214,56 @@ def test_transfer_measures_correlation_and_amplitude():
     assert lip["frames"] == T - 2 and lip["judged"]
     assert lip["r"] > 0.99 and abs(lip["amplitude"] - 0.5) < 0.05 and lip["passed"] is False
     assert fig["mouth_width"]["judged"] is False                  # the corners never moved
+
+
+def test_a_surface_seen_obliquely_is_covered_by_its_front_discs():
+    """The top of a shoulder is seen at a grazing angle: one front Gaussian per matte cell
+    covers the cell's projection, but on the surface the cell's footprint is 1 / cos longer
+    down the slope. The discs are stretched down the slope to cover it, so a turned view does
+    not see the background between them (the screen-door jacket of session 12's side views)."""
+    from avatar_core.camera import orbit_camera
+    from avatar_core.recon.bust import MAX_STRETCH, BustFit, bust_points
+    from avatar_core.recon.init import PlanePoints, disc_frames
+    from avatar_core.render.mesh import rasterize_mesh
+    S, stride, tilt = 96, 4, math.radians(72.0)   # the camera's ray meets the surface at 72 degrees
+    cam = orbit_camera(distance=1.0, fov_deg=20.0, width=S, height=S, dtype=torch.float64)
+    # a plane through the target (the camera looks along -z): normal (0, sin, cos), slope (0, -cos, sin)
+    n = torch.tensor([0.0, math.sin(tilt), math.cos(tilt)], dtype=torch.float64)
+    d = torch.tensor([0.0, -math.cos(tilt), math.sin(tilt)], dtype=torch.float64)
+    g = torch.linspace(-0.3, 0.3, 25, dtype=torch.float64)
+    X, T = torch.meshgrid(g, g, indexing="ij")
+    verts = X.reshape(-1, 1) * torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64) + T.reshape(-1, 1) * d
+    faces = []
+    for i in range(24):
+        for j in range(24):
+            a, b, c, e = i * 25 + j, (i + 1) * 25 + j, (i + 1) * 25 + j + 1, i * 25 + j + 1
+            faces += [(a, b, c), (a, c, e)]
+    faces = torch.tensor(faces)
+    fit = BustFit(verts, faces, rasterize_mesh(verts, faces, cam.K[0], cam.viewmat[0], S, S))
+    image = torch.full((S, S, 3), 0.5, dtype=torch.float64)
+    alpha = torch.ones(S, S, dtype=torch.float64)
+    cells = np.ones((S // stride, S // stride), bool)
+    pts = bust_points(fit, cam, image, alpha, cells, stride, torch.zeros(S, S, dtype=torch.bool))
+    front = pts.seen
+    assert int(front.sum()) > 100
+    # 1 / cos of each front point's own ray (about 3.2 near the middle), at most MAX_STRETCH
+    ray = pts.points[front] - cam.position[0]
+    cos = (ray @ n).abs() / ray.norm(dim=-1)
+    assert torch.allclose(pts.stretch[front], (1.0 / cos).clamp(max=MAX_STRETCH), rtol=1e-3)
+    assert 2.8 < float(pts.stretch[front].median()) < 3.6
+
+    def worst_gap(stretch):
+        plane = PlanePoints(pts.points[front], pts.colours[front], pts.opacity[front], pts.scale[front],
+                            pts.normal[front], torch.zeros(int(front.sum()), dtype=torch.bool), None, stretch)
+        R, s = disc_frames(plane, cam, torch.float64)
+        # the Mahalanobis distance from surface points (the middle of the patch, a fine grid)
+        # to the nearest disc: within about a sigma everywhere when the discs cover the surface
+        fine = torch.linspace(-0.05, 0.05, 41, dtype=torch.float64)
+        A, B = torch.meshgrid(fine, fine, indexing="ij")
+        probe = A.reshape(-1, 1) * torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64) + B.reshape(-1, 1) * d
+        local = torch.einsum("gji,pgj->pgi", R, probe[:, None] - plane.points[None])   # R^T (p - mu)
+        return float(((local / s[None]) ** 2).sum(-1).sqrt().min(1).values.max())
+
+    assert worst_gap(pts.stretch[front]) < 1.6            # measured 1.48
+    # as the discs were before: round, the width of the cell's projection
+    assert worst_gap(torch.ones(int(front.sum()), dtype=torch.float64)) > 2.5   # measured 2.89

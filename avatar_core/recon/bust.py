@@ -43,6 +43,7 @@ SOLID_ALPHA = 0.9           # front cells at least this opaque colour the unseen
                             # soft edge mixes in the background)
 SEED_RADIUS = 0.02          # metres: the seen colours averaged into each seed vertex
 FILL_SWEEPS = 20            # smoothing sweeps over the unseen vertices
+MAX_STRETCH = 4.0           # a front disc's sigma down an oblique surface's slope, at most (x its width)
 VERTICAL_COST = 3.0         # a step up or down the body counts this many times its length: clothing
                             # continues round the body at its own height (the back of a jacket is
                             # its sides' colour, not the collar's above)
@@ -223,7 +224,8 @@ def surface_colours(vertices: torch.Tensor, faces: torch.Tensor, points: torch.T
 class BustPoints:
     """Bust Gaussians in world space at the source pose: points [M, 3], colours [M, 3],
     opacity [M], scale [M] (in-surface sigma, metres), normal [M, 3] (unit surface normals),
-    seen [M] bool (front ones, coloured from the photo)."""
+    seen [M] bool (front ones, coloured from the photo), stretch [M] (sigma down the slope /
+    ``scale``: 1 / cos of the source camera's angle to the surface, for the front ones)."""
 
     points: torch.Tensor
     colours: torch.Tensor
@@ -231,6 +233,7 @@ class BustPoints:
     scale: torch.Tensor
     normal: torch.Tensor
     seen: torch.Tensor
+    stretch: torch.Tensor
 
 
 def bust_points(fit: BustFit, camera, image: torch.Tensor, alpha: torch.Tensor, cells: np.ndarray,
@@ -264,6 +267,12 @@ def bust_points(fit: BustFit, camera, image: torch.Tensor, alpha: torch.Tensor, 
     f_op = cell_a[torch.as_tensor(ci), torch.as_tensor(cj)].to(dt).clamp(0.05, 0.97)
     f_scale = 0.62 * s * z / fx
     f_norm = normals[torch.as_tensor(fid)]
+    # a cell's footprint on a surface seen obliquely (the top of a shoulder) is longer than its
+    # projection by 1 / cos: the disc is stretched down the slope to cover it, or the turned
+    # view would see between the discs
+    f_ray = front - camera.position[0].to(dt)
+    f_cos = (f_norm * f_ray).sum(-1).abs() / f_ray.norm(dim=-1).clamp_min(1e-9)
+    f_stretch = 1.0 / f_cos.clamp(1.0 / MAX_STRETCH, 1.0)
     # ---- unseen: uniform samples of the surface, BACK_SPACING cells apart
     zm = float(z.median()) if z.numel() else float(fit.raster.depth[fit.raster.mask].median())
     h = BACK_SPACING * s * zm / fx
@@ -284,7 +293,7 @@ def bust_points(fit: BustFit, camera, image: torch.Tensor, alpha: torch.Tensor, 
     to_cam = -q / q.norm(dim=-1, keepdim=True)
     n_cam = normals[f] @ R.T
     facing = (n_cam * to_cam).sum(-1).abs()
-    seen = inside & (q[:, 2] <= zb + SEEN_TOLERANCE) & (facing > 0.2) & ~head_mask[vi, ui]
+    seen = inside & (q[:, 2] <= zb + SEEN_TOLERANCE) & (facing > 1.0 / MAX_STRETCH) & ~head_mask[vi, ui]
     # the person: where the matte is (not grown: where the photo ends inside the crop, as a
     # video frame's edge can, nothing may hang below it)
     person = torch.as_tensor(alpha.cpu().numpy() > 0.3)
@@ -308,4 +317,5 @@ def bust_points(fit: BustFit, camera, image: torch.Tensor, alpha: torch.Tensor, 
         opacity=torch.cat([f_op, torch.full((M,), 0.95, dtype=dt)]),
         scale=torch.cat([f_scale, torch.full((M,), 0.62 * h, dtype=dt)]),
         normal=torch.cat([f_norm, b_norm]),
-        seen=torch.cat([torch.ones(front.shape[0], dtype=torch.bool), torch.zeros(M, dtype=torch.bool)]))
+        seen=torch.cat([torch.ones(front.shape[0], dtype=torch.bool), torch.zeros(M, dtype=torch.bool)]),
+        stretch=torch.cat([f_stretch, torch.ones(M, dtype=dt)]))

@@ -23,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 import torch
@@ -391,7 +391,10 @@ class PlanePoints:
     points [M, 3]; colours [M, 3]; opacity [M]; scale [M] in-plane sigma (metres);
     normal [M, 3] unit normals of the discs (viewing rays on the plane, the surface on the
     bust); head_bound [M] bool (hair: follows the head); seen [M] bool (coloured from the
-    photo; the bust's unseen back and sides are not).
+    photo; the bust's unseen back and sides are not); stretch [M] >= 1: the disc's sigma
+    along its slope (the source camera's ray laid into the disc) is ``stretch`` x ``scale``,
+    so that a disc on a surface the camera sees obliquely covers its pixel's whole footprint
+    on that surface, not only its projection.
     """
 
     points: torch.Tensor
@@ -401,10 +404,13 @@ class PlanePoints:
     normal: torch.Tensor
     head_bound: torch.Tensor
     seen: Optional[torch.Tensor] = None
+    stretch: Optional[torch.Tensor] = None
 
     def __post_init__(self):
         if self.seen is None:
             self.seen = torch.ones(self.points.shape[0], dtype=torch.bool)
+        if self.stretch is None:
+            self.stretch = torch.ones(self.points.shape[0], dtype=self.scale.dtype)
 
     @property
     def count(self) -> int:
@@ -549,7 +555,7 @@ def plane_points(view: SourceView, raster: MeshRaster, verts: torch.Tensor, chin
     if extra is not None:
         m = extra.points.shape[0]
         parts.append(PlanePoints(extra.points.to(dt), extra.colours.to(dt), extra.opacity.to(dt), extra.scale.to(dt),
-                                 extra.normal.to(dt), torch.zeros(m, dtype=torch.bool), extra.seen))
+                                 extra.normal.to(dt), torch.zeros(m, dtype=torch.bool), extra.seen, extra.stretch.to(dt)))
     return concat_points(parts)
 
 
@@ -699,6 +705,24 @@ def _frame_from_normal(normal: torch.Tensor, right: torch.Tensor) -> torch.Tenso
     return torch.stack([x, y, normal], -1)
 
 
+def disc_frames(plane: PlanePoints, camera: Camera, dtype=torch.float32) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The plane's Gaussians as flat discs in world space: rotations [M, 3, 3] (third column the
+    disc's normal, first the camera's x axis laid into the disc, or for a stretched disc its
+    slope: the camera's ray laid into it) and scales [M, 3] (``stretch`` x ``scale`` along the
+    first axis, ``scale`` along the second, a fifth of it through the disc)."""
+    normal = plane.normal.to(dtype)
+    right = camera.viewmat[0, 0, :3].to(dtype).expand(plane.count, 3).clone()
+    sloped = plane.stretch > 1.0 + 1e-3
+    if bool(sloped.any()):
+        ray = plane.points[sloped].to(dtype) - camera.position[0].to(dtype)
+        n = normal[sloped]
+        along = ray - (ray * n).sum(-1, keepdim=True) * n
+        ok = along.norm(dim=-1) > 1e-9 * ray.norm(dim=-1)
+        right[torch.nonzero(sloped)[:, 0][ok]] = along[ok]
+    s = plane.scale.to(dtype)
+    return _frame_from_normal(normal, right), torch.stack([s * plane.stretch.to(dtype), s, 0.2 * s], -1)
+
+
 def attach_plane(avatar: Avatar, plane: PlanePoints, view: SourceView, verts: torch.Tensor,
                  bind_faces: torch.Tensor) -> None:
     """Write the plane Gaussians' attributes into the avatar's region-2 Gaussians.
@@ -709,8 +733,7 @@ def attach_plane(avatar: Avatar, plane: PlanePoints, view: SourceView, verts: to
     idx = torch.nonzero(avatar.region == REGION_SHOULDER)[:, 0]
     assert idx.numel() == plane.count
     dt = avatar.offset.dtype
-    cam_right = view.camera.viewmat[0, 0, :3].to(dt)  # the camera's x axis in world coordinates
-    R_world = _frame_from_normal(plane.normal.to(dt), cam_right.expand(plane.count, 3))
+    R_world, scales = disc_frames(plane, view.camera, dt)
     # root-bound: the root frame is the identity at the source pose (root pose 0, no translation)
     off = plane.points.to(dt).clone()
     quat = lbs.matrix_to_quaternion(R_world)
@@ -733,8 +756,7 @@ def attach_plane(avatar: Avatar, plane: PlanePoints, view: SourceView, verts: to
         avatar.frame_face[gi] = f.to(avatar.frame_face)
     avatar.offset[idx] = off
     avatar.rotation[idx] = quat
-    s = plane.scale.to(dt)
-    avatar.log_scale[idx] = torch.stack([s, s, 0.2 * s], -1).log()
+    avatar.log_scale[idx] = scales.log()
     avatar.opacity_logit[idx] = torch.logit(plane.opacity.to(dt))
     avatar.features[idx, :3] = plane.colours.to(dt)
 
