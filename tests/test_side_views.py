@@ -267,3 +267,30 @@ def test_a_surface_seen_obliquely_is_covered_by_its_front_discs():
     assert worst_gap(pts.stretch[front]) < 1.6            # measured 1.48
     # as the discs were before: round, the width of the cell's projection
     assert worst_gap(torch.ones(int(front.sum()), dtype=torch.float64)) > 2.5   # measured 2.89
+
+
+def test_the_hair_shell_bridges_a_gap_in_the_outline(open_head_and_bust):
+    """A side whose hair outline skips some heights (a bun above, a curl below, background
+    between them in the photo) still gets hair behind the head at those heights: the shell is
+    swept from outline points interpolated across the gap, in the colours of its two ends."""
+    from avatar_core.camera import orbit_camera
+    from avatar_core.recon.init import PlanePoints, hair_shell
+    head, _ = open_head_and_bust
+    verts = head.v_template.float()
+    centre = 0.5 * (verts.min(0).values + verts.max(0).values)
+    cam = orbit_camera(target=centre.tolist(), distance=1.0)
+    half = 0.5 * float(verts[:, 0].max() - verts[:, 0].min())
+    heights = torch.tensor([0.0, 0.005, 0.01, 0.015, 0.055, 0.06, 0.065, 0.07])   # no outline from 1.5 to 5.5 cm
+    pts = torch.stack([centre[0] + 1.05 * half + 0 * heights, centre[1] + heights, centre[2] + 0 * heights], -1)
+    n = pts.shape[0]
+    colours = torch.where((heights < 0.03)[:, None], torch.tensor([0.6, 0.3, 0.1]), torch.tensor([0.2, 0.1, 0.05]))
+    plane = PlanePoints(pts, colours, torch.full((n,), 0.9), torch.full((n,), 0.002),
+                        torch.tensor([[0.0, 0.0, -1.0]]).expand(n, 3), torch.ones(n, dtype=torch.bool))
+    shell = hair_shell(plane, torch.ones(n, dtype=torch.bool), cam, verts, spacing=0.005)
+    behind = shell.points[:, 2] < centre[2] - 0.05
+    hb = shell.points[:, 1] - centre[1]
+    for hgt in (0.025, 0.035, 0.045):   # inside the gap: swept hair at every height
+        assert int((behind & ((hb - hgt).abs() < 0.004)).sum()) > 5, hgt
+    # its colour lies between the two ends' (blended toward the outline's mean behind the head)
+    mid = behind & ((hb - 0.035).abs() < 0.004)
+    assert float(shell.colours[mid, 0].min()) > 0.2 and float(shell.colours[mid, 0].max()) < 0.6

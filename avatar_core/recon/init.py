@@ -571,6 +571,7 @@ SHELL_SPACING = 3.0        # cells between the shell's Gaussians along the sweep
 SHELL_MIN_RADIUS = 0.7     # outline points nearer the head's vertical axis (in half head widths) are not swept,
 SHELL_MAX_RADIUS = 2.2     # nor those further from it (a patch of background the matte kept)
 SHELL_MAX_THICKNESS = 0.6  # the hair's thickness over the skull, at most (half head widths)
+SHELL_BRIDGE = 0.1         # metres: gaps in a side's outline heights up to this are swept across
 SKULL_BINS_DEG = 10.0      # azimuth bins of the skull's radius table
 
 
@@ -662,6 +663,10 @@ def hair_shell(plane: PlanePoints, outline: torch.Tensor, camera, verts: torch.T
     lateral = torch.where(row, side[:, None] * (dv @ right)[None], torch.full_like(row, -1.0, dtype=dt)).amax(1)
     lateral = torch.where(row.any(1), lateral, skull(h, phi0))
     thick = (side * x[idx] - lateral).clamp(0.0, SHELL_MAX_THICKNESS * half_width)
+    src = plane.colours[idx]
+    # where a side's outline skips some heights (an ear, background between a bun and a curl),
+    # the hair behind them is swept from outline points interpolated across the gap
+    h, r, phi0, side, thick, src = _bridge_heights(h, r, phi0, side, thick, src, spacing)
     # behind the head: the mean thickness of the outline points at about the same height
     near = (h[:, None] - h[None]).abs() <= 2 * spacing
     thick_back = (near.to(dt) @ thick) / near.sum(1).to(dt)
@@ -671,7 +676,7 @@ def hair_shell(plane: PlanePoints, outline: torch.Tensor, camera, verts: torch.T
     total = (side * (0.5 * math.pi - phi0)).clamp_min(0.0) + math.radians(SHELL_OVERLAP_DEG)
     start = (spacing / r).clamp(max=0.5 * math.radians(SHELL_OVERLAP_DEG))
     steps = ((total - start) * r / spacing).ceil().long().clamp(1, 256)
-    rep = torch.repeat_interleave(torch.arange(idx.numel()), steps)
+    rep = torch.repeat_interleave(torch.arange(h.numel()), steps)
     k = torch.cat([torch.arange(int(n)) for n in steps]).to(dt)
     frac = k / steps[rep].to(dt)
     phi = phi0[rep] + side[rep] * (start[rep] + (total[rep] - start[rep]) * frac)
@@ -688,12 +693,37 @@ def hair_shell(plane: PlanePoints, outline: torch.Tensor, camera, verts: torch.T
     phi, hr, rep, frac = phi[rep2], hr[rep2], rep[rep2], frac[rep2]
     radial = torch.cos(phi)[:, None] * right + torch.sin(phi)[:, None] * back
     pts = centre + hr[:, None] * up + rad[:, None] * radial
-    src = plane.colours[idx]
     w = SHELL_BLEND * frac[:, None]
     col = src[rep] * (1 - w) + src.mean(0) * w
     n = pts.shape[0]
     return PlanePoints(pts, col, torch.full((n,), 0.9, dtype=dt), torch.full((n,), 0.62 * spacing, dtype=dt),
                        radial, torch.ones(n, dtype=torch.bool), torch.zeros(n, dtype=torch.bool))
+
+
+def _bridge_heights(h, r, phi0, side, thick, colour, spacing: float):
+    """Outline points (height ``h``, radius ``r``, azimuth ``phi0``, ``side`` +-1, hair
+    ``thick``-ness, ``colour`` [P, 3]) plus, on each side, points every ``spacing`` across each
+    gap of more than two spacings (up to ``SHELL_BRIDGE``) between successive heights,
+    interpolated between the outline points just below and just above it."""
+    parts = [[h], [r], [phi0], [side], [thick], [colour]]
+    for s in (1.0, -1.0):
+        ids = torch.nonzero(side == s)[:, 0]
+        if ids.numel() < 2:
+            continue
+        ids = ids[torch.argsort(h[ids])]
+        hs = h[ids]
+        gaps = torch.nonzero(((hs[1:] - hs[:-1]) > 2 * spacing) & ((hs[1:] - hs[:-1]) <= SHELL_BRIDGE))[:, 0]
+        for g in gaps.tolist():
+            a, b = int(ids[g]), int(ids[g + 1])
+            k = int(float(h[b] - h[a]) / spacing)
+            f = torch.arange(1, k, dtype=h.dtype) / k
+            for out, v in zip(parts, (h, r, phi0, side, thick)):
+                step = v[b] - v[a]
+                if v is phi0:  # the short way round (the left side's azimuths straddle +-pi)
+                    step = torch.remainder(step + math.pi, 2 * math.pi) - math.pi
+                out.append(v[a] + step * f)
+            parts[5].append(colour[a] + (colour[b] - colour[a]) * f[:, None])
+    return tuple(torch.cat(p) for p in parts)
 
 
 def _frame_from_normal(normal: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
