@@ -294,3 +294,27 @@ def test_the_hair_shell_bridges_a_gap_in_the_outline(open_head_and_bust):
     # its colour lies between the two ends' (blended toward the outline's mean behind the head)
     mid = behind & ((hb - 0.035).abs() < 0.004)
     assert float(shell.colours[mid, 0].min()) > 0.2 and float(shell.colours[mid, 0].max()) < 0.6
+
+
+def test_the_back_of_a_thin_haired_head_is_his_hair_not_his_scalp():
+    """biden: the crown the photo shows is scalp under thin white hair, but the hair round his
+    head's outline (his sides) is white. The unseen back of his head continues that hair; it
+    was bare skin, under the white band of the hair shell swept from his sides."""
+    from avatar_core.recon import reconstruct
+    from avatar_core.regions import REGION_HEAD
+    from conftest import shared_data
+    from PIL import Image
+    from test_recon import TEST_QUALITY
+    photo = np.asarray(Image.open(shared_data("portraits", "biden.jpg")).convert("RGB"))
+    avatar, _ = reconstruct(photo, quality=TEST_QUALITY, device="cpu")
+    rgb = avatar.features[:, :3].clamp(0, 1)
+    j = avatar.rig_j_regressor @ avatar.rig_template
+    eye_y, eye_z = float(j[3:5, 1].mean()), float(j[3:5, 2].mean())
+    rest = (avatar.rig_template[avatar.bind_ids] * avatar.bind_bary[..., None]).sum(1)
+    behind = ((avatar.region == REGION_HEAD) & (avatar.frame_face >= 0) & (rest[:, 2] < eye_z - 0.15)
+              & (rest[:, 1] > eye_y - 0.02))
+    assert int(behind.sum()) >= 20
+    back = rgb[behind].median(0).values
+    # white-grey hair, not warm skin (fast quality: 0.74 / 0.69 / 0.67 against 0.69 / 0.50 / 0.42)
+    assert float(back[0] - back[2]) < 0.15, back
+    assert float(back.mean()) > 0.55, back

@@ -46,6 +46,7 @@ GRAZING_PRIOR = 0.5
 # mouth's height)
 EARS_BEHIND_EYES = 0.095
 NAPE_HAIRLINE = 0.06
+OUTLINE_HAIR_MIN = 20    # the hair round the head's outline colours the back of the skull when it has this many Gaussians
 PRIOR_CLEARANCE = 0.01   # the priors start this far from the nearest seen Gaussian, in full at twice it
 EYE_MOUTH_WORDS = ("eye", "mouth", "brow", "cheek", "lip", "smile", "blink", "squint")
 
@@ -286,6 +287,18 @@ def _scalp_prior(avatar: Avatar, rest: np.ndarray, colours: torch.Tensor, known:
     if int(skull.sum()) < 20:
         return colours
     hair = colours[skull].median(0).values
+    # behind the ears the hair is the colour of the hair the photo shows round the head's
+    # outline (the plane's head-bound Gaussians and the shell swept from them), where there is
+    # enough of it: biden's seen crown is scalp under thin white hair, and the back of his head
+    # was bare skin under the white band of his swept side hair
+    # (solid: the outline's soft edge mixes in the background; bound at the eyes' height or
+    # above: the mouth's dark backstop is head-bound too)
+    hb = torch.nonzero((avatar.region == REGION_SHOULDER) & (avatar.frame_face >= 0)
+                       & (torch.sigmoid(avatar.opacity_logit) > 0.85))[:, 0]
+    hb = hb[_rest_positions(avatar, hb)[:, 1] > eyes_y - 0.02]
+    hair_back = hair
+    if int(hb.numel()) >= OUTLINE_HAIR_MIN:
+        hair_back = avatar.features[hb, :3].detach().to(colours.dtype).median(0).values
     # only away from what the photo shows: the backs of the ears, next to their seen fronts,
     # keep the fill (given the hair's colour, their rims showed dark in the photo's own view)
     kn = known.cpu().numpy()
@@ -297,7 +310,8 @@ def _scalp_prior(avatar: Avatar, rest: np.ndarray, colours: torch.Tensor, known:
     hairline = eyes_y + 0.01 - (0.01 + NAPE_HAIRLINE) * behind_ears
     above = torch.sigmoid((y - hairline) / 0.01)
     w_hair = above * torch.sigmoid((zmax - 0.06 - z) / 0.01) * unseen
-    out = colours * (1 - w_hair[:, None]) + hair * w_hair[:, None]
+    target = hair * (1 - behind_ears[:, None]) + hair_back * behind_ears[:, None]
+    out = colours * (1 - w_hair[:, None]) + target * w_hair[:, None]
     cheeks = ((y < eyes_y - 0.02) & (y > eyes_y - 0.06) & (x.abs() > 0.02) & (x.abs() < 0.05)
               & (z > eyes_z - 0.03) & (confidence > 0.6))
     if int(cheeks.sum()) >= 20:
