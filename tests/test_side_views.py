@@ -143,22 +143,28 @@ def test_the_bust_back_continues_its_sides_not_the_shirt_in_front():
     assert float((out[seen] - col).norm(dim=1).median()) < 0.01
 
 
+def _portrait_avatar(name: str):
+    """A portrait from ../shared/data reconstructed at test quality: (avatar, rgb [N, 3], rest
+    [N, 3] the Gaussians' rest-space surface points, eye_y, eye_z)."""
+    from avatar_core.recon import reconstruct
+    from conftest import shared_data
+    from PIL import Image
+    from test_recon import TEST_QUALITY
+    photo = np.asarray(Image.open(shared_data("portraits", name)).convert("RGB"))
+    avatar, _ = reconstruct(photo, quality=TEST_QUALITY, device="cpu")
+    j = avatar.rig_j_regressor @ avatar.rig_template
+    rest = (avatar.rig_template[avatar.bind_ids] * avatar.bind_bary[..., None]).sum(1)
+    return avatar, avatar.features[:, :3].clamp(0, 1), rest, float(j[3:5, 1].mean()), float(j[3:5, 2].mean())
+
+
 def test_the_back_of_the_skull_is_hair_down_to_the_nape(tmp_path):
     """A short-haired man (obama): the unseen back of his head is the colour of his hair from
     the crown down past the ears' height, not a band of the ears' skin round the back, and his
     nape (below that) is skin, not the collar's white; the back of his jacket is the jacket's
     colour, not the shirt's."""
-    from avatar_core.recon import reconstruct
     from avatar_core.regions import REGION_HEAD, REGION_SHOULDER
-    from conftest import shared_data
-    from PIL import Image
-    from test_recon import TEST_QUALITY
-    photo = np.asarray(Image.open(shared_data("portraits", "obama.jpg")).convert("RGB"))
-    avatar, _ = reconstruct(photo, quality=TEST_QUALITY, device="cpu")
-    rgb = avatar.features[:, :3].clamp(0, 1)
+    avatar, rgb, rest, eye_y, eye_z = _portrait_avatar("obama.jpg")
     j = avatar.rig_j_regressor @ avatar.rig_template
-    eye_y, eye_z = float(j[3:5, 1].mean()), float(j[3:5, 2].mean())
-    rest = (avatar.rig_template[avatar.bind_ids] * avatar.bind_bary[..., None]).sum(1)
     head = (avatar.region == REGION_HEAD) & (avatar.frame_face >= 0)
     behind = head & (rest[:, 2] < eye_z - 0.15)
     crown = behind & (rest[:, 1] > eye_y + 0.06)
@@ -300,17 +306,8 @@ def test_the_back_of_a_thin_haired_head_is_his_hair_not_his_scalp():
     """biden: the crown the photo shows is scalp under thin white hair, but the hair round his
     head's outline (his sides) is white. The unseen back of his head continues that hair; it
     was bare skin, under the white band of the hair shell swept from his sides."""
-    from avatar_core.recon import reconstruct
     from avatar_core.regions import REGION_HEAD
-    from conftest import shared_data
-    from PIL import Image
-    from test_recon import TEST_QUALITY
-    photo = np.asarray(Image.open(shared_data("portraits", "biden.jpg")).convert("RGB"))
-    avatar, _ = reconstruct(photo, quality=TEST_QUALITY, device="cpu")
-    rgb = avatar.features[:, :3].clamp(0, 1)
-    j = avatar.rig_j_regressor @ avatar.rig_template
-    eye_y, eye_z = float(j[3:5, 1].mean()), float(j[3:5, 2].mean())
-    rest = (avatar.rig_template[avatar.bind_ids] * avatar.bind_bary[..., None]).sum(1)
+    avatar, rgb, rest, eye_y, eye_z = _portrait_avatar("biden.jpg")
     behind = ((avatar.region == REGION_HEAD) & (avatar.frame_face >= 0) & (rest[:, 2] < eye_z - 0.15)
               & (rest[:, 1] > eye_y - 0.02))
     assert int(behind.sum()) >= 20
