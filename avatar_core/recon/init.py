@@ -287,12 +287,11 @@ def _scalp_prior(avatar: Avatar, rest: np.ndarray, colours: torch.Tensor, known:
     if int(skull.sum()) < 20:
         return colours
     hair = colours[skull].median(0).values
-    # behind the ears the hair is the colour of the hair the photo shows round the head's
-    # outline (the plane's head-bound Gaussians and the shell swept from them), where there is
-    # enough of it: biden's seen crown is scalp under thin white hair, and the back of his head
-    # was bare skin under the white band of his swept side hair
-    # (solid: the outline's soft edge mixes in the background; bound at the eyes' height or
-    # above: the mouth's dark backstop is head-bound too)
+    # behind the ears the hair is the colour of the solid hair the photo shows round the head's
+    # outline (the plane's head-bound Gaussians and the shell swept from them; the outline's
+    # soft edge mixes in the background, and the mouth's dark backstop, head-bound too, lies
+    # below the eyes), where there is enough of it: biden's seen crown is scalp under thin
+    # white hair, and the back of his head was bare skin under the white band of his side hair
     hb = torch.nonzero((avatar.region == REGION_SHOULDER) & (avatar.frame_face >= 0)
                        & (torch.sigmoid(avatar.opacity_logit) > 0.85))[:, 0]
     hb = hb[_rest_positions(avatar, hb)[:, 1] > eyes_y - 0.02]
