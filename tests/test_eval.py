@@ -194,6 +194,19 @@ def test_novelview_renders_the_scan_with_blender(tmp_path):
     assert np.array_equal(again.rgba, views.rgba)
 
 
+def test_selfreenact_judges_only_what_the_video_frame_shows():
+    """Where the crop runs past the video's frame neither the real frame nor the avatar is seen:
+    ``photo_region`` is the crop's share inside the frame, at the evaluation size."""
+    from types import SimpleNamespace
+    from avatar_core.eval.selfreenact import photo_region
+    inside = np.ones((128, 128), bool)
+    inside[96:] = False                       # the video ends a quarter above the crop's bottom
+    region = photo_region(SimpleNamespace(portrait=SimpleNamespace(inside=inside)), 64)
+    assert region.shape == (64, 64) and region.dtype == np.float32
+    assert region[:48].min() == 1.0 and region[48:].max() == 0.0
+    assert photo_region(SimpleNamespace(portrait=SimpleNamespace()), 32).min() == 1.0
+
+
 # ----------------------------------------------------------------------------- self-reenactment CLI
 def _grid_clip_with_blank_frames(path, n=6, blank=(3,)):
     import cv2

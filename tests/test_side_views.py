@@ -309,6 +309,56 @@ def test_the_bust_back_is_sampled_without_holes():
     assert worst_gap(np.concatenate([rnd, np.zeros((len(pts), 1))], 1)) > 1.3   # as the back was sampled: 1.45-1.71
 
 
+def test_the_body_goes_on_past_the_photos_edge_where_a_torso_crosses_it():
+    """Samples of the bust outside what the photo shows (past the crop, or in the padding where
+    the photo ends inside it) are kept where the person's torso runs into that edge, up to a
+    quarter of the crop away; not where the person is background at the edge, not above the
+    crop, and not at all when the photo ends at a neck (it says nothing about the body)."""
+    from avatar_core.recon.bust import BEYOND_CROP, body_beyond
+    S = 100
+    photo = torch.zeros(S, S, dtype=torch.bool)
+    photo[:80] = True                        # the photo ends at row 80, inside the crop
+    alpha = torch.zeros(S, S)
+    alpha[50:80, 20:80] = 1.0                # a torso 60 px wide crosses that edge
+    head = torch.zeros(S, S, dtype=torch.bool)
+    head[10:50, 35:65] = True                # under a head 30 px wide
+    reach = int(BEYOND_CROP * S)
+    u = torch.tensor([50, 50, 50, 10, 50, 50, 120])
+    v = torch.tensor([85, 99, 79 + reach - 2, 90, 79 + reach + 5, 60, 70])
+    z = torch.ones(7)
+    kept = body_beyond(u, v, z, alpha, photo, head)
+    # below the torso in the padding and past the crop: kept; below background: not; too far:
+    # not; inside the photo: not this rule's; past the crop's side beside the torso: not (the
+    # torso does not reach that border)
+    assert kept.tolist() == [True, True, True, False, False, False, False]
+    alpha_neck = torch.zeros(S, S)
+    alpha_neck[50:80, 40:60] = 1.0           # 20 px: a neck, narrower than the head
+    assert not bool(body_beyond(u, v, z, alpha_neck, photo, head).any())
+    assert not bool(body_beyond(u, torch.full_like(v, -5), z, alpha, photo, head).any())   # above the crop
+
+
+def test_the_photo_fit_ignores_the_padding_past_the_photos_edge():
+    """The fit's loss counts only the photo's pixels: the padding where the photo ends inside
+    the crop is no evidence (the body that goes on past the edge must not be faded there)."""
+    from avatar_core.camera import orbit_camera
+    from avatar_core.recon.init import SourceView
+    from avatar_core.recon.optimise import PhotoFit
+    from avatar_core.gaussians.build import build_avatar
+    from avatar_core.head import load_head
+    S = 64
+    inside = torch.ones(S, S, dtype=torch.bool)
+    inside[48:] = False
+    cam = orbit_camera(distance=1.0, width=S, height=S)
+    view = SourceView(torch.rand(S, S, 3), torch.ones(S, S), cam, {}, inside)
+    assert torch.equal(view.inside_at(S), inside.float())
+    half = view.inside_at(32)
+    assert float(half[:23].min()) == 1.0 and float(half[25:].max()) == 0.0
+    avatar = build_avatar(load_head("open"), lods=(0,))
+    fit = PhotoFit(avatar, view, torch.zeros(4, 4, dtype=torch.bool), torch.ones(avatar.num_gaussians), torch.device("cpu"))
+    tgt = fit.target(S)
+    assert torch.equal(tgt.train[0, ..., 0], inside.float())
+
+
 def test_the_hair_shell_bridges_a_gap_in_the_outline(open_head_and_bust):
     """A side whose hair outline skips some heights (a bun above, a curl below, background
     between them in the photo) still gets hair behind the head at those heights: the shell is

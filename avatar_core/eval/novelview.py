@@ -6,8 +6,9 @@ www.triplegangers.com) is rendered with Blender (Cycles on the CPU, a few sample
 checkout's ``scripts/render_headscan.py``, ``render_scan``) by a level camera orbiting the head's centre at yaws
 -60..60 degrees. An avatar is reconstructed from the frontal (yaw 0) render, and rendered at
 every yaw; each view is compared with Blender's inside the scan's mask (the render's alpha):
-masked PSNR, SSIM and LPIPS-alex, plus the IoU of the two silhouettes. Baseline: the frontal
-render itself at every yaw (what a flat image gives).
+masked PSNR, SSIM and LPIPS-alex, plus the IoU of the two silhouettes, all inside Blender's
+frame (where the crop runs past the render, neither is seen). Baseline: the frontal render
+itself at every yaw (what a flat image gives).
 
 Aligning the avatar's cameras with Blender's: the avatar lives in its fitted source camera's
 frame, Blender's scan in metres, and the fitted focal length need not be Blender's. The face
@@ -307,6 +308,12 @@ def evaluate_views(views: "ScanViews", out: Path, cfg, lpips_net, size: int = 25
         a = np.clip(c[..., 3], 0, 1)
         tgt[i] = c[..., :3] * a[..., None] + BACKGROUND * (1 - a[..., None])
         mask[i] = a
+    # the scan is seen only inside Blender's frame: outside it (where the crop runs past the
+    # render) the avatar is not judged either (its body goes on past the frontal render's edge)
+    frame = crop_with(np.ones_like(views.rgba[0][..., :1]), portrait.transform, border="constant", fill=0.0)
+    frame = np.clip(cv2.resize(frame, (size, size), interpolation=cv2.INTER_AREA), 0, 1)[None]
+    rgb = rgb * frame[..., None] + BACKGROUND * (1 - frame[..., None])
+    alpha = alpha * frame
     base = np.broadcast_to(tgt[views.index(0.0)], tgt.shape)
     per = {"avatar": view_metrics(rgb, alpha, tgt, mask, lpips_net),
            "frontal image": view_metrics(base, np.broadcast_to(mask[views.index(0.0)], mask.shape), tgt, mask, lpips_net)}

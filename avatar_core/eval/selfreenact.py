@@ -11,7 +11,9 @@ from the source frame's tracked values, on top of the avatar's own source expres
 source frame renders as reconstructed.
 
 Every frame is compared with the real frame on the matted head: the real crop is matted the
-way the source photo is (``portrait_matte``) and composited over the render background.
+way the source photo is (``portrait_matte``) and composited over the render background. Where
+the crop runs past the video's frame, nothing is seen: the render too is the background there
+(``photo_region``; the avatar's body goes on past its photo's edge).
 Metrics per frame, for the avatar and for the static baseline (the matted source frame
 repeated): PSNR, SSIM and LPIPS-alex over the whole crop; PSNR inside the real frame's matte;
 AKD, the mean distance between MediaPipe's 478 landmarks found on the image and on the real
@@ -191,6 +193,10 @@ def evaluate_clip(video, name: str, clip_dir: Path, cfg, head, lpips_net, size: 
     cams = avatar.source_camera(size)
     cams = Camera(cams.K.expand(len(viewmats), 3, 3), viewmats, cams.width, cams.height)
     renders = render_frames(avatar, params, size, lod=lod, device=device, cameras=cams)
+    # where the crop runs past the video's frame neither the real frame nor the avatar is seen:
+    # both are the background there (the avatar's body goes on past the photo's edge)
+    seen = photo_region(track, size)[..., None]
+    renders = renders * seen + BACKGROUND * (1.0 - seen)
     timings["render"] = time.perf_counter() - t0
 
     say("measuring")
@@ -265,6 +271,18 @@ def render_frames(avatar, params: Dict, size: int, lod: Optional[int] = None, de
 
 
 # ----------------------------------------------------------------------------- real frames
+def photo_region(track, size: int) -> np.ndarray:
+    """[size, size] float32 in [0, 1]: the share of each pixel of the crop that lies inside the
+    video's frame (1 everywhere when the crop lies inside it)."""
+    import cv2
+
+    inside = getattr(track.portrait, "inside", None)
+    if inside is None:
+        return np.ones((size, size), np.float32)
+    m = np.asarray(inside, np.float32)
+    return m if m.shape[0] == size else cv2.resize(m, (size, size), interpolation=cv2.INTER_AREA)
+
+
 def matted_frames(track, size: int):
     """The tracked crops matted the way ``process_portrait`` mattes the source photo
     (``portrait_matte`` at the crop size, times the crop's inside-the-photo mask; landmarks of

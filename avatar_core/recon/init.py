@@ -56,17 +56,29 @@ class SourceView:
     """The photo as the optimisation sees it.
 
     image [S, S, 3] and alpha [S, S] float tensors in [0, 1]; camera batch 1 at S x S;
-    params: expression [1, E], pose [1, J, 3], translation [1, 3] reproducing the fitted head.
+    params: expression [1, E], pose [1, J, 3], translation [1, 3] reproducing the fitted head;
+    inside [S, S] bool: the crop pixels that come from the photo (None: all; the padding where
+    the photo ends inside the crop says nothing, not "background").
     """
 
     image: torch.Tensor
     alpha: torch.Tensor
     camera: Camera
     params: Dict[str, torch.Tensor]
+    inside: Optional[torch.Tensor] = None
 
     @property
     def size(self) -> int:
         return int(self.image.shape[0])
+
+    def inside_at(self, size: int) -> torch.Tensor:
+        """[size, size] float in [0, 1]: the share of each pixel that comes from the photo."""
+        if self.inside is None:
+            return torch.ones(size, size)
+        x = self.inside.float()[None, None]
+        if size != self.size:
+            x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        return x[0, 0].clamp(0.0, 1.0)
 
     def resized(self, size: int):
         """(image [s, s, 3], alpha [s, s], camera) at another resolution (area-filtered)."""
@@ -509,7 +521,7 @@ def plane_points(view: SourceView, raster: MeshRaster, verts: torch.Tensor, chin
     extra = None
     if on_bust is not None:
         from avatar_core.recon.bust import bust_points
-        extra = bust_points(bust, cam, view.image, view.alpha, on_bust, s, raster.mask)
+        extra = bust_points(bust, cam, view.image, view.alpha, on_bust, s, raster.mask, photo=view.inside)
     if ci.size == 0 and extra is None:
         e = torch.zeros(0, 3)
         return PlanePoints(e, e.clone(), torch.zeros(0), torch.zeros(0), e.clone(), torch.zeros(0, dtype=torch.bool))

@@ -10,7 +10,8 @@ from the source camera and minimises
       + w_opa  mean softplus(-opacity logit) (head)   a solid head, not a haze
       + w_spa  mean sigmoid(soft mask) (split >= 1)   SplitAvatar's sparsity on the soft masks
 
-over the pixels not held out (see ``holdout_grid``). Soft masks act through the straight-
+over the photo's pixels not held out (see ``holdout_grid``; the padding where the photo ends
+inside the crop is left out). Soft masks act through the straight-
 through estimator (``Avatar.animate(training=True)``). Stage 0 trains the LOD-0 head and the
 shared Gaussians; later stages train only their own head Gaussians, so every LOD stays a good
 avatar on its own (the shared ones were made for all of them). Each finer LOD starts from the
@@ -110,10 +111,13 @@ class PhotoFit:
             bg = torch.full_like(img, BACKGROUND)
             rgb = img * alpha[..., None] + bg * (1 - alpha[..., None])
             hold = grid_mask(self.holdout, size).to(img)
+            # pixels outside the photo (padding where it ends inside the crop) are no evidence:
+            # the body that goes on past the photo's edge must not be faded there
+            photo = self.view.inside_at(size).to(img)
             dev = self.device
             self._targets[size] = Target(rgb[None].to(dev), alpha[None, ..., None].to(dev),
-                                         (1 - hold)[None, ..., None].to(dev), hold[None, ..., None].to(dev),
-                                         cam.to(device=dev))
+                                         ((1 - hold) * photo)[None, ..., None].to(dev),
+                                         (hold * photo)[None, ..., None].to(dev), cam.to(device=dev))
         return self._targets[size]
 
     def index(self, lod: int) -> torch.Tensor:

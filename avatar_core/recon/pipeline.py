@@ -79,7 +79,9 @@ def source_view(portrait, fit) -> SourceView:
     else:
         params, camera = fit.params(), fit.camera
     params = {k: v.detach().float().reshape(1, *v.shape[-2 if k == "pose" else -1:]) for k, v in params.items()}
-    return SourceView(image, alpha, camera, params)
+    inside = getattr(portrait, "inside", None)
+    inside = None if inside is None else torch.as_tensor(np.ascontiguousarray(inside)).bool()
+    return SourceView(image, alpha, camera, params, inside)
 
 
 def gaze_ahead(view: SourceView, head: HeadModel) -> SourceView:
@@ -93,7 +95,7 @@ def gaze_ahead(view: SourceView, head: HeadModel) -> SourceView:
         return view
     expr = view.params["expression"].clone()
     expr[:, look] = 0.0
-    return SourceView(view.image, view.alpha, view.camera, {**view.params, "expression": expr})
+    return SourceView(view.image, view.alpha, view.camera, {**view.params, "expression": expr}, view.inside)
 
 
 def paint_interior(avatar: Avatar, head: HeadModel, view: SourceView, vis, landmarks) -> torch.Tensor:
@@ -267,7 +269,7 @@ def reconstruct_from_fit(head_model: HeadModel, portrait, fit, cfg: ReconConfig,
                                                        getattr(portrait, "landmarks", None))
     avatar = avatar.to(dev)
     dview = SourceView(view.image, view.alpha, view.camera.to(device=dev),
-                       {k: v.to(dev) for k, v in view.params.items()})
+                       {k: v.to(dev) for k, v in view.params.items()}, view.inside)
     governor = ThreadGovernor(cfg.threads, enabled=dev.type == "cpu")
     fitter = PhotoFit(avatar, dview, holdout_grid(cfg.holdout_fraction), facing.to(dev), dev, governor)
     fitter.colour_free &= ~locked.to(dev)
