@@ -268,19 +268,19 @@ def body_beyond(u: torch.Tensor, v: torch.Tensor, z: torch.Tensor, alpha: torch.
 
     H, S = alpha.shape
     reach = int(round(BEYOND_CROP * S))
-    person = (alpha.cpu().numpy() > 0.5) & photo.numpy()
+    ph = photo.cpu().numpy().astype(bool)
+    person = (alpha.cpu().numpy() > 0.5) & ph
     out = torch.zeros(u.shape[0], dtype=torch.bool)
-    cols = np.nonzero(photo.numpy().any(0))[0]
+    cols = np.nonzero(ph.any(0))[0]
     head_cols = np.nonzero(head_mask.cpu().numpy().any(0))[0]
     if cols.size == 0 or head_cols.size == 0:
         return out
-    last = photo.numpy().shape[0] - 1 - np.argmax(photo.numpy()[::-1], axis=0)     # each column's lowest photo row
-    edge = person[last[cols], cols]
-    if edge.sum() < TORSO_WIDTH * (head_cols.max() - head_cols.min() + 1):
+    last = H - 1 - np.argmax(ph[::-1], axis=0)     # each column's lowest photo row
+    if person[last[cols], cols].sum() < TORSO_WIDTH * (head_cols.max() - head_cols.min() + 1):
         return out
     # the canvas: the crop and ``reach`` pixels past its bottom and sides
     canvas = np.zeros((H + reach, S + 2 * reach), bool)
-    canvas[:H, reach:reach + S] = photo.numpy()
+    canvas[:H, reach:reach + S] = ph
     dist, (ni, nj) = distance_transform_edt(~canvas, return_indices=True)
     ui, vi = u.long(), v.long()
     ok = (z > 1e-3) & (vi >= 0) & (vi < H + reach) & (ui >= -reach) & (ui < S + reach)
@@ -361,9 +361,9 @@ def bust_points(fit: BustFit, camera, image: torch.Tensor, alpha: torch.Tensor, 
     to_cam = -q / q.norm(dim=-1, keepdim=True)
     n_cam = normals[f] @ R.T
     facing = (n_cam * to_cam).sum(-1).abs()
-    seen = inside & photo[vi, ui] & (q[:, 2] <= zb + SEEN_TOLERANCE) & (facing > 1.0 / MAX_STRETCH) & ~head_mask[vi, ui]
-    # the person: where the matte is (not grown: where the photo ends inside the crop, as a
-    # video frame's edge can, nothing may hang below it)
+    seen = (inside & photo[vi, ui] & (q[:, 2] <= zb + SEEN_TOLERANCE) & (facing > 1.0 / MAX_STRETCH)
+            & ~head_mask[vi, ui])
+    # the person: where the matte is (not grown)
     person = torch.as_tensor(alpha.cpu().numpy() > 0.3)
     on_person = person[vi, ui]
     # outside what the photo shows (past the crop's border, or the padding where the photo ends
