@@ -15,7 +15,8 @@ inside the crop is left out). Soft masks act through the straight-through estima
 (``Avatar.animate(training=True)``). Stage 0 trains the LOD-0 head and the shared Gaussians;
 later stages train only their own head Gaussians, so every LOD stays a good avatar on its own
 (the shared ones were made for all of them). Each finer LOD starts from the coarser one's
-optimised geometry and opacity (``transfer_lod``), and from the photo's colours. Plane (shoulder/hair) Gaussians keep their place on their viewing rays.
+optimised geometry and opacity (``transfer_lod``), and from the photo's colours. Plane
+(shoulder/hair) Gaussians keep their place on their viewing rays.
 """
 
 from __future__ import annotations
