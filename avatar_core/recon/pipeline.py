@@ -265,8 +265,15 @@ def reconstruct_from_fit(head_model: HeadModel, portrait, fit, cfg: ReconConfig,
         prog(0.0, "initialising Gaussians from the photo")
         view = source_view(portrait, fit)
         view = gaze_ahead(view, head_model)
-        avatar, facing, chain, locked, held, pinned, _ = initial_avatar(head_model, fit, view, cfg,
+        head = head_model
+        if cfg.bust:
+            # the body stands upright in the photo, the head tilted on its neck (``head.bust``)
+            from avatar_core.head.bust import upright_neck
+            up = -view.camera.viewmat[0, 1, :3]
+            head = upright_neck(head_model, fit.shape.float(), view.params["pose"], up)
+        avatar, facing, chain, locked, held, pinned, _ = initial_avatar(head, fit, view, cfg,
                                                        getattr(portrait, "landmarks", None))
+        avatar.head_identity = head_model.identity()
     avatar = avatar.to(dev)
     dview = SourceView(view.image, view.alpha, view.camera.to(device=dev),
                        {k: v.to(dev) for k, v in view.params.items()}, view.inside)
