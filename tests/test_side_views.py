@@ -90,6 +90,13 @@ def test_the_lower_neck_stands_upright_with_the_body(open_head_and_bust):
         d = (head.j_regressor @ before)[1] - v[cut].mean(0)
         return math.degrees(math.acos(float(d @ up / d.norm())))
     assert lean(after) < lean(before) - 0.25 * math.degrees(tilt)
+    # seen from the photo's camera, the neck moves only in depth: along each line of sight
+    eye = torch.tensor([0.0, 0.0, 1.1])
+    seen = upright_neck(head, shape, pose, up, eye=eye)(shape=shape[None], pose=pose).vertices[0]
+    move, sight = seen - before, before - eye
+    across = torch.linalg.cross(move, sight / sight.norm(dim=1, keepdim=True)).norm(dim=1)
+    assert float(across.max()) < 1e-6
+    assert float(move[cut].norm(dim=1).mean()) > 0.002
 
 
 def test_reconstruction_has_a_closed_bust_and_a_hair_shell(tmp_path):

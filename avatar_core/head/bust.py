@@ -15,7 +15,9 @@ by its neck ring:
    with it. The bend is taken over about ``UPRIGHT_FALLOFF`` metres from the ring, so the neck
    stays joined to the head's cut. ``upright_neck`` bends the head's own lower neck the same
    way (by each vertex's root weight), as the neck joint would: the head's tilt in a photo is
-   taken to be its neck's, not the body's (a portrait's camera is about level).
+   taken to be its neck's, not the body's (a portrait's camera is about level). The
+   reconstruction bends it along the photo's lines of sight only (its depth), after placing
+   the bust under the neck as fitted: the photo keeps seeing both where they were.
 
 The bust has no expressions or skinning of its own: it follows the root joint rigidly.
 """
@@ -99,12 +101,15 @@ def _turn_between(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return axis / s * torch.atan2(s, torch.dot(a, b))
 
 
-def upright_neck(head: HeadModel, shape: torch.Tensor, pose: torch.Tensor, up: torch.Tensor) -> HeadModel:
+def upright_neck(head: HeadModel, shape: torch.Tensor, pose: torch.Tensor, up: torch.Tensor,
+                 eye: Optional[torch.Tensor] = None) -> HeadModel:
     """``head`` with its neck bent so that the body under it stands along ``up`` [3] (world) at
     the pose ``pose`` [1, J, 3] (shape [S]): each rest vertex turns about the neck joint by its
     root weight times the turn from the posed root's up onto ``up``. The face (weighted to the
     neck joint and below it) keeps its place; the lower neck, weighted to the root like the bust,
-    stands upright with it (module docstring, step 3)."""
+    stands upright with it (module docstring, step 3). With ``eye`` [3] (the photo's camera
+    centre, world; the pose's root must then be still) each vertex moves only along its line of
+    sight, so the photo sees the neck where it was and only its depth changes."""
     dt = head.v_template.dtype
     with torch.no_grad():
         rest = head(shape=shape[None]).vertices[0]
@@ -113,8 +118,12 @@ def upright_neck(head: HeadModel, shape: torch.Tensor, pose: torch.Tensor, up: t
         turn = _turn_between(root[:, 1], up.to(dt))
         local = root.T @ turn                                  # the same turn in the rest frame
         per_vertex = axis_angle_to_matrix(head.lbs_weights[:, :1].to(dt) * local)   # [V, 3, 3]
-        bent = torch.einsum("vij,vj->vi", per_vertex, rest - neck) + neck
-    return dataclasses.replace(head, v_template=head.v_template + (bent - rest))
+        move = torch.einsum("vij,vj->vi", per_vertex, rest - neck) + neck - rest
+        if eye is not None:
+            sight = rest - eye.to(dt)
+            sight = sight / sight.norm(dim=1, keepdim=True).clamp_min(1e-9)
+            move = (move * sight).sum(1, keepdim=True) * sight
+    return dataclasses.replace(head, v_template=head.v_template + move)
 
 
 def place_bust(bust: Bust, head: HeadModel, rest: torch.Tensor, posed: torch.Tensor,

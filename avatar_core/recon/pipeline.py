@@ -119,11 +119,12 @@ def paint_interior(avatar: Avatar, head: HeadModel, view: SourceView, vis, landm
     return locked
 
 
-def initial_avatar(head: HeadModel, fit, view: SourceView, cfg: ReconConfig, landmarks=None):
+def initial_avatar(head: HeadModel, fit, view: SourceView, cfg: ReconConfig, landmarks=None, bust=None):
     """Build the avatar on the fitted head and initialise every Gaussian from the photo.
 
     ``landmarks`` [478, 2+]: the portrait's face-mesh points in crop pixels (they tell what
-    the photo shows of the mouth and eyes); None paints them from priors alone.
+    the photo shows of the mouth and eyes); None paints them from priors alone. ``bust``: the
+    fitted bust (``recon.bust.source_bust``) that carries the shoulders, or None for a plane.
     Returns (avatar, facing [N]: cosine between each Gaussian's surface normal and the
     direction to the source camera, 1 for the plane ones; the LodChain of the head; locked
     [N] bool: Gaussians whose painted colour the photo fit must keep; held [N] bool: Gaussians
@@ -141,10 +142,6 @@ def initial_avatar(head: HeadModel, fit, view: SourceView, cfg: ReconConfig, lan
     raster = rasterize_mesh(verts, head.faces, cam.K[0], cam.viewmat[0], cam.width, cam.height)
     chain = lod_chain(head.faces, head.num_vertices, max(cfg.lods))
     box = np.asarray(fit.face_size_px)
-    bust = None
-    if cfg.bust:
-        from avatar_core.recon.bust import source_bust
-        bust = source_bust(head, shape, view.params, cam, view.alpha)
     plane = plane_points(view, raster, verts, chin_height(head, verts), cfg.plane_stride, float(box), bust=bust)
     from avatar_core.recon.interior import (LASH_FRINGE, blink_moved, eye_opening_distance, eye_opening_heights,
                                             head_regions, in_eye_openings, mouth_backstop, near_inner_corners,
@@ -265,14 +262,18 @@ def reconstruct_from_fit(head_model: HeadModel, portrait, fit, cfg: ReconConfig,
         prog(0.0, "initialising Gaussians from the photo")
         view = source_view(portrait, fit)
         view = gaze_ahead(view, head_model)
-        head = head_model
+        head, bust = head_model, None
         if cfg.bust:
-            # the body stands upright in the photo, the head tilted on its neck (``head.bust``)
+            # the body stands upright in the photo, the head tilted on its neck (``head.bust``):
+            # the bust under the neck as fitted, then the lower neck bent upright in depth
             from avatar_core.head.bust import upright_neck
+            from avatar_core.recon.bust import source_bust
+            bust = source_bust(head_model, fit.shape.float(), view.params, view.camera, view.alpha)
             up = -view.camera.viewmat[0, 1, :3]
-            head = upright_neck(head_model, fit.shape.float(), view.params["pose"], up)
+            head = upright_neck(head_model, fit.shape.float(), view.params["pose"], up,
+                                eye=view.camera.position[0])
         avatar, facing, chain, locked, held, pinned, _ = initial_avatar(head, fit, view, cfg,
-                                                       getattr(portrait, "landmarks", None))
+                                                       getattr(portrait, "landmarks", None), bust=bust)
         avatar.head_identity = head_model.identity()
     avatar = avatar.to(dev)
     dview = SourceView(view.image, view.alpha, view.camera.to(device=dev),
