@@ -127,10 +127,14 @@ def upright_neck(head: HeadModel, shape: torch.Tensor, pose: torch.Tensor, up: t
 
 
 def place_bust(bust: Bust, head: HeadModel, rest: torch.Tensor, posed: torch.Tensor,
-               up: Optional[torch.Tensor] = None) -> torch.Tensor:
+               up: Optional[torch.Tensor] = None, bent: Optional[torch.Tensor] = None) -> torch.Tensor:
     """The bust's vertices [Vb, 3] under ``head``: ``rest`` [V, 3] the head's shaped rest vertices,
     ``posed`` [V, 3] the same head posed (world); ``up`` [3] (world), when given, the direction the
-    body below the neck is stood along (module docstring, step 3). Returns world positions."""
+    body below the neck is stood along (module docstring, step 3). ``bent`` [V, 3]: the rest
+    vertices of the same head with its neck bent (``upright_neck``; ``posed`` is then the bent
+    head's): the ring is matched to the cut on ``rest`` and placed on the bent cut, the whole
+    bust following the cut's mean motion (matched on the bent cut itself, a ring vertex could
+    take a neighbouring cut vertex and fold the neck). Returns world positions."""
     dt = posed.dtype
     cut = neck_cut(head, rest)
     if cut.numel() < 3:
@@ -142,6 +146,10 @@ def place_bust(bust: Bust, head: HeadModel, rest: torch.Tensor, posed: torch.Ten
     v = v + (cut_rest.mean(0) - ring.mean(0))
     ring = v[bust.ring]
     nn = torch.cdist(ring, cut_rest).argmin(1)
+    if bent is not None:
+        moved = bent[cut].to(dt)
+        v = v + (moved.mean(0) - cut_rest.mean(0))
+        ring, cut_rest = v[bust.ring], moved
     disp = cut_rest[nn] - ring  # [k, 3]
     d = torch.cdist(v, ring)  # [Vb, k]
     near = d.argmin(1)

@@ -67,19 +67,21 @@ class BustFit:
 
 
 def source_bust(head: HeadModel, shape: torch.Tensor, params: dict, camera, alpha: torch.Tensor,
-                bust: Optional[Bust] = None) -> Optional[BustFit]:
+                bust: Optional[Bust] = None, bent_head: Optional[HeadModel] = None) -> Optional[BustFit]:
     """The bust under the fitted head at the source pose (``params``: expression [1, E], pose
     [1, J, 3], translation [1, 3]), fitted to the matte ``alpha`` [S, S]; None when there is no
-    bust (the open head cannot be loaded, or the head has no neck cut)."""
+    bust (the open head cannot be loaded, or the head has no neck cut). ``bent_head``: ``head``
+    with its neck bent (``head.bust.upright_neck``), under whose neck the bust goes."""
     bust = open_bust() if bust is None else bust
     if bust is None:
         return None
     with torch.no_grad():
         rest = head(shape=shape[None]).vertices[0]
-        posed = head(shape=shape[None], **params).vertices[0]
+        bent = None if bent_head is None else bent_head(shape=shape[None]).vertices[0]
+        posed = (bent_head or head)(shape=shape[None], **params).vertices[0]
     up = -camera.viewmat[0, 1, :3].to(rest.dtype)   # the camera's up (OpenCV: -y), in world
     try:
-        verts = place_bust(bust, head, rest, posed, up=up)
+        verts = place_bust(bust, head, rest, posed, up=up, bent=bent)
     except ValueError as exc:
         log.warning("No bust: %s The shoulders stay a plane.", exc)
         return None

@@ -265,13 +265,13 @@ def reconstruct_from_fit(head_model: HeadModel, portrait, fit, cfg: ReconConfig,
         head, bust = head_model, None
         if cfg.bust:
             # the body stands upright in the photo, the head tilted on its neck (``head.bust``):
-            # the bust under the neck as fitted, then the lower neck bent upright in depth
+            # the lower neck bent upright in depth, the bust under it
             from avatar_core.head.bust import upright_neck
             from avatar_core.recon.bust import source_bust
-            bust = source_bust(head_model, fit.shape.float(), view.params, view.camera, view.alpha)
             up = -view.camera.viewmat[0, 1, :3]
             head = upright_neck(head_model, fit.shape.float(), view.params["pose"], up,
                                 eye=view.camera.position[0])
+            bust = source_bust(head_model, fit.shape.float(), view.params, view.camera, view.alpha, bent_head=head)
         avatar, facing, chain, locked, held, pinned, _ = initial_avatar(head, fit, view, cfg,
                                                        getattr(portrait, "landmarks", None), bust=bust)
         avatar.head_identity = head_model.identity()
