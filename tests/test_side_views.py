@@ -99,6 +99,30 @@ def test_the_lower_neck_stands_upright_with_the_body(open_head_and_bust):
     assert float(move[cut].norm(dim=1).mean()) > 0.002
 
 
+def test_the_bust_follows_a_bent_neck_without_folding(open_head_and_bust):
+    """Under a neck bent by ``upright_neck``, each bust ring vertex keeps the cut vertex it was
+    matched to on the unbent head and moves as that vertex did: matched on the bent cut, a ring
+    vertex could take a neighbour and fold the neck (painting_s5's source view lost 0.4-0.6 dB)."""
+    from avatar_core.head.bust import neck_cut, place_bust, upright_neck
+    head, bust = open_head_and_bust
+    shape = torch.zeros(head.num_shape)
+    pose = torch.zeros(1, head.num_joints, 3)
+    tilt = math.radians(14.0)
+    up = torch.tensor([0.0, math.cos(tilt), -math.sin(tilt)])
+    rest = head(shape=shape[None]).vertices[0]
+    bent = upright_neck(head, shape, pose, up, eye=torch.tensor([0.0, 0.0, 1.1]))(shape=shape[None]).vertices[0]
+    cut = neck_cut(head, rest)
+    before = place_bust(bust, head, rest, rest)[bust.ring]
+    after = place_bust(bust, head, rest, bent, bent=bent)[bust.ring]
+    naive = place_bust(bust, head, bent, bent)[bust.ring]
+    reach = float((bent - rest)[cut].norm(dim=1).max())
+    # every ring vertex sits on a vertex of the bent cut, and moved no further than the cut did
+    assert float(torch.cdist(after, bent[cut]).min(1).values.max()) < 1e-4   # 0.1 mm (float32)
+    assert float((after - before).norm(dim=1).max()) <= reach + 1e-5
+    # the naive placement jumps a ring vertex to another cut vertex (the fold this prevents)
+    assert float((naive - before).norm(dim=1).max()) > 2 * reach
+
+
 def test_reconstruction_has_a_closed_bust_and_a_hair_shell(tmp_path):
     from avatar_core.eval.sideviews import sideview_figures
     from avatar_core.regions import REGION_SHOULDER
