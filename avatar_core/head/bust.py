@@ -16,8 +16,8 @@ by its neck ring:
    stays joined to the head's cut. ``upright_neck`` bends the head's own lower neck the same
    way (by each vertex's root weight), as the neck joint would: the head's tilt in a photo is
    taken to be its neck's, not the body's (a portrait's camera is about level). The
-   reconstruction bends it along the photo's lines of sight only (its depth), after placing
-   the bust under the neck as fitted: the photo keeps seeing both where they were.
+   reconstruction bends it along the photo's lines of sight only (its depth), so the photo
+   sees the neck where it was, and places the bust under the bent neck (``bent``).
 
 The bust has no expressions or skinning of its own: it follows the root joint rigidly.
 """

@@ -66,6 +66,11 @@ class BustFit:
     raster: MeshRaster
 
 
+def camera_up(camera) -> torch.Tensor:
+    """The photo camera's up direction [3] in world (OpenCV cameras look down +z with y down)."""
+    return -camera.viewmat[0, 1, :3]
+
+
 def source_bust(head: HeadModel, shape: torch.Tensor, params: dict, camera, alpha: torch.Tensor,
                 bust: Optional[Bust] = None, bent_head: Optional[HeadModel] = None) -> Optional[BustFit]:
     """The bust under the fitted head at the source pose (``params``: expression [1, E], pose
@@ -78,10 +83,9 @@ def source_bust(head: HeadModel, shape: torch.Tensor, params: dict, camera, alph
     with torch.no_grad():
         rest = head(shape=shape[None]).vertices[0]
         bent = None if bent_head is None else bent_head(shape=shape[None]).vertices[0]
-        posed = (bent_head or head)(shape=shape[None], **params).vertices[0]
-    up = -camera.viewmat[0, 1, :3].to(rest.dtype)   # the camera's up (OpenCV: -y), in world
+        posed = (head if bent_head is None else bent_head)(shape=shape[None], **params).vertices[0]
     try:
-        verts = place_bust(bust, head, rest, posed, up=up, bent=bent)
+        verts = place_bust(bust, head, rest, posed, up=camera_up(camera).to(rest.dtype), bent=bent)
     except ValueError as exc:
         log.warning("No bust: %s The shoulders stay a plane.", exc)
         return None

@@ -267,9 +267,8 @@ def reconstruct_from_fit(head_model: HeadModel, portrait, fit, cfg: ReconConfig,
             # the body stands upright in the photo, the head tilted on its neck (``head.bust``):
             # the lower neck bent upright in depth, the bust under it
             from avatar_core.head.bust import upright_neck
-            from avatar_core.recon.bust import source_bust
-            up = -view.camera.viewmat[0, 1, :3]
-            head = upright_neck(head_model, fit.shape.float(), view.params["pose"], up,
+            from avatar_core.recon.bust import camera_up, source_bust
+            head = upright_neck(head_model, fit.shape.float(), view.params["pose"], camera_up(view.camera),
                                 eye=view.camera.position[0])
             bust = source_bust(head_model, fit.shape.float(), view.params, view.camera, view.alpha, bent_head=head)
         avatar, facing, chain, locked, held, pinned, _ = initial_avatar(head, fit, view, cfg,
