@@ -225,6 +225,36 @@ def test_the_bust_back_continues_its_sides_not_the_shirt_in_front():
     assert (out[back] - white).norm(dim=1).min() > 0.8
     # the seen vertices keep the photo's colours (but where two meet, averaged over 2 cm)
     assert float((out[seen] - col).norm(dim=1).median()) < 0.01
+    # a body leaning 40 degrees sideways and 20 back is coloured the same at its own heights
+    # when told its up; measured along the world's up instead, its back takes other colours
+    from avatar_core.rotation import axis_angle_to_matrix
+    R = axis_angle_to_matrix(torch.tensor([math.radians(-20.0), 0.0, math.radians(40.0)], dtype=torch.float64))
+    leant = surface_colours(verts @ R.T, faces, pts @ R.T, col, up=R[:, 1])
+    assert float((leant - out).abs().max()) < 1e-6
+    assert float((surface_colours(verts @ R.T, faces, pts @ R.T, col) - out)[back].norm(dim=1).max()) > 0.2
+
+
+def test_the_body_stands_upright_in_depth_and_keeps_its_sideways_lean():
+    """``body_up``: the head's up with its lean toward or away from the camera taken out (a
+    portrait's neck gives that), its sideways lean kept (the photo shows the shoulders')."""
+    from avatar_core.camera import Camera
+    from avatar_core.recon.bust import body_up
+    from avatar_core.rotation import axis_angle_to_matrix, matrix_to_axis_angle
+    turn = axis_angle_to_matrix(torch.tensor([0.0, math.radians(20.0), 0.0]))   # the camera looks 20 degrees round
+    vm = torch.eye(4)
+    vm[:3, :3] = torch.diag(torch.tensor([1.0, -1.0, -1.0])) @ turn.T          # OpenCV: y down, looking down -z of its frame
+    vm[:3, 3] = torch.tensor([0.0, 0.0, 0.6])
+    cam = Camera(torch.tensor([[500.0, 0, 128], [0, 500.0, 128], [0, 0, 1]]), vm, 256, 256)
+    sight, cam_up = vm[2, :3], -vm[1, :3]
+    for pitch, roll in ((-12.0, 0.0), (8.0, 0.0), (-7.0, 12.0), (0.0, -15.0)):
+        # the head pitched about the camera's x and rolled about its line of sight
+        R = (axis_angle_to_matrix(sight * math.radians(roll)) @ axis_angle_to_matrix(vm[0, :3] * math.radians(pitch)))
+        pose = torch.zeros(1, 5, 3)
+        pose[0, 0] = matrix_to_axis_angle(R)
+        up = body_up(cam, pose)
+        assert abs(float(up @ sight)) < 1e-5 and abs(float(up.norm()) - 1.0) < 1e-5
+        lean = math.degrees(math.atan2(float(up @ vm[0, :3]), float(up @ cam_up)))
+        assert abs(lean - roll) < 0.5, (pitch, roll, lean)
 
 
 def _portrait_avatar(name: str):

