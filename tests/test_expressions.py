@@ -268,3 +268,57 @@ def test_a_bright_photo_keeps_the_teeth_and_sclera_priors_warm():
         np.testing.assert_allclose(c / c.max(), want / want.max(), rtol=1e-5)
     dim = np.array([0.8, 0.7, 0.7])
     np.testing.assert_allclose(toned(TEETH_RGB, dim).numpy(), np.asarray(TEETH_RGB) * dim, rtol=1e-5)
+
+
+def test_the_white_of_the_eye_keeps_the_fits_shading_not_its_hues():
+    """``shade_sclera``: after the photo fit the eyeball's white keeps its painted colour times
+    the fit's shading (within ``SCLERA_SHADE``); the fit's hues (the iris' mauve at its edge, a
+    lid's pink shadow), which turned with the eyeball into patches on the white, are dropped.
+    The iris is left as the fit made it."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from avatar_core.recon.interior import SCLERA_SHADE, shade_sclera
+    white = torch.tensor([0.85, 0.84, 0.80])
+    fitted = torch.tensor([[0.85, 0.84, 0.80],     # as painted
+                           [0.80, 0.55, 0.62],     # pink
+                           [0.20, 0.18, 0.22],     # a dark blotch
+                           [0.35, 0.20, 0.15]])    # the iris (not on the white)
+    avatar = SimpleNamespace(features=torch.cat([fitted, torch.zeros(4, 2)], 1))
+    mask = torch.tensor([True, True, True, False])
+    shade_sclera(avatar, (mask, white.expand(4, 3).clone()))
+    out = avatar.features[:, :3]
+    lum = torch.tensor([0.2126, 0.7152, 0.0722])
+    torch.testing.assert_close(out[0], white)
+    # the pink keeps its brightness on the white's hue
+    torch.testing.assert_close(out[1] / out[1].sum(), white / white.sum())
+    assert abs(float(out[1] @ lum) - float(fitted[1] @ lum)) < 1e-5
+    # the blotch is lifted to the shading's floor; the iris and the extra channels are untouched
+    torch.testing.assert_close(out[2], SCLERA_SHADE[0] * white)
+    torch.testing.assert_close(out[3], fitted[3])
+    assert float(avatar.features[:, 3:].abs().max()) == 0.0
+
+
+def test_the_painted_iris_takes_the_photos_size():
+    """``eyeball_colour`` paints an iris of the radius it is given (``photo_irises`` measures
+    the photo's); a point 6.3 mm off the gaze axis is iris on an 8 mm iris, white on the 6 mm
+    default."""
+    import math
+
+    import torch
+
+    from avatar_core.recon.interior import IRIS_RADIUS, eyeball_colour
+    R = 0.0167
+    axis = torch.tensor([0.0, 0.0, 1.0])
+    a = math.asin(0.0063 / R)
+    p = torch.tensor([[R * math.sin(a), 0.0, R * math.cos(a)], [0.0, 0.0, R], [0.0, 0.0, -R]])
+    iris, sclera = torch.tensor([0.3, 0.2, 0.1]), torch.tensor([0.9, 0.9, 0.88])
+    small = eyeball_colour(p, axis, R, iris, sclera)
+    large = eyeball_colour(p, axis, R, iris, sclera, iris_radius=0.008)
+    assert IRIS_RADIUS < 0.0063
+    torch.testing.assert_close(small[0], sclera)
+    torch.testing.assert_close(large[0], iris)
+    # the pupil at the axis is dark either way; the back of the eyeball is white
+    assert float(small[1].max()) < 0.1 and float(large[1].max()) < 0.1
+    torch.testing.assert_close(large[2], sclera)

@@ -51,6 +51,13 @@ TEETH_SHADE_SCALE = 0.02
 IRIS_RADIUS = 0.0060
 PUPIL_RADIUS = 0.0022
 LIMBUS = 0.18
+# the photo's iris radius is used within this range (x IRIS_RADIUS; the pupil scales with it)
+IRIS_RANGE = (0.75, 1.4)
+# the eyeball's white: past this many iris radii from the iris' centre, the photo fit's colour
+# keeps only its shading (``shade_sclera``): refined freely, the lids' shadow and the iris'
+# edge turned with the eyeball as pink and mauve patches on the white
+IRIS_EDGE = 1.15
+SCLERA_SHADE = (0.6, 1.1)     # the white's shading, x its painted colour (down to 0.3 it kept grey blotches)
 # lids: a vertex is lid skin when a blink moves it more than this (metres, full weight at 2x)
 LID_MOTION = 0.0015
 LASH_DARKEN = 0.6
@@ -403,12 +410,13 @@ def _smoothstep(x, a, b):
 
 def interior_paint(rest: torch.Tensor, faces: torch.Tensor, exprdirs: torch.Tensor, expr_names,
                    j_regressor: torch.Tensor, regions: Dict[str, torch.Tensor], tone: np.ndarray,
-                   mouth: dict, eyes: dict, eye_axes: Optional[Dict[str, torch.Tensor]] = None) -> dict:
+                   mouth: dict, eyes: dict, irises: Optional[Dict[str, dict]] = None) -> dict:
     """Per LOD-0 vertex paint of the mouth interior, eyeballs and lids.
 
     Returns {"colour": [V0, 3] target colour, "weight": [V0] how much it replaces the photo
     colour (0..1), "kind": [V0] int8 (0 none, 1 mouth, 2 eyeball, 3 lid), "eye_centre":
-    [2, 3], "eye_axis": [2, 3], "eye_radius": [2]} (eye data: left, right)."""
+    [2, 3], "eye_axis": [2, 3], "eye_radius": [2], "iris_radius": [2]} (eye data: left, right;
+    ``irises``: ``photo_irises``, where and how large the photo shows them)."""
     V = rest.shape[0]
     dt = torch.float32
     rest = rest.float()
@@ -485,13 +493,15 @@ def interior_paint(rest: torch.Tensor, faces: torch.Tensor, exprdirs: torch.Tens
 
     # ---- eyeballs
     centres = j_regressor[3:5].float() @ rest
-    axes, radii, eye_colours = [], [], []
+    axes, radii, iris_radii, eye_colours = [], [], [], []
     for e, (side, key) in enumerate((("L", "eye_L"), ("R", "eye_R"))):
         ids = regions[key]
         p = rest[ids] - centres[e]
         front = p[p[:, 2].argmax()]
-        if eye_axes is not None and key in eye_axes:
-            front = eye_axes[key].float()
+        seen = (irises or {}).get(key)
+        if seen is not None:
+            front = seen["axis"].float()
+        iris_radii.append(IRIS_RADIUS if seen is None else float(seen["radius"]))
         axis = front / front.norm().clamp_min(1e-9)
         radius = float(p.norm(dim=1).median())
         axes.append(axis)
@@ -504,7 +514,7 @@ def interior_paint(rest: torch.Tensor, faces: torch.Tensor, exprdirs: torch.Tens
         # the landmarker read the astronaut's glance at 0.078 of the eye's width against 0.10-0.31)
         sclera = torch.maximum(sclera, 0.8 * (torch.tensor(SCLERA_RGB, dtype=dt) * g).clamp(0, 1))
         eye_colours.append((iris, sclera))
-        col[ids] = eyeball_colour(p, axis, radius, iris, sclera)
+        col[ids] = eyeball_colour(p, axis, radius, iris, sclera, iris_radii[-1])
         wgt[ids] = 1.0
         kind[ids] = 2
 
@@ -528,20 +538,28 @@ def interior_paint(rest: torch.Tensor, faces: torch.Tensor, exprdirs: torch.Tens
         wgt[sel] = torch.maximum(wgt[sel], w[sel])
         kind[sel] = 3
     return {"colour": col.clamp(0, 1), "weight": wgt, "kind": kind, "eye_centre": centres,
-            "eye_axis": torch.stack(axes), "eye_radius": torch.tensor(radii), "eye_colours": eye_colours}
+            "eye_axis": torch.stack(axes), "eye_radius": torch.tensor(radii), "iris_radius": torch.tensor(iris_radii),
+            "eye_colours": eye_colours}
+
+
+def iris_distance(p: torch.Tensor, axis: torch.Tensor, radius: float) -> torch.Tensor:
+    """[n] how far eyeball points p [n, 3] (relative to the eyeball centre, on a sphere of
+    ``radius``) lie from the gaze ``axis`` [3], metres; infinite behind the centre."""
+    u = p / p.norm(dim=1, keepdim=True).clamp_min(1e-9)
+    cosang = (u * axis).sum(1).clamp(-1, 1)
+    r = radius * torch.sqrt((1 - cosang ** 2).clamp_min(0))
+    return torch.where(cosang > 0, r, torch.full_like(r, float("inf")))
 
 
 def eyeball_colour(p: torch.Tensor, axis: torch.Tensor, radius: float, iris: torch.Tensor,
-                   sclera: torch.Tensor) -> torch.Tensor:
-    """Colour of eyeball points p [n, 3] (relative to the eyeball centre): pupil, iris with a
-    darker limbal ring, sclera, by the distance from the forward axis."""
-    u = p / p.norm(dim=1, keepdim=True).clamp_min(1e-9)
-    cosang = (u * axis).sum(1).clamp(-1, 1)
-    r = radius * torch.sqrt((1 - cosang ** 2).clamp_min(0))  # distance from the axis
-    front = cosang > 0
-    pupil = front & (r < PUPIL_RADIUS)
-    irisz = front & (r < IRIS_RADIUS)
-    ring = irisz & (r > (1 - LIMBUS) * IRIS_RADIUS)
+                   sclera: torch.Tensor, iris_radius: float = IRIS_RADIUS) -> torch.Tensor:
+    """Colour of eyeball points p [n, 3] (relative to the eyeball centre): pupil, iris (of
+    ``iris_radius`` metres) with a darker limbal ring, sclera, by the distance from the
+    forward axis."""
+    r = iris_distance(p, axis, radius)
+    pupil = r < PUPIL_RADIUS * iris_radius / IRIS_RADIUS
+    irisz = r < iris_radius
+    ring = irisz & (r > (1 - LIMBUS) * iris_radius)
     out = sclera[None].expand(p.shape[0], 3).clone()
     out[irisz] = iris
     out[ring] = 0.55 * iris
@@ -550,12 +568,16 @@ def eyeball_colour(p: torch.Tensor, axis: torch.Tensor, radius: float, iris: tor
 
 
 # ----------------------------------------------------------------------------- Gaussians
-def photo_gaze_axes(avatar, regions: Dict[str, torch.Tensor], params: dict, camera,
-                    landmarks: np.ndarray) -> Dict[str, torch.Tensor]:
-    """Rest-space directions (from each eyeball's centre) of the eyeball points that the photo's
-    iris centres fall on at the source pose: {"eye_L": [3], "eye_R": [3]}. Painting the iris
-    there makes the avatar look where the person looks in the photo, whatever gaze the fit
-    gave the head model; eye movements then turn it from there."""
+def photo_irises(avatar, regions: Dict[str, torch.Tensor], params: dict, camera,
+                 landmarks: np.ndarray) -> Dict[str, dict]:
+    """Where and how large the photo shows each iris, on the eyeball: {"eye_L": {"axis": [3],
+    "radius": metres}, "eye_R": ...}. "axis": the rest-space direction (from the eyeball's
+    centre) of the eyeball points that the photo's iris centre falls on at the source pose;
+    painting the iris there makes the avatar look where the person looks in the photo, whatever
+    gaze the fit gave the head model, and eye movements turn it from there. "radius": the
+    photo's iris radius (its landmarks' ring, in pixels) at the eyeball's depth, within
+    ``IRIS_RANGE`` of ``IRIS_RADIUS``: painted smaller than the photo's, the fit spread the
+    iris' colour over the white round it."""
     out = {}
     with torch.no_grad():
         verts, _ = avatar.deform_rig(**params)
@@ -566,8 +588,8 @@ def photo_gaze_axes(avatar, regions: Dict[str, torch.Tensor], params: dict, came
     for key, iris in (("eye_L", IRIS_LEFT), ("eye_R", IRIS_RIGHT)):
         ids = regions[key]
         c_src, c_rest = v[ids].mean(0), rest[ids].mean(0)
-        uv, _ = cam.project(v[ids][None])
-        uv = uv[0]
+        uv, z = cam.project(v[ids][None])
+        uv, z = uv[0], z[0]
         facing = ((v[ids] - c_src) * (cam_pos - c_src)).sum(1) > 0
         t = torch.as_tensor(landmarks[iris[0], :2], dtype=torch.float32)
         r = float(np.median(np.linalg.norm(landmarks[list(iris[1:]), :2] - landmarks[iris[0], :2], axis=1)))
@@ -577,7 +599,11 @@ def photo_gaze_axes(avatar, regions: Dict[str, torch.Tensor], params: dict, came
             continue
         dirs = rest[ids] - c_rest
         dirs = dirs / dirs.norm(dim=1, keepdim=True).clamp_min(1e-9)
-        out[key] = (w[:, None] * dirs).sum(0)
+        depth = float((w * z).sum() / w.sum())
+        radius = r * depth / float(cam.fx[0])
+        lo, hi = IRIS_RANGE
+        out[key] = {"axis": (w[:, None] * dirs).sum(0),
+                    "radius": min(max(radius, lo * IRIS_RADIUS), hi * IRIS_RADIUS)}
     return out
 
 
@@ -618,18 +644,19 @@ def paint_avatar(avatar, regions: Dict[str, torch.Tensor], image: np.ndarray, al
     (params, camera) of the photo; the iris is then painted where the photo's iris is.
 
     Returns a summary (tone gain, what the photo showed, counts per kind), "locked" [N]
-    bool: the Gaussians painted outright, whose colour the photo should not bend, and
-    "eyeball" [N] bool: the eyeballs' Gaussians.
+    bool: the Gaussians painted outright, whose colour the photo should not bend, "eyeball"
+    [N] bool: the eyeballs' Gaussians, and "sclera": ([N] bool, [N, 3]) the eyeballs' Gaussians
+    on the white (past ``IRIS_EDGE``) and its painted colour, for ``shade_sclera``.
     """
     tone = photo_tone(image, alpha, landmarks)
     mouth = photo_mouth(image, landmarks)
     eyes = photo_eyes(image, landmarks)
-    axes = None
+    irises = None
     if source is not None and landmarks is not None and landmarks.shape[0] >= 478:
-        axes = photo_gaze_axes(avatar, regions, source[0], source[1], landmarks)
+        irises = photo_irises(avatar, regions, source[0], source[1], landmarks)
     paint = interior_paint(avatar.rig_template.detach().cpu(), avatar.rig_faces.cpu(),
                            avatar.rig_exprdirs.detach().cpu(), avatar.expr_names,
-                           avatar.rig_j_regressor.detach().cpu(), regions, tone, mouth, eyes, axes)
+                           avatar.rig_j_regressor.detach().cpu(), regions, tone, mouth, eyes, irises)
     face = avatar.frame_face.cpu() >= 0
     ids = avatar.bind_ids.cpu()
     bary = avatar.bind_bary.detach().cpu().float()
@@ -639,13 +666,20 @@ def paint_avatar(avatar, regions: Dict[str, torch.Tensor], image: np.ndarray, al
     # eyeball Gaussians: paint by their own rest position (sharper than the LOD-0 vertices)
     rest = (avatar.rig_template.detach().cpu()[ids] * bary[..., None]).sum(1)
     eyeball = torch.zeros(ids.shape[0], dtype=torch.bool)
+    white = torch.zeros(ids.shape[0], dtype=torch.bool)
+    white_rgb = torch.zeros(ids.shape[0], 3)
     for e, key in enumerate(("eye_L", "eye_R")):
         on = face & torch.isin(ids, regions[key]).all(1)
         eyeball |= on
         if bool(on.any()):
             iris, sclera = paint["eye_colours"][e]
-            col[on] = eyeball_colour(rest[on] - paint["eye_centre"][e], paint["eye_axis"][e],
-                                     float(paint["eye_radius"][e]), iris, sclera)
+            p, axis, radius = rest[on] - paint["eye_centre"][e], paint["eye_axis"][e], float(paint["eye_radius"][e])
+            iris_r = float(paint["iris_radius"][e])
+            col[on] = eyeball_colour(p, axis, radius, iris, sclera, iris_r)
+            on_white = on.clone()
+            on_white[on] = iris_distance(p, axis, radius) >= IRIS_EDGE * iris_r
+            white |= on_white
+            white_rgb[on_white] = sclera.float()
             w[on] = 1.0
     w = torch.where(face, w, torch.zeros_like(w))
     mouth_g = (kind == 1).any(1)
@@ -685,4 +719,22 @@ def paint_avatar(avatar, regions: Dict[str, torch.Tensor], image: np.ndarray, al
     return {"tone": [round(float(x), 3) for x in tone],
             "photo_teeth": mouth["teeth"] is not None, "photo_cavity": mouth["cavity"] is not None,
             "photo_iris": sorted(k for k, v in eyes.items() if "iris" in v), "painted": kinds,
-            "locked": locked, "eyeball": eyeball}
+            "iris_mm": [round(1000 * float(r), 2) for r in paint["iris_radius"]],
+            "locked": locked, "eyeball": eyeball, "sclera": (white, white_rgb)}
+
+
+def shade_sclera(avatar, sclera) -> None:
+    """After the photo fit: the eyeballs' white (``paint_avatar``'s "sclera": mask [N], painted
+    colour [N, 3]) keeps the fit's shading (its luminance over the painted one, within
+    ``SCLERA_SHADE``) on the painted colour, and drops the hues the fit gave it. In place."""
+    mask, rgb = sclera
+    if not bool(mask.any()):
+        return
+    dev = avatar.features.device
+    idx = torch.nonzero(mask)[:, 0].to(dev)
+    lum = torch.tensor([0.2126, 0.7152, 0.0722], device=dev)
+    with torch.no_grad():
+        c = avatar.features[idx, :3]
+        white = rgb[mask].to(dev, c.dtype)
+        ratio = ((c @ lum.to(c.dtype)) / (white @ lum.to(c.dtype)).clamp_min(1e-3)).clamp(*SCLERA_SHADE)
+        avatar.features[idx, :3] = (white * ratio[:, None]).clamp(0, 1)

@@ -98,13 +98,14 @@ def gaze_ahead(view: SourceView, head: HeadModel) -> SourceView:
     return SourceView(view.image, view.alpha, view.camera, {**view.params, "expression": expr}, view.inside)
 
 
-def paint_interior(avatar: Avatar, head: HeadModel, view: SourceView, vis, landmarks) -> torch.Tensor:
+def paint_interior(avatar: Avatar, head: HeadModel, view: SourceView, vis, landmarks):
     """Mouth interior, eyeballs and lids painted (``recon.interior``); returns the [N] bool
-    mask of Gaussians painted outright (their colours are kept out of the photo fit)."""
+    mask of Gaussians painted outright (their colours are kept out of the photo fit) and the
+    eyeballs' white for ``recon.interior.shade_sclera`` after the fit (None without regions)."""
     from avatar_core.recon.interior import fit_teeth, head_regions, paint_avatar
     regions = head_regions(head)
     if regions is None:
-        return torch.zeros(avatar.num_gaussians, dtype=torch.bool)
+        return torch.zeros(avatar.num_gaussians, dtype=torch.bool), None
     fit_teeth(avatar, regions)
     seen = vis.seen.float() * ((vis.facing + 0.05) / 0.35).clamp(0.0, 1.0)
     lm = None if landmarks is None else np.asarray(landmarks, dtype=np.float64)
@@ -115,8 +116,9 @@ def paint_interior(avatar: Avatar, head: HeadModel, view: SourceView, vis, landm
     # the veil of split Gaussians gone from the eye openings, it is the only thing seen there
     eyeball = summary.pop("eyeball")
     locked &= ~(eyeball & (seen > 0.5))
+    sclera = summary.pop("sclera")
     log.info("painted the mouth interior, eyes and lids: %s", summary)
-    return locked
+    return locked, sclera
 
 
 def initial_avatar(head: HeadModel, fit, view: SourceView, cfg: ReconConfig, landmarks=None, bust=None):
@@ -131,7 +133,7 @@ def initial_avatar(head: HeadModel, fit, view: SourceView, cfg: ReconConfig, lan
     whose opacity it must keep (edge-on skin, split Gaussians over the eye openings); pinned [N]
     bool: Gaussians whose size and place it must keep (the lids' split Gaussians, shrunk off the
     eye openings); unseen [N] bool: the bust's back and sides and the hair shell, which the
-    photo does not show).
+    photo does not show; the eyeballs' white for ``recon.interior.shade_sclera``, or None).
     """
     shape = fit.shape.float()
     with torch.no_grad():
@@ -168,7 +170,7 @@ def initial_avatar(head: HeadModel, fit, view: SourceView, cfg: ReconConfig, lan
     groups["split"] = split
     footprint["split"] = 0.35 * lod_edge[max(cfg.lods)] * f / z
     init_colours(avatar, view, vis, groups, footprint, fill_from=f"lod{max(cfg.lods)}")
-    locked = paint_interior(avatar, head, view, vis, landmarks)
+    locked, sclera = paint_interior(avatar, head, view, vis, landmarks)
     # the bust's unseen back and sides keep the colours carried round from its front
     unseen = torch.zeros(avatar.num_gaussians, dtype=torch.bool)
     unseen[torch.nonzero(avatar.region == REGION_SHOULDER)[:, 0][~plane.seen]] = True
@@ -219,7 +221,7 @@ def initial_avatar(head: HeadModel, fit, view: SourceView, cfg: ReconConfig, lan
             # and the eyeball's own Gaussians are painted)
             eye_split |= (avatar.split_layer >= 0) & on_regions(avatar, {k: regions[k] for k in ("eye_L", "eye_R")})
         avatar.opacity_logit[eye_split] = -8.0
-    return avatar, vis.facing, chain, locked, edge_on | eye_split, pinned, unseen
+    return avatar, vis.facing, chain, locked, edge_on | eye_split, pinned, unseen, sclera
 
 
 def evaluate(fitter: PhotoFit, lods, size: int) -> Tuple[dict, dict]:
@@ -271,7 +273,7 @@ def reconstruct_from_fit(head_model: HeadModel, portrait, fit, cfg: ReconConfig,
             head = upright_neck(head_model, fit.shape.float(), view.params["pose"],
                                 body_up(view.camera, view.params["pose"]), eye=view.camera.position[0])
             bust = source_bust(head_model, fit.shape.float(), view.params, view.camera, view.alpha, bent_head=head)
-        avatar, facing, chain, locked, held, pinned, _ = initial_avatar(head, fit, view, cfg,
+        avatar, facing, chain, locked, held, pinned, _, sclera = initial_avatar(head, fit, view, cfg,
                                                        getattr(portrait, "landmarks", None), bust=bust)
         avatar.head_identity = head_model.identity()
     avatar = avatar.to(dev)
@@ -308,6 +310,9 @@ def reconstruct_from_fit(head_model: HeadModel, portrait, fit, cfg: ReconConfig,
             fitter.solve_colours(k, cfg.colour_size, c, fitter.trainable_mask(k, shared=(i == 0)),
                                  progress=sub(cg * c), label=f"LOD {k}")
             done += cg * c
+        if sclera is not None:
+            from avatar_core.recon.interior import shade_sclera
+            shade_sclera(avatar, sclera)
     if cfg.refiner and cfg.refiner_steps:
         with timed("refiner"):
             from avatar_core.recon.refine import train_refiner
