@@ -97,8 +97,10 @@ FACE_OVAL = (10, 338, 297, 332, 284, 251, 389, 356, 454, 323, 361, 288, 397, 365
              152, 148, 176, 149, 150, 136, 172, 58, 132, 93, 234, 127, 162, 21, 54, 103, 67, 109)
 
 
-def luminance(rgb) -> np.ndarray:
-    rgb = np.asarray(rgb, dtype=np.float64)
+def luminance(rgb):
+    """Rec. 709 luminance of RGB [..., 3]: a tensor for a tensor, else a float64 array."""
+    if not isinstance(rgb, torch.Tensor):
+        rgb = np.asarray(rgb, dtype=np.float64)
     return rgb[..., 0] * 0.2126 + rgb[..., 1] * 0.7152 + rgb[..., 2] * 0.0722
 
 
@@ -732,9 +734,8 @@ def shade_sclera(avatar, sclera) -> None:
         return
     dev = avatar.features.device
     idx = torch.nonzero(mask)[:, 0].to(dev)
-    lum = torch.tensor([0.2126, 0.7152, 0.0722], device=dev)
     with torch.no_grad():
         c = avatar.features[idx, :3]
         white = rgb[mask].to(dev, c.dtype)
-        ratio = ((c @ lum.to(c.dtype)) / (white @ lum.to(c.dtype)).clamp_min(1e-3)).clamp(*SCLERA_SHADE)
+        ratio = (luminance(c) / luminance(white).clamp_min(1e-3)).clamp(*SCLERA_SHADE)
         avatar.features[idx, :3] = (white * ratio[:, None]).clamp(0, 1)
